@@ -1,0 +1,10 @@
+//! The language model: config, model, recurrent state, save and load, generation.
+
+mod config;
+mod generate;
+mod model;
+mod pretrained;
+
+pub use config::{LmConfig, MixerKwargs};
+pub use generate::{generate, GenerateOpts, Sampler};
+pub use model::{LRNNLMHeadModel, LmForwardOpts, LmState};

@@ -1,0 +1,353 @@
+//! Where layers get their parameters: freshly initialised, or read from a checkpoint.
+//!
+//! A [`ParamBuilder`] is handed to every layer constructor. In *init* mode it
+//! draws each parameter from its [`Init`] with a seeded generator; in *load*
+//! mode it takes the tensor stored under the same key, after checking its
+//! shape. Either way it records every parameter under its full dotted name
+//! (the PyTorch `state_dict` key), so the model can list, save or train them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::{Error, Result};
+
+/// How a parameter is initialised when no checkpoint provides it.
+#[derive(Debug, Clone)]
+pub enum Init {
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+    /// Every element equal to the value.
+    Const(f64),
+    /// Normal distribution.
+    Normal { mean: f64, std: f64 },
+    /// Uniform distribution on `[lo, hi)`.
+    Uniform { lo: f64, hi: f64 },
+    /// PyTorch's default for `nn.Linear` / `nn.Conv1d` weights and biases:
+    /// uniform on `±1/sqrt(fan_in)`.
+    TorchDefault { fan_in: usize },
+}
+
+struct Inner {
+    loaded: Option<HashMap<String, Tensor>>,
+    used: HashSet<String>,
+    params: BTreeMap<String, Var>,
+    rng: StdRng,
+}
+
+/// The shared store behind every [`ParamBuilder`] of one model.
+pub struct ParamStore {
+    inner: Mutex<Inner>,
+    device: Device,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for ParamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParamStore")
+            .field("device", &self.device)
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ParamStore {
+    fn with(
+        loaded: Option<HashMap<String, Tensor>>,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner {
+                loaded,
+                used: HashSet::new(),
+                params: BTreeMap::new(),
+                rng: StdRng::seed_from_u64(seed),
+            }),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// A store that initialises every parameter, drawing from a generator seeded with `seed`.
+    pub fn init(seed: u64, dtype: DType, device: &Device) -> Arc<Self> {
+        Self::with(None, seed, dtype, device)
+    }
+
+    /// A store that reads every parameter from `tensors` (keys are full dotted names).
+    pub fn load(tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Arc<Self> {
+        Self::with(Some(tensors), 0, dtype, device)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means another thread panicked mid-insert; the
+        // map itself is still consistent, so keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A builder rooted at the empty prefix.
+    pub fn builder(self: &Arc<Self>) -> ParamBuilder {
+        ParamBuilder {
+            store: self.clone(),
+            prefix: String::new(),
+        }
+    }
+
+    /// Every parameter handed out so far, by full name.
+    pub fn vars(&self) -> BTreeMap<String, Var> {
+        self.lock().params.clone()
+    }
+
+    /// Every parameter handed out so far, as plain tensors.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.lock()
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Marks a loaded key as consumed without turning it into a parameter
+    /// (for tensors a checkpoint stores twice, such as a tied LM head).
+    pub fn mark_used(&self, key: &str) {
+        self.lock().used.insert(key.to_string());
+    }
+
+    /// Checkpoint keys that no layer asked for, sorted.
+    pub fn unused_keys(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut keys: Vec<String> = match &inner.loaded {
+            Some(map) => map
+                .keys()
+                .filter(|k| !inner.used.contains(*k))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        keys.sort();
+        keys
+    }
+
+    /// Whether a loaded checkpoint holds `key`.
+    pub fn has_loaded(&self, key: &str) -> bool {
+        self.lock()
+            .loaded
+            .as_ref()
+            .is_some_and(|m| m.contains_key(key))
+    }
+
+    /// Device parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Dtype parameters are stored in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+fn sample(init: &Init, n: usize, rng: &mut StdRng) -> Vec<f32> {
+    match *init {
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+        Init::Const(c) => vec![c as f32; n],
+        Init::Normal { mean, std } => (0..n)
+            .map(|_| {
+                let z: f64 = StandardNormal.sample(rng);
+                (mean + std * z) as f32
+            })
+            .collect(),
+        Init::Uniform { lo, hi } => (0..n).map(|_| rng.random_range(lo..hi) as f32).collect(),
+        Init::TorchDefault { fan_in } => {
+            let b = 1.0 / (fan_in.max(1) as f64).sqrt();
+            (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
+        }
+    }
+}
+
+/// Hands out parameters under a dotted prefix, e.g. `backbone.layers.0.mixer`.
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use lrnnx_framework::{Init, ParamStore};
+/// let store = ParamStore::init(0, DType::F32, &Device::Cpu);
+/// let w = store.builder().pp("fc").get((4, 3), "weight", Init::Normal { mean: 0.0, std: 0.02 })?;
+/// assert_eq!(w.dims(), &[4, 3]);
+/// assert!(store.vars().contains_key("fc.weight"));
+/// # Ok::<(), lrnnx_framework::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ParamBuilder {
+    store: Arc<ParamStore>,
+    prefix: String,
+}
+
+impl ParamBuilder {
+    /// A builder one level down: `pp("mixer")` turns `layers.0` into `layers.0.mixer`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        Self {
+            store: self.store.clone(),
+            prefix: self.key(&name.to_string()),
+        }
+    }
+
+    /// The full key of `name` under this prefix.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    /// The store behind this builder.
+    pub fn store(&self) -> &Arc<ParamStore> {
+        &self.store
+    }
+
+    /// Device parameters live on.
+    pub fn device(&self) -> &Device {
+        self.store.device()
+    }
+
+    /// Dtype parameters are stored in.
+    pub fn dtype(&self) -> DType {
+        self.store.dtype()
+    }
+
+    /// The parameter `name` of shape `shape`, drawn from `init` unless loaded.
+    pub fn get(
+        &self,
+        shape: impl Into<candle_core::Shape>,
+        name: &str,
+        init: Init,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        self.get_with(shape.clone(), name, |rng| {
+            let data = sample(&init, shape.elem_count(), rng);
+            Ok(Tensor::from_vec(data, shape.clone(), &Device::Cpu)?)
+        })
+    }
+
+    /// The parameter `name` of shape `shape`; when not loaded, `init` builds
+    /// it (on the CPU, from the store's seeded generator) — for the
+    /// structured initialisations of state-space models.
+    pub fn get_with(
+        &self,
+        shape: impl Into<candle_core::Shape>,
+        name: &str,
+        init: impl FnOnce(&mut StdRng) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let key = self.key(name);
+        let mut inner = self.store.lock();
+        if let Some(v) = inner.params.get(&key) {
+            return Ok(v.as_tensor().clone());
+        }
+        let t = match inner.loaded.as_ref().map(|m| m.get(&key)) {
+            Some(Some(t)) => {
+                if t.dims() != shape.dims() {
+                    return Err(Error::TensorShape {
+                        key,
+                        expected: shape.dims().to_vec(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+                t.clone()
+            }
+            Some(None) => return Err(Error::MissingTensor { key, hint: None }),
+            None => {
+                let t = init(&mut inner.rng)?;
+                if t.dims() != shape.dims() {
+                    return Err(Error::Config(format!(
+                        "initialiser of `{key}` built shape {:?}, expected {:?}",
+                        t.dims(),
+                        shape.dims()
+                    )));
+                }
+                t
+            }
+        };
+        let t = t
+            .to_dtype(self.store.dtype)?
+            .to_device(&self.store.device)?;
+        let var = Var::from_tensor(&t)?;
+        inner.used.insert(key.clone());
+        inner.params.insert(key, var.clone());
+        Ok(var.as_tensor().clone())
+    }
+}
+
+/// Random helpers for initialisers passed to [`ParamBuilder::get_with`].
+pub mod random {
+    use super::*;
+
+    /// `n` uniform samples on `[lo, hi)`.
+    pub fn uniform(rng: &mut StdRng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| rng.random_range(lo..hi)).collect()
+    }
+
+    /// `n` standard-normal samples.
+    pub fn normal(rng: &mut StdRng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| StandardNormal.sample(rng)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_mode_checks_shapes_and_names_missing_keys() {
+        let dev = Device::Cpu;
+        let mut map = HashMap::new();
+        map.insert(
+            "a.w".to_string(),
+            Tensor::zeros((2, 3), DType::F32, &dev).unwrap(),
+        );
+        map.insert(
+            "a.extra".to_string(),
+            Tensor::zeros(1, DType::F32, &dev).unwrap(),
+        );
+        let store = ParamStore::load(map, DType::F32, &dev);
+        let b = store.builder().pp("a");
+        let err = b.get((3, 2), "w", Init::Zeros).unwrap_err().to_string();
+        assert!(
+            err.contains("a.w") && err.contains("[2, 3]") && err.contains("[3, 2]"),
+            "{err}"
+        );
+        let err = b.get(4, "missing", Init::Zeros).unwrap_err().to_string();
+        assert!(err.contains("a.missing"), "{err}");
+        b.get((2, 3), "w", Init::Zeros).unwrap();
+        assert_eq!(store.unused_keys(), vec!["a.extra".to_string()]);
+    }
+
+    #[test]
+    fn init_mode_is_seeded() {
+        let draw = |seed| {
+            let s = ParamStore::init(seed, DType::F32, &Device::Cpu);
+            s.builder()
+                .get(
+                    5,
+                    "x",
+                    Init::Normal {
+                        mean: 0.0,
+                        std: 1.0,
+                    },
+                )
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(draw(1), draw(1));
+        assert_ne!(draw(1), draw(2));
+    }
+}

@@ -1,0 +1,5 @@
+include!("build_support.rs");
+
+fn main() {
+    compile_kernels("cuda");
+}

@@ -1,0 +1,34 @@
+//! # lrnnx-kernels
+//!
+//! What the mixer crates share below the framework:
+//!
+//! - [`scan`]: the diagonal complex linear recurrence `h_t = lambda * h_{t-1} + u_t`
+//!   as a candle custom op with CPU (parallel over batch and channels),
+//!   CUDA (feature `cuda`) and backward passes;
+//! - [`cuda`] (feature `cuda`): loading PTX through candle's CUDA device and
+//!   launching kernels;
+//! - `cuda/*.cuh`: headers the mixers' `.cu` files include;
+//! - `build_support.rs`: the nvcc-to-PTX helper that mixers' `build.rs`
+//!   include (a file, not a dependency, so build scripts stay light).
+
+pub mod scan;
+pub mod scan_cpu;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+/// Floating-point element types the CPU kernels run on.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + candle_core::WithDType
+{
+}
+impl Real for f32 {}
+impl Real for f64 {}

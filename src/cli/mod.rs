@@ -1,0 +1,46 @@
+//! Subcommands of the `lrnnx` binary.
+
+mod conformance;
+mod demo;
+mod info;
+mod mixers;
+
+use clap::{Parser, Subcommand};
+
+/// Linear recurrent sequence models: build, run, check and inspect them.
+#[derive(Debug, Parser)]
+#[command(name = "lrnnx", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List registered mixers (name, family, summary, source).
+    Mixers(mixers::Args),
+    /// Run every lrnnx reference case in a directory.
+    Conformance(conformance::Args),
+    /// Describe a saved model: layers, parameter count, dtype.
+    Info(info::Args),
+    /// Build a small hybrid LRU + attention LM, run a forward pass and a greedy generation (the default).
+    Demo(demo::Args),
+}
+
+pub fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LRNNX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    lrnnx::init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Demo(demo::Args::default())) {
+        Command::Mixers(a) => mixers::run(a),
+        Command::Conformance(a) => conformance::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Demo(a) => demo::run(a),
+    }
+}

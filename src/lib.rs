@@ -1,0 +1,42 @@
+//! # lrnnx
+//!
+//! Linear recurrent sequence models in Rust: LRU, S4, S4D, S5, Centaurus,
+//! Mamba, RG-LRU, S7, attention and mLSTM layers behind one [`Mixer`] trait,
+//! assembled by name into language models, on CPU or (feature `cuda`) NVIDIA
+//! GPUs.
+//!
+//! This facade re-exports the framework and links every built-in mixer crate
+//! so that their registrations reach the [`Registry`].
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use lrnnx::{LmConfig, LmForwardOpts, LRNNLMHeadModel};
+//! # fn main() -> lrnnx::Result<()> {
+//! lrnnx::init();
+//! let mut cfg = LmConfig::new(32, 16, 256, &["LRU", "attn"]);
+//! cfg.mixer_kwargs = serde_json::from_str(r#"{"attn": {"num_heads": 4, "causal": true}}"#).unwrap();
+//! let model = LRNNLMHeadModel::init(cfg, 0, &Device::Cpu)?;
+//! let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu)?;
+//! let logits = model.forward(&ids, &LmForwardOpts::default())?;
+//! assert_eq!(logits.dims(), &[1, 3, 256]);
+//! # Ok(()) }
+//! ```
+
+pub use lrnnx_framework::*;
+
+/// The built-in mixer crates.
+pub mod mixers {
+    pub use lrnnx_attn as attn;
+    pub use lrnnx_lru as lru;
+}
+
+/// Names of the built-in mixers; calling it also guarantees that the linker
+/// keeps every built-in crate (and so its `inventory` registration).
+pub fn builtin_mixers() -> Vec<&'static str> {
+    vec![lrnnx_lru::link(), lrnnx_attn::link()]
+}
+
+/// Makes sure the built-in mixers are registered. Cheap; call it once at start-up.
+pub fn init() {
+    let _ = std::hint::black_box(builtin_mixers());
+}
