@@ -118,9 +118,6 @@ mod tests {
     #[derive(Clone, Copy, Debug)]
     struct C(f64, f64);
     impl C {
-        fn mul(self, o: C) -> C {
-            C(self.0 * o.0 - self.1 * o.1, self.0 * o.1 + self.1 * o.0)
-        }
         fn div(self, o: C) -> C {
             let d = o.0 * o.0 + o.1 * o.1;
             C(

@@ -37,9 +37,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let mut cfg = LmConfig::new(a.d_model, 64, 256, &["LRU", "attn", "LRU", "attn"]);
     cfg.d_intermediate = 2 * a.d_model;
-    cfg.mixer_kwargs = serde_json::from_str(
-        r#"{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 32}}"#,
-    )?;
+    // Rotary on half of each head's dimensions.
+    let rotary = (a.d_model / 4 / 2) & !1;
+    cfg.mixer_kwargs = serde_json::from_value(serde_json::json!({
+        "attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": rotary}
+    }))?;
     let model = LRNNLMHeadModel::init(cfg, 0, &dev)?;
     println!(
         "hybrid LM {:?}: d_model {}, {} parameters",

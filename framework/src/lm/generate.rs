@@ -198,7 +198,7 @@ mod tests {
         }
         let mut s = Sampler::new(GenerateOpts {
             temperature: 1.0,
-            top_p: 0.5,
+            top_p: 0.4,
             ..Default::default()
         })
         .unwrap();
@@ -206,7 +206,7 @@ mod tests {
             assert_eq!(
                 s.sample(&logits, &[]),
                 1,
-                "top_p 0.5 keeps only the best token here"
+                "top_p 0.4 keeps only the best token (p = 0.475) here"
             );
         }
     }

@@ -1,0 +1,268 @@
+//! LRU against a slow, obviously right reference; step, prefill, kernel and gradients.
+
+use candle_core::{DType, Device, Tensor, Var};
+use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
+use lrnnx_lru::{Lru, LruConfig};
+
+fn config(n: usize) -> LruConfig {
+    LruConfig {
+        d_state: n,
+        r_min: 0.4,
+        r_max: 0.95,
+        max_phase: 3.0,
+    }
+}
+
+fn build(h: usize, n: usize, seed: u64, dtype: DType) -> (Lru, std::sync::Arc<ParamStore>) {
+    let store = ParamStore::init(seed, dtype, &Device::Cpu);
+    let lru = Lru::new(h, config(n), &store.builder()).unwrap();
+    (lru, store)
+}
+
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let store = ParamStore::init(seed, dtype, &Device::Cpu);
+    store
+        .builder()
+        .get(
+            shape,
+            "x",
+            lrnnx_framework::Init::Normal {
+                mean: 0.0,
+                std: 1.0,
+            },
+        )
+        .unwrap()
+}
+
+fn vec1(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Per-token recurrence in f64 with the complex numbers spelled out.
+fn reference(store: &ParamStore, x: &Tensor) -> Vec<f64> {
+    let p = store.tensors();
+    let g = |k: &str| vec1(&p[k]);
+    let (nu, th, ga) = (g("nu_log"), g("theta_log"), g("gamma_log"));
+    let (bre, bim, cre, cim, d) = (g("B_re"), g("B_im"), g("C_re"), g("C_im"), g("D"));
+    let n = nu.len();
+    let (b, l, h) = x.dims3().unwrap();
+    let xs = vec1(x);
+    let mut y = vec![0.0; b * l * h];
+    for bi in 0..b {
+        let mut st = vec![(0.0f64, 0.0f64); n];
+        for t in 0..l {
+            let xt = &xs[(bi * l + t) * h..(bi * l + t + 1) * h];
+            for k in 0..n {
+                let m = (-nu[k].exp()).exp();
+                let (lr, li) = (m * th[k].exp().cos(), m * th[k].exp().sin());
+                let (mut ur, mut ui) = (0.0, 0.0);
+                for i in 0..h {
+                    ur += ga[k].exp() * bre[k * h + i] * xt[i];
+                    ui += ga[k].exp() * bim[k * h + i] * xt[i];
+                }
+                let (sr, si) = st[k];
+                st[k] = (lr * sr - li * si + ur, lr * si + li * sr + ui);
+            }
+            for o in 0..h {
+                let mut acc = d[o] * xt[o];
+                for k in 0..n {
+                    acc += cre[o * n + k] * st[k].0 - cim[o * n + k] * st[k].1;
+                }
+                y[(bi * l + t) * h + o] = acc;
+            }
+        }
+    }
+    y
+}
+
+fn max_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn forward_matches_reference_at_odd_shapes() {
+    for (b, l, h, n) in [(1, 1, 3, 1), (2, 9, 5, 7), (3, 37, 8, 19), (1, 64, 4, 33)] {
+        let (lru, store) = build(h, n, 11, DType::F32);
+        let x = randn(&[b, l, h], 5, DType::F32);
+        let y = lru.forward(&x, &ForwardOpts::default()).unwrap();
+        let err = max_err(&vec1(&y), &reference(&store, &x));
+        assert!(err < 1e-4, "({b},{l},{h},{n}): {err}");
+    }
+}
+
+#[test]
+fn step_and_prefill_equal_forward() {
+    let (b, l, h, n) = (3, 21, 6, 10);
+    let (lru, _) = build(h, n, 2, DType::F32);
+    let x = randn(&[b, l, h], 9, DType::F32);
+    let y = lru.forward(&x, &ForwardOpts::default()).unwrap();
+    let mut st = lru.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+    let mut ys = Vec::new();
+    for t in 0..l {
+        // Alternate the two accepted step shapes.
+        let xt = x.narrow(1, t, 1).unwrap();
+        let xt = if t % 2 == 0 {
+            xt.squeeze(1).unwrap()
+        } else {
+            xt
+        };
+        let yt = lru.step(&xt, &mut st, &StepOpts::default()).unwrap();
+        assert_eq!(yt.rank(), xt.rank());
+        ys.push(yt.reshape((b, 1, h)).unwrap());
+    }
+    let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &vec1(&y));
+    assert!(err < 1e-5, "step vs forward: {err}");
+    // Prefill 13 positions in parallel, then step the rest.
+    let mut st = lru.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+    let mut parts = vec![lru
+        .prefill(
+            &x.narrow(1, 0, 13).unwrap(),
+            &mut st,
+            &ForwardOpts::default(),
+        )
+        .unwrap()];
+    for t in 13..l {
+        parts.push(
+            lru.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
+                .unwrap(),
+        );
+    }
+    let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &vec1(&y));
+    assert!(err < 1e-5, "prefill+step vs forward: {err}");
+}
+
+#[test]
+fn convolution_with_kernel_equals_forward() {
+    let (b, l, h, n) = (2, 17, 5, 6);
+    let (lru, store) = build(h, n, 3, DType::F64);
+    let x = randn(&[b, l, h], 4, DType::F64);
+    let y = vec1(&lru.forward(&x, &ForwardOpts::default()).unwrap());
+    let k = vec1(&lru.kernel(l).unwrap()); // (H, H, L)
+    let d = vec1(&store.tensors()["D"]);
+    let xs = vec1(&x);
+    let mut conv = vec![0.0; b * l * h];
+    for bi in 0..b {
+        for t in 0..l {
+            for o in 0..h {
+                let mut acc = d[o] * xs[(bi * l + t) * h + o];
+                for s in 0..=t {
+                    for i in 0..h {
+                        acc += k[(o * h + i) * l + (t - s)] * xs[(bi * l + s) * h + i];
+                    }
+                }
+                conv[(bi * l + t) * h + o] = acc;
+            }
+        }
+    }
+    assert!(max_err(&conv, &y) < 1e-10);
+}
+
+#[test]
+fn lengths_change_nothing_as_in_lrnnx() {
+    let (lru, _) = build(4, 3, 1, DType::F32);
+    let x = randn(&[2, 8, 4], 2, DType::F32);
+    let a = lru.forward(&x, &ForwardOpts::default()).unwrap();
+    let opts = ForwardOpts {
+        lengths: Some(Tensor::new(&[8i64, 5], &Device::Cpu).unwrap()),
+        ..Default::default()
+    };
+    let b = lru.forward(&x, &opts).unwrap();
+    assert_eq!(vec1(&a), vec1(&b));
+}
+
+/// Central finite differences of `sum(forward(x) * w)` against autograd, in f64.
+#[test]
+fn gradients_match_finite_differences() {
+    let (b, l, h, n) = (2, 7, 3, 4);
+    let (lru, store) = build(h, n, 8, DType::F64);
+    let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
+    let w = randn(&[b, l, h], 4, DType::F64);
+    let loss = |lru: &Lru, x: &Tensor| -> Tensor {
+        (lru.forward(x, &ForwardOpts::default()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let grads = loss(&lru, x.as_tensor()).backward().unwrap();
+    let eps = 1e-6;
+    let mut checked = 0;
+    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
+    params.push(("x".into(), x.clone()));
+    for (name, var) in params {
+        let g = vec1(
+            grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}")),
+        );
+        let base = vec1(var.as_tensor());
+        for idx in [0, base.len() / 2, base.len() - 1] {
+            let bump = |delta: f64| {
+                let mut v = base.clone();
+                v[idx] += delta;
+                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let out = loss(&lru, x.as_tensor()).to_scalar::<f64>().unwrap();
+                var.set(
+                    &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
+                )
+                .unwrap();
+                out
+            };
+            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
+            assert!(
+                err < 1e-6,
+                "{name}[{idx}]: autograd {} vs finite differences {fd}",
+                g[idx]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3 * 9, "every parameter and the input were checked");
+}
+
+#[test]
+fn bad_shapes_and_kwargs_are_named() {
+    let (lru, _) = build(4, 3, 1, DType::F32);
+    let e = lru
+        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
+        "{e}"
+    );
+    let e = lru
+        .forward(&randn(&[8, 4], 1, DType::F32), &ForwardOpts::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[8, 4]"), "{e}");
+    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
+    let args = |kw: &str| BuildArgs {
+        d_model: 4,
+        d_state: 3,
+        layer_idx: 2,
+        kwargs: serde_json::from_str(kw).unwrap(),
+        params: store.builder(),
+    };
+    let e = lrnnx_framework::Registry::build("LRU", &args(r#"{"r_mni": 0.1}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 2") && e.contains("r_mni") && e.contains("r_min"),
+        "{e}"
+    );
+    let e = lrnnx_framework::Registry::build("LRU", &args(r#"{"r_min": 0.9, "r_max": 0.5}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("r_min") && e.contains("0.9"), "{e}");
+}

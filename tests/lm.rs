@@ -1,0 +1,365 @@
+//! The language model: building by name, step = forward, save/load, bad input.
+
+use candle_core::{DType, Device, Tensor};
+use lrnnx::{generate, GenerateOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts};
+
+fn hybrid(tied: bool, rms: bool, d_intermediate: usize) -> LmConfig {
+    let mut c = LmConfig::new(16, 8, 50, &["LRU", "attn", "LRU"]);
+    c.mixer_kwargs = serde_json::from_str(
+        r#"{"attn": {"num_heads": 2, "causal": true, "rotary_emb_dim": 4}, "LRU": {"r_min": 0.5}}"#,
+    )
+    .unwrap();
+    c.tie_embeddings = tied;
+    c.rms_norm = rms;
+    c.d_intermediate = d_intermediate;
+    c
+}
+
+fn ids(b: usize, l: usize) -> Tensor {
+    let v: Vec<u32> = (0..b * l).map(|i| ((i * 17 + 3) % 50) as u32).collect();
+    Tensor::from_vec(v, (b, l), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn step_and_prefill_equal_forward() {
+    lrnnx::init();
+    for (tied, rms, di) in [(true, true, 32), (false, false, 0)] {
+        let m = LRNNLMHeadModel::init(hybrid(tied, rms, di), 1, &Device::Cpu).unwrap();
+        let x = ids(2, 12);
+        let logits = m.forward(&x, &LmForwardOpts::default()).unwrap();
+        assert_eq!(
+            logits.dims(),
+            &[2, 12, 56],
+            "vocab 50 padded to a multiple of 8"
+        );
+        let mut st = m.init_state(2, 12).unwrap();
+        let steps: Vec<Tensor> = (0..12)
+            .map(|t| {
+                m.step(&x.narrow(1, t, 1).unwrap(), &mut st, None)
+                    .unwrap()
+                    .unsqueeze(1)
+                    .unwrap()
+            })
+            .collect();
+        assert!(max_diff(&Tensor::cat(&steps, 1).unwrap(), &logits) < 1e-4);
+        let mut st = m.init_state(2, 12).unwrap();
+        let last = m
+            .prefill(
+                &x.narrow(1, 0, 7).unwrap(),
+                &mut st,
+                &LmForwardOpts::default(),
+            )
+            .unwrap();
+        assert!(max_diff(&last, &logits.narrow(1, 6, 1).unwrap().squeeze(1).unwrap()) < 1e-4);
+        let next = m.step(&x.narrow(1, 7, 1).unwrap(), &mut st, None).unwrap();
+        assert!(max_diff(&next, &logits.narrow(1, 7, 1).unwrap().squeeze(1).unwrap()) < 1e-4);
+        let tail = m
+            .forward(
+                &x,
+                &LmForwardOpts {
+                    num_last_tokens: 3,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(max_diff(&tail, &logits.narrow(1, 9, 3).unwrap()) < 1e-6);
+    }
+}
+
+#[test]
+fn save_and_reload_give_identical_logits_and_config() {
+    lrnnx::init();
+    let dir = tempfile::tempdir().unwrap();
+    for (tied, rms, di) in [(true, true, 32), (false, false, 0)] {
+        let m = LRNNLMHeadModel::init(hybrid(tied, rms, di), 3, &Device::Cpu).unwrap();
+        m.save_pretrained(dir.path()).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        // Every per-layer default is written out.
+        assert_eq!(cfg["layers"][0]["type"], "LRU");
+        assert_eq!(cfg["layers"][0]["r_min"], 0.5);
+        assert_eq!(cfg["layers"][0]["max_phase"], std::f64::consts::TAU);
+        assert_eq!(cfg["layers"][1]["num_heads_kv"], 2);
+        let back = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu).unwrap();
+        let x = ids(2, 9);
+        let (a, b) = (
+            m.forward(&x, &LmForwardOpts::default()).unwrap(),
+            back.forward(&x, &LmForwardOpts::default()).unwrap(),
+        );
+        assert_eq!(max_diff(&a, &b), 0.0);
+        assert_eq!(back.config(), m.config());
+        // lrnnx's state-dict names, lm_head included when tied.
+        let keys = lrnnx::io::read_safetensors(&dir.path().join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+        for k in [
+            "backbone.embedding.weight",
+            "backbone.layers.0.mixer.nu_log",
+            "backbone.layers.1.mixer.in_proj.weight",
+            "backbone.norm_f.weight",
+            "lm_head.weight",
+        ] {
+            assert!(keys.contains_key(k), "{k}");
+        }
+        assert_eq!(
+            keys.contains_key("backbone.layers.0.mlp.fc1.weight"),
+            di > 0
+        );
+        assert_eq!(keys.contains_key("backbone.norm_f.bias"), !rms);
+        let none_left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(none_left.is_empty(), "temporary files left behind");
+    }
+}
+
+#[test]
+fn generation_is_deterministic_with_a_seed() {
+    lrnnx::init();
+    let m = LRNNLMHeadModel::init(hybrid(true, true, 32), 5, &Device::Cpu).unwrap();
+    let opts = GenerateOpts {
+        max_new_tokens: 12,
+        temperature: 0.9,
+        top_k: 20,
+        top_p: 0.95,
+        seed: 42,
+        ..Default::default()
+    };
+    let mut streamed = Vec::new();
+    let a = generate(&m, &[1, 2, 3], &opts, |t| streamed.push(t)).unwrap();
+    let b = generate(&m, &[1, 2, 3], &opts, |_| {}).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a, streamed);
+    assert_eq!(a.len(), 12);
+    // Greedy generation equals argmax of the full forward, token by token.
+    let g = generate(
+        &m,
+        &[4, 5],
+        &GenerateOpts {
+            max_new_tokens: 5,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    let mut seq = vec![4u32, 5];
+    for &t in &g {
+        let x = Tensor::new(seq.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = m
+            .forward(
+                &x,
+                &LmForwardOpts {
+                    num_last_tokens: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let arg = logits
+            .flatten_all()
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
+        assert_eq!(arg, t);
+        seq.push(t);
+    }
+}
+
+mod bad_input {
+    use super::*;
+
+    #[test]
+    fn unknown_mixer_lists_registered_names() {
+        lrnnx::init();
+        let e = LRNNLMHeadModel::init(
+            LmConfig::new(16, 8, 50, &["LRU", "Mamba3"]),
+            0,
+            &Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("Mamba3") && e.contains("LRU") && e.contains("attn"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn layer_count_mismatch() {
+        lrnnx::init();
+        let mut c = LmConfig::new(16, 8, 50, &["LRU", "LRU"]);
+        c.n_layer = 3;
+        let e = LRNNLMHeadModel::init(c, 0, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("n_layer is 3") && e.contains("2 entries"), "{e}");
+    }
+
+    #[test]
+    fn unknown_kwarg_names_layer_and_key() {
+        lrnnx::init();
+        let mut c = LmConfig::new(16, 8, 50, &["LRU", "attn"]);
+        c.mixer_kwargs =
+            serde_json::from_str(r#"{"attn": {"num_heads": 2, "casual": true}}"#).unwrap();
+        let e = LRNNLMHeadModel::init(c, 0, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layer 1") && e.contains("casual") && e.contains("causal"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_input_rank_or_range() {
+        lrnnx::init();
+        let m = LRNNLMHeadModel::init(hybrid(true, true, 0), 0, &Device::Cpu).unwrap();
+        let e = m
+            .forward(&ids(2, 3).flatten_all().unwrap(), &LmForwardOpts::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(batch, seqlen)") && e.contains("[6]"), "{e}");
+        let big = Tensor::new(&[[1u32, 999]], &Device::Cpu).unwrap();
+        let e = m
+            .forward(&big, &LmForwardOpts::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0..56") && e.contains("999"), "{e}");
+    }
+
+    fn saved() -> (tempfile::TempDir, LRNNLMHeadModel) {
+        lrnnx::init();
+        let dir = tempfile::tempdir().unwrap();
+        let m = LRNNLMHeadModel::init(hybrid(true, true, 0), 0, &Device::Cpu).unwrap();
+        m.save_pretrained(dir.path()).unwrap();
+        (dir, m)
+    }
+
+    fn rewrite(
+        dir: &std::path::Path,
+        f: impl FnOnce(&mut std::collections::BTreeMap<String, Tensor>),
+    ) {
+        let path = dir.join("model.safetensors");
+        let mut t: std::collections::BTreeMap<_, _> =
+            lrnnx::io::read_safetensors(&path, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .collect();
+        f(&mut t);
+        lrnnx::io::write_safetensors(&path, &t, None).unwrap();
+    }
+
+    #[test]
+    fn missing_tensor_names_the_key_and_file() {
+        let (dir, _) = saved();
+        rewrite(dir.path(), |t| {
+            t.remove("backbone.layers.0.mixer.B_re");
+        });
+        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("backbone.layers.0.mixer.B_re") && e.contains("model.safetensors"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn misshapen_tensor_names_key_and_shapes() {
+        let (dir, _) = saved();
+        rewrite(dir.path(), |t| {
+            t.insert(
+                "backbone.layers.1.mixer.out_proj.weight".into(),
+                Tensor::zeros((16, 15), DType::F32, &Device::Cpu).unwrap(),
+            );
+        });
+        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("out_proj.weight") && e.contains("[16, 15]") && e.contains("[16, 16]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn stray_tensor_is_reported() {
+        let (dir, _) = saved();
+        rewrite(dir.path(), |t| {
+            t.insert(
+                "backbone.layers.7.mixer.x".into(),
+                Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+            );
+        });
+        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backbone.layers.7.mixer.x"), "{e}");
+    }
+
+    #[test]
+    fn truncated_safetensors() {
+        let (dir, _) = saved();
+        let path = dir.path().join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn malformed_config() {
+        let (dir, _) = saved();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, "{\"d_model\": 16, \"n_layer\": ").unwrap();
+        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.json") && e.contains("malformed JSON"),
+            "{e}"
+        );
+        std::fs::write(&path, r#"{"d_model": "sixteen", "d_state": 8, "n_layer": 1, "vocab_size": 5, "mixer_types": ["LRU"]}"#).unwrap();
+        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.json") && e.contains("sixteen"), "{e}");
+    }
+
+    #[test]
+    fn missing_weights() {
+        let (dir, _) = saved();
+        std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("pytorch_model.bin"),
+            "{e}"
+        );
+    }
+}
