@@ -161,11 +161,11 @@ impl Registry {
         })
     }
 
-    /// Every registered mixer, in registration order.
+    /// Every registered mixer, sorted by name (case-insensitive).
     pub fn all() -> Vec<Registered> {
         let reg = global().read().unwrap_or_else(|e| e.into_inner());
         let mut v = reg.entries.clone();
-        v.sort_by(|a, b| a.spec.name.to_lowercase().cmp(&b.spec.name.to_lowercase()));
+        v.sort_by_key(|r| r.spec.name.to_lowercase());
         v
     }
 

@@ -10,9 +10,11 @@ use crate::{Error, Result};
 /// (a recurrent state, a convolution window, a KV cache) plus the number of
 /// positions consumed so far.
 ///
-/// Cloning is cheap (tensors are reference-counted), so a caller can keep a
-/// snapshot and resume from it later; [`MixerState::save`] and
-/// [`MixerState::load`] persist one to a safetensors file.
+/// `clone` is cheap and shares the tensors' buffers. Some mixers update their
+/// buffers in place (attention writes its KV cache slot by slot), so a
+/// snapshot to resume from later should be a [`MixerState::deep_clone`].
+/// [`MixerState::save`] and [`MixerState::load`] persist a state to a
+/// safetensors file.
 #[derive(Debug, Clone, Default)]
 pub struct MixerState {
     tensors: BTreeMap<String, Tensor>,
@@ -46,6 +48,18 @@ impl MixerState {
         })
     }
 
+    /// A copy that shares no buffer with `self`.
+    pub fn deep_clone(&self) -> Result<Self> {
+        let mut tensors = BTreeMap::new();
+        for (k, t) in &self.tensors {
+            tensors.insert(k.clone(), t.copy()?);
+        }
+        Ok(Self {
+            tensors,
+            seqlen_offset: self.seqlen_offset,
+        })
+    }
+
     /// All tensors by name.
     pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
         &self.tensors
@@ -74,5 +88,40 @@ impl MixerState {
             tensors,
             seqlen_offset,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn save_load_and_deep_clone() {
+        let dev = Device::Cpu;
+        let t = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev).unwrap();
+        let mut s = MixerState::new().with("h", t.clone());
+        s.seqlen_offset = 7;
+        let dir = std::env::temp_dir().join(format!("lrnnx-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.safetensors");
+        s.save(&path).unwrap();
+        let back = MixerState::load(&path, &dev).unwrap();
+        assert_eq!(back.seqlen_offset, 7);
+        assert_eq!(
+            back.get("h").unwrap().to_vec2::<f32>().unwrap(),
+            t.to_vec2::<f32>().unwrap()
+        );
+        let e = back.get("k").unwrap_err().to_string();
+        assert!(e.contains("`k`") && e.contains("\"h\""), "{e}");
+        // A deep clone does not see in-place writes to the original.
+        let snap = s.deep_clone().unwrap();
+        s.get("h")
+            .unwrap()
+            .slice_set(&Tensor::zeros((2, 1), DType::F32, &dev).unwrap(), 1, 0)
+            .unwrap();
+        assert_eq!(snap.get("h").unwrap().to_vec2::<f32>().unwrap()[0][0], 1.0);
+        assert_eq!(s.get("h").unwrap().to_vec2::<f32>().unwrap()[0][0], 0.0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,5 +1,6 @@
 //! Subcommands of the `lrnnx` binary.
 
+mod bench;
 mod conformance;
 mod demo;
 mod info;
@@ -23,6 +24,8 @@ enum Command {
     Conformance(conformance::Args),
     /// Describe a saved model: layers, parameter count, dtype.
     Info(info::Args),
+    /// Time mixers and kernels against the copy-bandwidth floor (CPU or CUDA).
+    Bench(bench::Args),
     /// Build a small hybrid LRU + attention LM, run a forward pass and a greedy generation (the default).
     Demo(demo::Args),
 }
@@ -41,6 +44,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Mixers(a) => mixers::run(a),
         Command::Conformance(a) => conformance::run(a),
         Command::Info(a) => info::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),
     }
 }

@@ -61,13 +61,13 @@ impl MhaConfig {
             return Err("num_heads must be positive, found 0".into());
         }
         let kv = *self.num_heads_kv.get_or_insert(self.num_heads);
-        if kv == 0 || self.num_heads % kv != 0 {
+        if kv == 0 || !self.num_heads.is_multiple_of(kv) {
             return Err(format!(
                 "num_heads ({}) must be a multiple of num_heads_kv ({kv})",
                 self.num_heads
             ));
         }
-        if self.head_dim.is_none() && d_model % self.num_heads != 0 {
+        if self.head_dim.is_none() && !d_model.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "d_model ({d_model}) must be divisible by num_heads ({}) when head_dim is not given",
                 self.num_heads
@@ -77,7 +77,7 @@ impl MhaConfig {
         if hd == 0 {
             return Err("head_dim must be positive".into());
         }
-        if self.rotary_emb_dim % 2 != 0 || self.rotary_emb_dim > hd {
+        if !self.rotary_emb_dim.is_multiple_of(2) || self.rotary_emb_dim > hd {
             return Err(format!(
                 "rotary_emb_dim must be even and at most head_dim ({hd}), found {}",
                 self.rotary_emb_dim

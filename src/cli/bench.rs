@@ -1,0 +1,163 @@
+//! `lrnnx bench`: throughput of the mixers and kernels against the memory
+//! floor, on the CPU or a CUDA GPU. Prints a table and writes JSON.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use lrnnx::{BuildArgs, ForwardOpts, Mixer, ParamStore, Registry, StepOpts};
+use serde_json::json;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// `cpu` or `cuda` (`cuda:N` for another GPU; needs the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Sequence length.
+    #[arg(long, default_value_t = 2048)]
+    seqlen: usize,
+    /// Model width.
+    #[arg(long, default_value_t = 256)]
+    d_model: usize,
+    /// State size.
+    #[arg(long, default_value_t = 256)]
+    d_state: usize,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench.json")]
+    json: PathBuf,
+}
+
+fn device(name: &str) -> anyhow::Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        other => match other.strip_prefix("cuda:") {
+            Some(i) => Device::new_cuda(i.parse()?)?,
+            None => anyhow::bail!("unknown device `{other}`; expected cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+/// Median seconds of `f` over `reps` runs after two warm-ups, synchronizing the device.
+fn time(
+    dev: &Device,
+    reps: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    dev.synchronize()?;
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    Ok(ts[ts.len() / 2])
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let dev = device(&a.device)?;
+    let (b, l, h, n) = (a.batch, a.seqlen, a.d_model, a.d_state);
+    let tokens = (b * l) as f64;
+    let mut rows = Vec::new();
+    println!(
+        "device {:?}  B={b} L={l} d_model={h} d_state={n}  (median of {} runs)",
+        dev, a.reps
+    );
+
+    // Floor: a device copy of the scan's input (read + write of the same bytes).
+    let u = Tensor::randn(0f32, 1.0, (b, l, 2 * n), &dev)?;
+    let bytes = (2 * u.elem_count() * 4) as f64;
+    let t_copy = time(&dev, a.reps, || {
+        let _ = u.copy()?;
+        Ok(())
+    })?;
+    let copy_gbs = bytes / t_copy / 1e9;
+    println!(
+        "{:<28} {:>10.3} ms {:>10.1} GB/s",
+        "copy (floor)",
+        t_copy * 1e3,
+        copy_gbs
+    );
+
+    // The complex scan kernel alone.
+    let lam = (Tensor::rand(0f32, 0.9, 2 * n, &dev)? - 0.45)?;
+    let t_scan = time(&dev, a.reps, || {
+        let _ = lrnnx_kernels::scan::complex_diag_scan(&u, &lam, None)?;
+        Ok(())
+    })?;
+    let scan_gbs = bytes / t_scan / 1e9;
+    println!(
+        "{:<28} {:>10.3} ms {:>10.1} GB/s  {:>5.1}% of copy",
+        "complex scan kernel",
+        t_scan * 1e3,
+        scan_gbs,
+        100.0 * scan_gbs / copy_gbs
+    );
+    rows.push(
+        json!({"name": "complex_scan", "ms": t_scan * 1e3, "gb_s": scan_gbs, "copy_gb_s": copy_gbs,
+                      "fraction_of_copy": scan_gbs / copy_gbs}),
+    );
+
+    for name in ["LRU", "attn"] {
+        let store = ParamStore::init(0, DType::F32, &dev);
+        let kwargs = if name == "attn" {
+            serde_json::from_str(r#"{"num_heads": 4, "causal": true}"#)?
+        } else {
+            Default::default()
+        };
+        let args = BuildArgs {
+            d_model: h,
+            d_state: n,
+            layer_idx: 0,
+            kwargs,
+            params: store.builder(),
+        };
+        let m: Box<dyn Mixer> = Registry::build(name, &args)?;
+        let x = Tensor::randn(0f32, 1.0, (b, l, h), &dev)?;
+        let t_fwd = time(&dev, a.reps, || {
+            let _ = m.forward(&x, &ForwardOpts::default())?;
+            Ok(())
+        })?;
+        let mut st = m.init_state(b, l + 4 * a.reps + 8, DType::F32, &dev)?;
+        if name == "attn" {
+            // Decode against a cache already holding most of the sequence.
+            let _ = m.prefill(
+                &x.narrow(1, 0, l.min(1400))?,
+                &mut st,
+                &ForwardOpts::default(),
+            )?;
+        }
+        let xt = x.narrow(1, 0, 1)?.squeeze(1)?;
+        let t_step = time(&dev, a.reps, || {
+            let _ = m.step(&xt, &mut st, &StepOpts::default())?;
+            Ok(())
+        })?;
+        println!(
+            "{:<28} {:>10.3} ms {:>10.0} tok/s   step {:>8.1} us/token (batch {b})",
+            format!("{name} forward"),
+            t_fwd * 1e3,
+            tokens / t_fwd,
+            t_step * 1e6
+        );
+        rows.push(
+            json!({"name": name, "forward_ms": t_fwd * 1e3, "forward_tokens_per_s": tokens / t_fwd,
+                          "step_us": t_step * 1e6}),
+        );
+    }
+    let out = json!({"device": format!("{dev:?}"), "batch": b, "seqlen": l, "d_model": h, "d_state": n,
+                      "copy_gb_s": copy_gbs, "results": rows});
+    lrnnx::io::write_json(&a.json, &out)?;
+    println!("wrote {}", a.json.display());
+    Ok(())
+}
