@@ -11,6 +11,7 @@
 //! - `build_support.rs`: the nvcc-to-PTX helper that mixers' `build.rs`
 //!   include (a file, not a dependency, so build scripts stay light).
 
+pub mod fft_conv;
 pub mod scan;
 pub mod scan_cpu;
 

@@ -14,6 +14,9 @@ use crate::Real;
 /// running state in registers.
 const BLOCK: usize = 16;
 
+/// Below this many (batch x length x channel) updates the scan runs on the calling thread.
+const PARALLEL_THRESHOLD: usize = 1 << 15;
+
 /// Shape of one scan problem.
 #[derive(Debug, Clone, Copy)]
 pub struct ScanDims {
@@ -46,7 +49,7 @@ pub fn scan<T: Real>(
     // Each task owns one (batch, channel block) and writes only its columns,
     // so tasks hand out disjoint raw pointers into `h`.
     let out = SendPtr(h.as_mut_ptr());
-    (0..b * blocks).into_par_iter().for_each(|task| {
+    let run = |task: usize| {
         let out = &out;
         let (bi, blk) = (task / blocks, task % blocks);
         let n0 = blk * BLOCK;
@@ -86,7 +89,13 @@ pub fn scan<T: Real>(
                 std::ptr::copy_nonoverlapping(hi.as_ptr(), p.add(n + n0), w);
             }
         }
-    });
+    };
+    // A decoding step is a few thousand flops: not worth waking the thread pool.
+    if b * l * n < PARALLEL_THRESHOLD {
+        (0..b * blocks).for_each(run);
+    } else {
+        (0..b * blocks).into_par_iter().for_each(run);
+    }
     h
 }
 
