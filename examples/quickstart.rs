@@ -39,6 +39,9 @@ fn main() -> anyhow::Result<()> {
         .flatten_all()?
         .max(0)?
         .to_scalar::<f32>()?;
-    println!("saved to {} and reloaded: max logit difference {same}", dir.display());
+    println!(
+        "saved to {} and reloaded: max logit difference {same}",
+        dir.display()
+    );
     Ok(())
 }

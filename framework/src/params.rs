@@ -38,6 +38,10 @@ struct Inner {
     loaded: Option<HashMap<String, Tensor>>,
     used: HashSet<String>,
     params: BTreeMap<String, Var>,
+    /// Non-trainable tensors saved with the model (PyTorch buffers).
+    buffers: BTreeMap<String, Tensor>,
+    /// Second names of parameters (alias -> target), saved under both.
+    aliases: BTreeMap<String, String>,
     rng: StdRng,
 }
 
@@ -69,6 +73,8 @@ impl ParamStore {
                 loaded,
                 used: HashSet::new(),
                 params: BTreeMap::new(),
+                buffers: BTreeMap::new(),
+                aliases: BTreeMap::new(),
                 rng: StdRng::seed_from_u64(seed),
             }),
             device: device.clone(),
@@ -105,13 +111,22 @@ impl ParamStore {
         self.lock().params.clone()
     }
 
-    /// Every parameter handed out so far, as plain tensors.
+    /// Everything a checkpoint holds: parameters, buffers, and parameters
+    /// again under their aliases (as PyTorch's `state_dict` lists shared ones).
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.lock()
+        let inner = self.lock();
+        let mut map: BTreeMap<String, Tensor> = inner
             .params
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect()
+            .collect();
+        map.extend(inner.buffers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (alias, target) in &inner.aliases {
+            if let Some(t) = map.get(target).cloned() {
+                map.insert(alias.clone(), t);
+            }
+        }
+        map
     }
 
     /// Marks a loaded key as consumed without turning it into a parameter
@@ -223,6 +238,67 @@ impl ParamBuilder {
         self.store.dtype()
     }
 
+    /// Records `alias` as a second name of the parameter `target` (both
+    /// relative to this prefix): a checkpoint may hold either or both (a
+    /// loaded alias must equal the target up to 1e-6 relative), and saving writes both.
+    pub fn alias(&self, alias: &str, target: &str) -> Result<()> {
+        let (akey, tkey) = (self.key(alias), self.key(target));
+        let mut inner = self.store.lock();
+        let target_t = inner.params.get(&tkey).map(|v| v.as_tensor().clone());
+        if let (Some(Some(a)), Some(t)) = (
+            inner.loaded.as_ref().map(|m| m.get(&akey)),
+            target_t.as_ref(),
+        ) {
+            let a = a.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
+            let t = t.to_dtype(DType::F64)?.to_device(&Device::Cpu)?;
+            if a.dims() != t.dims() {
+                return Err(Error::TensorShape {
+                    key: akey,
+                    expected: t.dims().to_vec(),
+                    found: a.dims().to_vec(),
+                });
+            }
+            let diff = (&a - &t)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f64>()?;
+            let scale = t.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?.max(1.0);
+            if diff > 1e-6 * scale {
+                return Err(Error::Config(format!(
+                    "checkpoint tensors `{akey}` and `{tkey}` should be one shared tensor but differ by {diff:e}"
+                )));
+            }
+        }
+        inner.used.insert(akey.clone());
+        inner.aliases.insert(akey, tkey);
+        Ok(())
+    }
+
+    /// A non-trainable tensor saved with the model (a PyTorch buffer), loaded
+    /// if present, else built by `init`. Its shape is not checked: buffers such
+    /// as step counters are scalars of any dtype.
+    pub fn buffer(&self, name: &str, init: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        let key = self.key(name);
+        let mut inner = self.store.lock();
+        if let Some(t) = inner.buffers.get(&key) {
+            return Ok(t.clone());
+        }
+        let t = match inner.loaded.as_ref().and_then(|m| m.get(&key)) {
+            Some(t) => t.to_device(&self.store.device)?,
+            None => init()?.to_device(&self.store.device)?,
+        };
+        inner.used.insert(key.clone());
+        inner.buffers.insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// Replaces a buffer's value (e.g. a cache the layer recomputes), so that saving writes the new one.
+    pub fn set_buffer(&self, name: &str, t: Tensor) {
+        let key = self.key(name);
+        self.store.lock().buffers.insert(key, t);
+    }
+
     /// The parameter `name` of shape `shape`, drawn from `init` unless loaded.
     pub fn get(
         &self,
@@ -328,6 +404,41 @@ mod tests {
         assert!(err.contains("a.missing"), "{err}");
         b.get((2, 3), "w", Init::Zeros).unwrap();
         assert_eq!(store.unused_keys(), vec!["a.extra".to_string()]);
+    }
+
+    #[test]
+    fn aliases_and_buffers_are_saved_and_checked() {
+        let dev = Device::Cpu;
+        let store = ParamStore::init(0, DType::F32, &dev);
+        let b = store.builder().pp("m");
+        b.get(3, "A", Init::Ones).unwrap();
+        b.alias("kernel.A", "A").unwrap();
+        b.buffer("count", || Ok(Tensor::new(&[16i64], &dev)?))
+            .unwrap();
+        let saved = store.tensors();
+        assert!(
+            saved.contains_key("m.A")
+                && saved.contains_key("m.kernel.A")
+                && saved.contains_key("m.count")
+        );
+        // Reload: the alias is consumed; a disagreeing alias is refused.
+        let reload = |alias_value: f32| {
+            let mut map: HashMap<String, Tensor> = saved.clone().into_iter().collect();
+            map.insert(
+                "m.kernel.A".into(),
+                Tensor::new(&[alias_value; 3], &dev).unwrap(),
+            );
+            let s = ParamStore::load(map, DType::F32, &dev);
+            let b = s.builder().pp("m");
+            b.get(3, "A", Init::Zeros).unwrap();
+            let r = b.alias("kernel.A", "A");
+            b.buffer("count", || unreachable!("loaded")).unwrap();
+            (r, s.unused_keys())
+        };
+        let (ok, unused) = reload(1.0);
+        assert!(ok.is_ok() && unused.is_empty(), "{unused:?}");
+        let (bad, _) = reload(2.0);
+        assert!(bad.unwrap_err().to_string().contains("m.kernel.A"));
     }
 
     #[test]

@@ -46,7 +46,13 @@ fn fft_len(n: usize) -> usize {
 }
 
 /// Per-channel work on columns of `(B, L, H)` data: gathers channel `h` of batch `b`.
-fn column<T: Copy>(x: &[T], b: usize, l: usize, h: usize, ch: usize) -> impl Iterator<Item = T> + '_ {
+fn column<T: Copy>(
+    x: &[T],
+    b: usize,
+    l: usize,
+    h: usize,
+    ch: usize,
+) -> impl Iterator<Item = T> + '_ {
     (0..l).map(move |t| x[(b * l + t) * h + ch])
 }
 
@@ -80,7 +86,11 @@ impl<T: FftReal> Plans<T> {
         }
     }
 
-    fn spectrum(&self, data: impl Iterator<Item = T>, reverse_into: Option<usize>) -> Vec<Complex<T>> {
+    fn spectrum(
+        &self,
+        data: impl Iterator<Item = T>,
+        reverse_into: Option<usize>,
+    ) -> Vec<Complex<T>> {
         let mut buf = vec![T::default(); self.n];
         match reverse_into {
             // Place the sequence time-reversed (for correlations).
@@ -89,7 +99,9 @@ impl<T: FftReal> Plans<T> {
         }
         let mut spec = self.fwd.make_output_vec();
         // Lengths match by construction; a failure here is a bug, not user input.
-        self.fwd.process(&mut buf, &mut spec).expect("FFT buffer sizes match the plan");
+        self.fwd
+            .process(&mut buf, &mut spec)
+            .expect("FFT buffer sizes match the plan");
         spec
     }
 
@@ -101,7 +113,9 @@ impl<T: FftReal> Plans<T> {
             last.im = T::default();
         }
         let mut out = self.inv.make_output_vec();
-        self.inv.process(&mut spec, &mut out).expect("FFT buffer sizes match the plan");
+        self.inv
+            .process(&mut spec, &mut out)
+            .expect("FFT buffer sizes match the plan");
         out
     }
 }
@@ -110,7 +124,15 @@ fn from_f64<T: FftReal>(v: f64) -> T {
     <T as realfft::num_traits::FromPrimitive>::from_f64(v).unwrap_or_default()
 }
 
-fn conv_cpu<T: FftReal>(x: &[T], k: &[T], b: usize, l: usize, h: usize, taps: usize, reverse: bool) -> Vec<T> {
+fn conv_cpu<T: FftReal>(
+    x: &[T],
+    k: &[T],
+    b: usize,
+    l: usize,
+    h: usize,
+    taps: usize,
+    reverse: bool,
+) -> Vec<T> {
     let mut y = vec![T::default(); b * l * h];
     let used = taps.min(l);
     let direct = used <= DIRECT_MAX_TAPS;
@@ -142,7 +164,8 @@ fn conv_cpu<T: FftReal>(x: &[T], k: &[T], b: usize, l: usize, h: usize, taps: us
                 None => conv_direct(&xc, kc, reverse, &mut out),
                 Some(p) => {
                     let xs = p.spectrum(xc.iter().copied(), None);
-                    let prod: Vec<Complex<T>> = xs.iter().zip(&kspec[ch]).map(|(a, b)| a * b).collect();
+                    let prod: Vec<Complex<T>> =
+                        xs.iter().zip(&kspec[ch]).map(|(a, b)| a * b).collect();
                     let full = p.inverse(prod);
                     let scale = from_f64::<T>(1.0 / p.n as f64);
                     let shift = if reverse { used - 1 } else { 0 };
@@ -163,7 +186,14 @@ fn conv_cpu<T: FftReal>(x: &[T], k: &[T], b: usize, l: usize, h: usize, taps: us
     y
 }
 
-fn kernel_grad_cpu<T: FftReal>(x: &[T], g: &[T], b: usize, l: usize, h: usize, taps: usize) -> Vec<T> {
+fn kernel_grad_cpu<T: FftReal>(
+    x: &[T],
+    g: &[T],
+    b: usize,
+    l: usize,
+    h: usize,
+    taps: usize,
+) -> Vec<T> {
     let used = taps.min(l);
     let per_channel: Vec<Vec<T>> = (0..h)
         .into_par_iter()
@@ -218,7 +248,13 @@ impl CustomOp2 for ChannelConv {
         "channel-conv"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ks: &CpuStorage, kl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (b, l, h, taps) = dims(xl, kl)?;
         let out = match (xs, ks) {
             (CpuStorage::F32(x), CpuStorage::F32(k)) => CpuStorage::F32(conv_cpu(
@@ -248,9 +284,20 @@ impl CustomOp2 for ChannelConv {
         Ok((out, xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, k: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
-        let gx = g.apply_op2_no_bwd(k, &ChannelConv { reverse: !self.reverse })?;
+        let gx = g.apply_op2_no_bwd(
+            k,
+            &ChannelConv {
+                reverse: !self.reverse,
+            },
+        )?;
         let taps = k.dim(1)?;
         // For the anti-causal direction the roles of x and g swap.
         let gk = if self.reverse {
@@ -267,7 +314,13 @@ impl CustomOp2 for KernelGrad {
         "channel-conv-kernel-grad"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (b, l, h) = xl.shape().dims3()?;
         let out = match (xs, gs) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(kernel_grad_cpu(
@@ -304,7 +357,8 @@ impl CustomOp2 for KernelGrad {
 /// ```
 pub fn causal_conv(x: &Tensor, k: &Tensor) -> Result<Tensor> {
     let k = k.to_dtype(x.dtype())?.contiguous()?;
-    x.contiguous()?.apply_op2(&k, ChannelConv { reverse: false })
+    x.contiguous()?
+        .apply_op2(&k, ChannelConv { reverse: false })
 }
 
 #[cfg(test)]
@@ -327,21 +381,40 @@ mod tests {
     }
 
     fn vec1(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]
     fn direct_and_fft_paths_match_the_naive_sum() {
         // taps <= 48 takes the direct path, longer ones the FFT.
-        for (b, l, h, taps) in [(1, 1, 1, 1), (2, 9, 3, 4), (3, 70, 5, 70), (2, 200, 4, 57), (1, 33, 2, 100)] {
+        for (b, l, h, taps) in [
+            (1, 1, 1, 1),
+            (2, 9, 3, 4),
+            (3, 70, 5, 70),
+            (2, 200, 4, 57),
+            (1, 33, 2, 100),
+        ] {
             let x = Tensor::randn(0f64, 1.0, (b, l, h), &Device::Cpu).unwrap();
             let k = Tensor::randn(0f64, 1.0, (h, taps), &Device::Cpu).unwrap();
             let y = vec1(&causal_conv(&x, &k).unwrap());
             let want = naive(&vec1(&x), &vec1(&k), b, l, h, taps);
-            let err = y.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let err = y
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
             assert!(err < 1e-9, "({b},{l},{h},{taps}): {err}");
             let yf = vec1(&causal_conv(&x.to_dtype(DType::F32).unwrap(), &k).unwrap());
-            let errf = yf.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let errf = yf
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
             assert!(errf < 1e-3, "f32 ({b},{l},{h},{taps}): {errf}");
         }
     }
@@ -349,10 +422,17 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         for (b, l, h, taps) in [(2, 11, 3, 5), (2, 90, 2, 90)] {
-            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (b, l, h), &Device::Cpu).unwrap()).unwrap();
-            let k = Var::from_tensor(&Tensor::randn(0f64, 1.0, (h, taps), &Device::Cpu).unwrap()).unwrap();
+            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (b, l, h), &Device::Cpu).unwrap())
+                .unwrap();
+            let k = Var::from_tensor(&Tensor::randn(0f64, 1.0, (h, taps), &Device::Cpu).unwrap())
+                .unwrap();
             let w = Tensor::randn(0f64, 1.0, (b, l, h), &Device::Cpu).unwrap();
-            let loss = |x: &Tensor, k: &Tensor| (causal_conv(x, k).unwrap() * &w).unwrap().sum_all().unwrap();
+            let loss = |x: &Tensor, k: &Tensor| {
+                (causal_conv(x, k).unwrap() * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+            };
             let grads = loss(x.as_tensor(), k.as_tensor()).backward().unwrap();
             // The loss is linear in each argument: the gradient is exact, compare with one difference.
             for (var, other_is_x) in [(&x, false), (&k, true)] {
@@ -361,14 +441,22 @@ mod tests {
                 for idx in [0, base.len() / 3, base.len() - 1] {
                     let mut v = base.clone();
                     v[idx] += 1.0;
-                    let bumped = Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap();
+                    let bumped =
+                        Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap();
                     let (lx, lk) = if other_is_x {
                         (x.as_tensor().clone(), bumped)
                     } else {
                         (bumped, k.as_tensor().clone())
                     };
-                    let fd = loss(&lx, &lk).to_scalar::<f64>().unwrap() - loss(x.as_tensor(), k.as_tensor()).to_scalar::<f64>().unwrap();
-                    assert!((fd - g[idx]).abs() < 1e-8 * (1.0 + fd.abs()), "({b},{l},{h},{taps}) idx {idx}: {fd} vs {}", g[idx]);
+                    let fd = loss(&lx, &lk).to_scalar::<f64>().unwrap()
+                        - loss(x.as_tensor(), k.as_tensor())
+                            .to_scalar::<f64>()
+                            .unwrap();
+                    assert!(
+                        (fd - g[idx]).abs() < 1e-8 * (1.0 + fd.abs()),
+                        "({b},{l},{h},{taps}) idx {idx}: {fd} vs {}",
+                        g[idx]
+                    );
                 }
             }
         }

@@ -14,6 +14,8 @@
 pub mod fft_conv;
 pub mod scan;
 pub mod scan_cpu;
+pub mod scan_real_tv;
+pub mod scan_tv;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -1,0 +1,2 @@
+//! Criterion benches of Centaurus (to be written with the mixer).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Criterion benches of RGLRU (to be written with the mixer).
+fn main() {}

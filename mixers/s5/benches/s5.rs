@@ -1,0 +1,2 @@
+//! Criterion benches of S5 (to be written with the mixer).
+fn main() {}
