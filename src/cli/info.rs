@@ -9,10 +9,14 @@ use lrnnx::LRNNLMHeadModel;
 pub struct Args {
     /// A directory with `config.json` and `model.safetensors` (or lrnnx's `pytorch_model.bin`).
     model: PathBuf,
+    /// Constructor kwargs per mixer type for checkpoints that lack them (Python lrnnx's).
+    #[arg(long)]
+    mixer_kwargs: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let model = LRNNLMHeadModel::from_pretrained(&a.model, None, &Device::Cpu)?;
+    let kwargs = super::convert::parse_mixer_kwargs(a.mixer_kwargs.as_deref())?;
+    let model = LRNNLMHeadModel::from_pretrained(&a.model, kwargs.as_ref(), &Device::Cpu)?;
     let c = model.config();
     println!("model       {}", a.model.display());
     println!(

@@ -2,6 +2,7 @@
 
 mod bench;
 mod conformance;
+mod convert;
 mod demo;
 mod info;
 mod mixers;
@@ -22,6 +23,8 @@ enum Command {
     Mixers(mixers::Args),
     /// Run every lrnnx reference case in a directory.
     Conformance(conformance::Args),
+    /// Convert a model directory (Python lrnnx's or ours) to config.json + model.safetensors.
+    Convert(convert::Args),
     /// Describe a saved model: layers, parameter count, dtype.
     Info(info::Args),
     /// Time mixers and kernels against the copy-bandwidth floor (CPU or CUDA).
@@ -43,6 +46,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Demo(demo::Args::default())) {
         Command::Mixers(a) => mixers::run(a),
         Command::Conformance(a) => conformance::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),

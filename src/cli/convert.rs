@@ -1,0 +1,46 @@
+//! `lrnnx convert IN_DIR OUT_DIR`: a Python lrnnx checkpoint (or ours) to our
+//! layout: `config.json` with every default filled in + `model.safetensors`.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use lrnnx::LRNNLMHeadModel;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model directory to read (`config.json` + `pytorch_model.bin` or `model.safetensors`).
+    input: PathBuf,
+    /// Directory to write (created if missing).
+    output: PathBuf,
+    /// Constructor kwargs per mixer type, as lrnnx's `from_pretrained(mixer_kwargs=...)`,
+    /// e.g. '{"attn": {"num_heads": 4, "causal": true}}'. lrnnx does not save them.
+    #[arg(long)]
+    mixer_kwargs: Option<String>,
+}
+
+/// Parses a `--mixer-kwargs` JSON object.
+pub fn parse_mixer_kwargs(text: Option<&str>) -> anyhow::Result<Option<lrnnx::MixerKwargs>> {
+    match text {
+        None => Ok(None),
+        Some(t) => match serde_json::from_str(t)? {
+            serde_json::Value::Object(m) => Ok(Some(m)),
+            other => anyhow::bail!(
+                "--mixer-kwargs must be a JSON object keyed by mixer type, found {other}"
+            ),
+        },
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let kwargs = parse_mixer_kwargs(a.mixer_kwargs.as_deref())?;
+    let model = LRNNLMHeadModel::from_pretrained(&a.input, kwargs.as_ref(), &Device::Cpu)?;
+    model.save_pretrained(&a.output)?;
+    println!(
+        "converted {} -> {} ({} layers, {} parameters)",
+        a.input.display(),
+        a.output.display(),
+        model.config().n_layer,
+        model.num_params()
+    );
+    Ok(())
+}
