@@ -63,7 +63,7 @@ fn conv_direct<T: FftReal>(xc: &[T], kc: &[T], reverse: bool, out: &mut [T]) {
         for (s, &kv) in kc.iter().enumerate() {
             let src = if reverse { t + s } else { t.wrapping_sub(s) };
             if src < l {
-                acc = acc + kv * xc[src];
+                acc += kv * xc[src];
             }
         }
         *o = acc;
@@ -206,9 +206,9 @@ fn kernel_grad_cpu<T: FftReal>(
                     for (d, slot) in dk.iter_mut().take(used).enumerate() {
                         let mut acc = T::default();
                         for t in d..l {
-                            acc = acc + gc[t] * xc[t - d];
+                            acc += gc[t] * xc[t - d];
                         }
-                        *slot = *slot + acc;
+                        *slot += acc;
                     }
                 }
             } else {
@@ -218,8 +218,9 @@ fn kernel_grad_cpu<T: FftReal>(
                 for bi in 0..b {
                     let gs = p.spectrum(column(g, bi, l, h, ch), None);
                     let xs = p.spectrum(column(x, bi, l, h, ch), Some(l));
+                    #[allow(clippy::assign_op_pattern)]
                     for (a, (u, v)) in acc.iter_mut().zip(gs.iter().zip(&xs)) {
-                        *a = *a + u * v;
+                        *a = *a + u * v; // Complex<T> has no AddAssign for every FftNum
                     }
                 }
                 let full = p.inverse(acc);

@@ -1,7 +1,7 @@
 //! Launches the complex scan kernel (`cuda/complex_scan.cu`).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg, ValidAsZeroBits};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, DType, Layout, Result};
 
@@ -22,7 +22,7 @@ pub fn chunks_for(l: usize) -> usize {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<T: DeviceRepr + candle_core::cuda_backend::CudaDType + candle_core::WithDType>(
+fn run<T: DeviceRepr + ValidAsZeroBits + candle_core::cuda_backend::CudaDType + candle_core::WithDType>(
     name: &str,
     dims: ScanDims,
     u: &CudaStorage,
@@ -42,7 +42,8 @@ fn run<T: DeviceRepr + candle_core::cuda_backend::CudaDType + candle_core::WithD
     let out = dev.alloc_zeros::<T>(b * l * 2 * n)?;
     if b * l * n > 0 {
         let chunks = chunks_for(l);
-        let func = super::function(&dev, MODULE, PTX, name)?;
+        // Loaded once per device, then cached by candle.
+        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
         let shared = 3 * chunks * WIDTH * 2 * std::mem::size_of::<T>();
         let cfg = super::config(
             (n.div_ceil(WIDTH) as u32, b as u32, 1),
