@@ -10,6 +10,9 @@
 // traffic stays one read of u and one write of h.
 #include "complex.cuh"
 
+// Timesteps loaded ahead per thread.
+#define UNROLL 8
+
 template <typename T>
 __device__ __forceinline__ void scan_kernel(const T* __restrict__ u, const T* __restrict__ lam,
                                             const T* __restrict__ h0, T* __restrict__ h, int L, int N,
@@ -33,7 +36,23 @@ __device__ __forceinline__ void scan_kernel(const T* __restrict__ u, const T* __
 
     cpx<T> s = {T(0), T(0)}, p = {T(1), T(0)};
     if (active) {
-        for (int i = t0; i < t1; ++i) {
+        // Loads are independent of the recurrence: issue UNROLL of them before
+        // using any, so that enough bytes are in flight to cover DRAM latency.
+        int i = t0;
+        for (; i + UNROLL <= t1; i += UNROLL) {
+            cpx<T> buf[UNROLL];
+#pragma unroll
+            for (int j = 0; j < UNROLL; ++j) {
+                const int t = reverse ? L - 1 - (i + j) : i + j;
+                buf[j] = {ub[t * row + n], ub[t * row + N + n]};
+            }
+#pragma unroll
+            for (int j = 0; j < UNROLL; ++j) {
+                s = cfma(l, s, buf[j]);
+                p = cmul(p, l);
+            }
+        }
+        for (; i < t1; ++i) {
             const int t = reverse ? L - 1 - i : i;
             const cpx<T> ut = {ub[t * row + n], ub[t * row + N + n]};
             s = cfma(l, s, ut);
@@ -54,7 +73,23 @@ __device__ __forceinline__ void scan_kernel(const T* __restrict__ u, const T* __
     __syncthreads();
     if (!active) return;
     s = carry[c * W + x];
-    for (int i = t0; i < t1; ++i) {
+    int i = t0;
+    for (; i + UNROLL <= t1; i += UNROLL) {
+        cpx<T> buf[UNROLL];
+#pragma unroll
+        for (int j = 0; j < UNROLL; ++j) {
+            const int t = reverse ? L - 1 - (i + j) : i + j;
+            buf[j] = {ub[t * row + n], ub[t * row + N + n]};
+        }
+#pragma unroll
+        for (int j = 0; j < UNROLL; ++j) {
+            const int t = reverse ? L - 1 - (i + j) : i + j;
+            s = cfma(l, s, buf[j]);
+            hb[t * row + n] = s.re;
+            hb[t * row + N + n] = s.im;
+        }
+    }
+    for (; i < t1; ++i) {
         const int t = reverse ? L - 1 - i : i;
         const cpx<T> ut = {ub[t * row + n], ub[t * row + N + n]};
         s = cfma(l, s, ut);

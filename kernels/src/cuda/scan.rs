@@ -22,7 +22,9 @@ pub fn chunks_for(l: usize) -> usize {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<T: DeviceRepr + ValidAsZeroBits + candle_core::cuda_backend::CudaDType + candle_core::WithDType>(
+fn run<
+    T: DeviceRepr + ValidAsZeroBits + candle_core::cuda_backend::CudaDType + candle_core::WithDType,
+>(
     name: &str,
     dims: ScanDims,
     u: &CudaStorage,

@@ -146,18 +146,14 @@ impl Mha {
         let q = q.reshape((b, hk, g * lq, d))?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?; // (B, hk, g*Lq, Lk)
         let scores = if self.cfg.causal && lq > 1 {
-            let mask: Vec<f32> = (0..lq)
-                .flat_map(|i| {
-                    (0..lk).map(move |j| {
-                        if j + lq > i + lk {
-                            f32::NEG_INFINITY
-                        } else {
-                            0.0
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (lq, lk), q.device())?.to_dtype(scores.dtype())?;
+            // Key j is visible to query i iff j <= i + (Lk - Lq); built on the device.
+            let dev = q.device();
+            let qi = (Tensor::arange(0u32, lq as u32, dev)?.unsqueeze(1)? + (lk - lq) as f64)?;
+            let kj = Tensor::arange(0u32, lk as u32, dev)?.unsqueeze(0)?;
+            let visible = kj.broadcast_le(&qi)?;
+            let zeros = Tensor::zeros((lq, lk), scores.dtype(), dev)?;
+            let neg = Tensor::full(f32::NEG_INFINITY, (lq, lk), dev)?.to_dtype(scores.dtype())?;
+            let mask = visible.where_cond(&zeros, &neg)?;
             scores
                 .reshape((b, hk, g, lq, lk))?
                 .broadcast_add(&mask)?
