@@ -26,7 +26,7 @@ pub fn memcpy_floor(t: &candle_core::Tensor) -> Result<usize> {
     let src = cs
         .as_cuda_slice::<f32>()?
         .slice(layout.start_offset()..layout.start_offset() + n);
-    let dev = cs.device();
+    let dev = &cs.device;
     // SAFETY: fully overwritten by the copy below.
     let mut dst = unsafe { dev.alloc::<f32>(n)? };
     dev.memcpy_dtod(&src, &mut dst)?;
