@@ -14,21 +14,25 @@ pub fn config(grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32) 
     }
 }
 
-/// One device-to-device `cudaMemcpy` of `t` (contiguous, f32): the copy-bandwidth
-/// floor kernels are measured against. Returns the bytes moved (read + written).
-pub fn memcpy_floor(t: &candle_core::Tensor) -> Result<usize> {
+/// A device-to-device `cudaMemcpy` of `src`'s data into a buffer of the same
+/// size, as a closure to call repeatedly: the copy-bandwidth floor kernels
+/// are measured against. `src` must be a contiguous f32 CUDA tensor.
+pub fn memcpy_repeater(src: &candle_core::Tensor) -> Result<impl FnMut() -> Result<()>> {
     use candle_core::Storage;
-    let (storage, layout) = t.storage_and_layout();
+    if !src.is_contiguous() {
+        candle_core::bail!("memcpy_repeater: expected a contiguous tensor");
+    }
+    let (storage, layout) = src.storage_and_layout();
     let Storage::Cuda(cs) = &*storage else {
-        candle_core::bail!("memcpy_floor needs a CUDA tensor");
+        candle_core::bail!("memcpy_repeater needs a CUDA tensor");
     };
-    let n = layout.shape().elem_count();
-    let src = cs
-        .as_cuda_slice::<f32>()?
-        .slice(layout.start_offset()..layout.start_offset() + n);
-    let dev = &cs.device;
-    // SAFETY: fully overwritten by the copy below.
-    let mut dst = unsafe { dev.alloc::<f32>(n)? };
-    dev.memcpy_dtod(&src, &mut dst)?;
-    Ok(2 * n * std::mem::size_of::<f32>())
+    let n = src.elem_count();
+    let so = layout.start_offset();
+    let dev = cs.device.clone();
+    // Own copies of source and destination, so the closure holds no borrow.
+    let mut from = unsafe { dev.alloc::<f32>(n)? };
+    dev.memcpy_dtod(&cs.as_cuda_slice::<f32>()?.slice(so..so + n), &mut from)?;
+    // SAFETY: only ever written by the copies.
+    let mut to = unsafe { dev.alloc::<f32>(n)? };
+    Ok(move || dev.memcpy_dtod(&from, &mut to))
 }
