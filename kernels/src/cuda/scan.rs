@@ -16,9 +16,21 @@ const MAX_CHUNKS: usize = 64;
 /// Shortest chunk worth a thread.
 const MIN_CHUNK: usize = 8;
 
-/// Number of chunks the scan of length `l` is cut into.
-pub fn chunks_for(l: usize) -> usize {
-    l.div_ceil(MIN_CHUNK).clamp(1, MAX_CHUNKS)
+/// Block shape `(channels, chunks)` for a scan of length `l`.
+/// `LRNNX_SCAN_WIDTH` / `LRNNX_SCAN_CHUNKS` override it (for tuning runs).
+pub fn block_shape(l: usize) -> (usize, usize) {
+    static SHAPE: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    let &(width, max_chunks) = SHAPE.get_or_init(|| {
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        let width = env("LRNNX_SCAN_WIDTH").unwrap_or(WIDTH).clamp(1, 1024);
+        (
+            width,
+            env("LRNNX_SCAN_CHUNKS")
+                .unwrap_or(MAX_CHUNKS)
+                .clamp(1, 1024 / width),
+        )
+    });
+    (width, l.div_ceil(MIN_CHUNK).clamp(1, max_chunks))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -42,13 +54,13 @@ fn run<T: DeviceRepr + candle_core::cuda_backend::CudaDType + candle_core::WithD
     // SAFETY: the kernel writes every element (each (b, t, channel) once).
     let out = unsafe { dev.alloc::<T>(b * l * 2 * n)? };
     if b * l * n > 0 {
-        let chunks = chunks_for(l);
+        let (width, chunks) = block_shape(l);
         // Loaded once per device, then cached by candle.
         let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-        let shared = 3 * chunks * WIDTH * 2 * std::mem::size_of::<T>();
+        let shared = 3 * chunks * width * 2 * std::mem::size_of::<T>();
         let cfg = super::config(
-            (n.div_ceil(WIDTH) as u32, b as u32, 1),
-            (WIDTH as u32, chunks as u32, 1),
+            (n.div_ceil(width) as u32, b as u32, 1),
+            (width as u32, chunks as u32, 1),
             shared as u32,
         );
         let (l32, n32, rev, cj) = (l as i32, n as i32, reverse as i32, conj as i32);
