@@ -14,7 +14,11 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 
     /// A mixer name that no built-in crate or loaded plugin registered.
-    #[error("unknown mixer `{name}`; registered mixers: {}", registered.join(", "))]
+    #[error(
+        "unknown mixer `{name}`; registered mixers: {}. If `{name}` comes from a plugin, load it first \
+         (`--plugin PATH` or LRNNX_PLUGIN_PATH)",
+        registered.join(", ")
+    )]
     UnknownMixer {
         name: String,
         registered: Vec<String>,

@@ -1,0 +1,254 @@
+//! Python lrnnx checkpoints (`config.json` + `pytorch_model.bin`): load, convert, hand back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use lrnnx::{LRNNLMHeadModel, LmForwardOpts, MixerKwargs};
+
+fn ckpt(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/lrnnx/checkpoints")
+        .join(case)
+}
+
+fn expected(case: &str) -> (Tensor, Tensor, Option<MixerKwargs>) {
+    let f =
+        lrnnx::io::read_safetensors_file(&ckpt(case).join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    let kw = f
+        .metadata
+        .get("mixer_kwargs")
+        .and_then(|s| serde_json::from_str::<MixerKwargs>(s).ok())
+        .filter(|m| !m.is_empty());
+    (
+        f.tensors["input.input_ids"].clone(),
+        f.tensors["output.logits"].clone(),
+        kw,
+    )
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    let d = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    d / b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .max(1.0)
+}
+
+const CASES: &[&str] = &[
+    "lrnnx_lm_small",
+    "lrnnx_lm_small_untied",
+    "lrnnx_lm_small_kwargs",
+];
+
+#[test]
+fn python_checkpoints_load_unchanged_and_convert_losslessly() {
+    lrnnx::init();
+    for case in CASES {
+        let (ids, logits, kw) = expected(case);
+        let model =
+            LRNNLMHeadModel::from_pretrained(ckpt(case), kw.as_ref(), &Device::Cpu).unwrap();
+        let ours = model.forward(&ids, &LmForwardOpts::default()).unwrap();
+        assert_eq!(ours.dims(), logits.dims(), "{case}: padded vocabulary kept");
+        assert!(rel_err(&ours, &logits) < 1e-4, "{case}");
+        // Convert: our layout, every default filled in; no kwargs needed to reload.
+        let out = tempfile::tempdir().unwrap();
+        model.save_pretrained(out.path()).unwrap();
+        let back = LRNNLMHeadModel::from_pretrained(out.path(), None, &Device::Cpu).unwrap();
+        assert_eq!(
+            rel_err(
+                &back.forward(&ids, &LmForwardOpts::default()).unwrap(),
+                &ours
+            ),
+            0.0,
+            "{case}"
+        );
+        // Our model.safetensors has exactly the key set and shapes of lrnnx's state dict.
+        let theirs =
+            lrnnx::pytorch::read_state_dict(&ckpt(case).join("pytorch_model.bin"), &Device::Cpu)
+                .unwrap();
+        let mine = lrnnx::io::read_safetensors(&out.path().join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+        let shapes =
+            |m: &std::collections::HashMap<String, Tensor>| -> BTreeMap<String, Vec<usize>> {
+                m.iter()
+                    .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+                    .collect()
+            };
+        assert_eq!(shapes(&mine), shapes(&theirs), "{case}");
+        // And our pytorch_model.bin writer hands the same back.
+        let bin = out.path().join("pytorch_model.bin");
+        lrnnx::pytorch::write_state_dict(&bin, &model.state_dict()).unwrap();
+        let round = lrnnx::pytorch::read_state_dict(&bin, &Device::Cpu).unwrap();
+        assert_eq!(
+            shapes(&round).keys().collect::<BTreeSet<_>>(),
+            shapes(&theirs).keys().collect::<BTreeSet<_>>()
+        );
+    }
+}
+
+#[test]
+fn safetensors_is_preferred_when_both_exist() {
+    lrnnx::init();
+    let (ids, _, _) = expected("lrnnx_lm_small");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "pytorch_model.bin"] {
+        std::fs::copy(ckpt("lrnnx_lm_small").join(f), dir.path().join(f)).unwrap();
+    }
+    let model = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu).unwrap();
+    // A safetensors file with every weight scaled: if it is read, logits change.
+    let scaled: BTreeMap<String, Tensor> = model
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| {
+            let t = if t.dtype() == DType::F32 {
+                (t * 1.5).unwrap()
+            } else {
+                t
+            };
+            (k, t)
+        })
+        .collect();
+    lrnnx::io::write_safetensors(&dir.path().join("model.safetensors"), &scaled, None).unwrap();
+    let preferred = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu).unwrap();
+    let a = model.forward(&ids, &LmForwardOpts::default()).unwrap();
+    let b = preferred.forward(&ids, &LmForwardOpts::default()).unwrap();
+    assert!(rel_err(&a, &b) > 1e-3);
+}
+
+mod bad_input {
+    use super::*;
+
+    fn copy_with(case: &str, f: impl FnOnce(&mut BTreeMap<String, Tensor>)) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            ckpt(case).join("config.json"),
+            dir.path().join("config.json"),
+        )
+        .unwrap();
+        let mut sd: BTreeMap<String, Tensor> =
+            lrnnx::pytorch::read_state_dict(&ckpt(case).join("pytorch_model.bin"), &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .collect();
+        f(&mut sd);
+        lrnnx::pytorch::write_state_dict(&dir.path().join("pytorch_model.bin"), &sd).unwrap();
+        dir
+    }
+
+    fn load_err(dir: &Path) -> String {
+        lrnnx::init();
+        LRNNLMHeadModel::from_pretrained(dir, None, &Device::Cpu)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn missing_tensor_names_key_and_file() {
+        let dir = copy_with("lrnnx_lm_small", |sd| {
+            sd.remove("backbone.layers.1.mixer.x_proj.weight");
+        });
+        let e = load_err(dir.path());
+        assert!(
+            e.contains("backbone.layers.1.mixer.x_proj.weight") && e.contains("pytorch_model.bin"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_shape_names_key_and_both_shapes() {
+        let dir = copy_with("lrnnx_lm_small", |sd| {
+            sd.insert(
+                "backbone.layers.0.mixer.B_re".into(),
+                Tensor::zeros((8, 31), DType::F32, &Device::Cpu).unwrap(),
+            );
+        });
+        let e = load_err(dir.path());
+        assert!(
+            e.contains("backbone.layers.0.mixer.B_re")
+                && e.contains("[8, 31]")
+                && e.contains("[8, 32]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn truncated_zip_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            ckpt("lrnnx_lm_small").join("config.json"),
+            dir.path().join("config.json"),
+        )
+        .unwrap();
+        let bytes = std::fs::read(ckpt("lrnnx_lm_small").join("pytorch_model.bin")).unwrap();
+        std::fs::write(
+            dir.path().join("pytorch_model.bin"),
+            &bytes[..bytes.len() - 100],
+        )
+        .unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            e.contains("pytorch_model.bin") && e.contains("PyTorch"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_weights_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            ckpt("lrnnx_lm_small").join("config.json"),
+            dir.path().join("config.json"),
+        )
+        .unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            e.contains("model.safetensors") && e.contains("pytorch_model.bin"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_mixer_in_config_lists_registered_and_mentions_plugins() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = std::fs::read_to_string(ckpt("lrnnx_lm_small").join("config.json"))
+            .unwrap()
+            .replace("\"S7\"", "\"S8\"");
+        std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+        std::fs::copy(
+            ckpt("lrnnx_lm_small").join("pytorch_model.bin"),
+            dir.path().join("pytorch_model.bin"),
+        )
+        .unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            e.contains("`S8`") && e.contains("Mamba") && e.contains("plugin"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kwargs_needed_but_missing_is_a_clear_error() {
+        // lrnnx does not save mixer kwargs; S5 has no default discretization.
+        let e = load_err(&ckpt("lrnnx_lm_small_kwargs"));
+        assert!(e.contains("S5") && e.contains("discretization"), "{e}");
+    }
+}
