@@ -4,8 +4,10 @@ mod bench;
 mod conformance;
 mod convert;
 mod demo;
+mod generate;
 mod info;
 mod mixers;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,10 @@ enum Command {
     Convert(convert::Args),
     /// Describe a saved model: layers, parameter count, dtype.
     Info(info::Args),
+    /// Train a language model on a text corpus (default: the bundled one).
+    Train(train::Args),
+    /// Generate text from a saved model: parallel prefill, then recurrent decoding.
+    Generate(generate::Args),
     /// Time mixers and kernels against the copy-bandwidth floor (CPU or CUDA).
     Bench(bench::Args),
     /// Build a small hybrid LRU + attention LM, run a forward pass and a greedy generation (the default).
@@ -48,6 +54,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Conformance(a) => conformance::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Info(a) => info::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),
     }
