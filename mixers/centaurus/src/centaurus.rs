@@ -1,0 +1,307 @@
+//! The Centaurus layer: parameters, forward by scan or convolution, step, kernel.
+
+use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::params::random;
+use lrnnx_framework::{
+    check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
+    Init, Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+};
+use lrnnx_kernels::fft_conv::causal_conv;
+use lrnnx_kernels::scan::complex_diag_scan;
+
+use crate::{CentaurusConfig, ForwardMode, Mode};
+
+/// With `forward_mode = "auto"` on the CPU, neck/dws/full sequences at least
+/// this long run as a convolution, shorter ones as a scan (measured at
+/// H=256, N=64, M=4: equal at L=8, the convolution 1.5-2.5x faster from L=16 to 16384 at B≥2).
+pub const CONV_MIN_LEN: usize = 16;
+
+/// ... except a single sequence (B=1) at least this long, which runs as a
+/// scan: building the kernel costs as much as the scan itself, and the FFT
+/// grows with `log L` (measured: scan 20-25% faster at L=16384 and 65536).
+pub const SCAN_MIN_LEN_SINGLE: usize = 8192;
+
+/// Centaurus (Pei 2025, "Let SSMs be ConvNets") as lrnnx defines it.
+///
+/// Parameters, under lrnnx's names:
+/// - `A (N, M, 2)`: the complex `(N, M)` continuous eigenvalues in PyTorch's
+///   `view_as_real` layout (real, imaginary);
+/// - `E (N, M)`: sub-state mixing weights (every mode but `pw`);
+/// - `log_delta (N)`: log step sizes `δ`;
+/// - `B`, `C`: `(N, H)`, `(H, N)` for neck; `(N·M, H)`, `(H, N·M)` for pw;
+///   `(H)`, `(H)` for dws; `(N)`, `(N)` for full.
+///
+/// `lengths` and `integration_timesteps` are accepted and ignored, as in lrnnx.
+#[derive(Debug)]
+pub struct Centaurus {
+    pub(crate) cfg: CentaurusConfig,
+    pub(crate) d_model: usize,
+    pub(crate) a: Tensor,
+    pub(crate) e: Option<Tensor>,
+    pub(crate) log_delta: Tensor,
+    pub(crate) b: Tensor,
+    pub(crate) c: Tensor,
+}
+
+/// A `(rows, cols)` tensor of `std`-scaled standard-normal draws `z`.
+fn scaled(z: Vec<f64>, shape: (usize, usize), std: f64) -> Result<Tensor> {
+    let v: Vec<f32> = z.into_iter().map(|z| (z * std) as f32).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+impl Centaurus {
+    /// Builds the layer, initialising parameters as lrnnx does unless `pb` loads them.
+    pub fn new(d_model: usize, cfg: CentaurusConfig, pb: &ParamBuilder) -> Result<Self> {
+        cfg.validate(d_model).map_err(Error::Config)?;
+        let (n, m, h) = (cfg.d_state, cfg.sub_state_dim, d_model);
+        let cpu = Device::Cpu;
+        // A = -0.5 + i·m·π/M for every state.
+        let a = pb.get_with((n, m, 2), "A", |_| {
+            let v: Vec<f32> = (0..n * m)
+                .flat_map(|s| {
+                    [
+                        -0.5,
+                        ((s % m) as f64 * std::f64::consts::PI / m as f64) as f32,
+                    ]
+                })
+                .collect();
+            Ok(Tensor::from_vec(v, (n, m, 2), &cpu)?)
+        })?;
+        let e = match cfg.mode {
+            Mode::Pw => None,
+            _ => Some(pb.get_with((n, m), "E", |rng| {
+                scaled(random::normal(rng, n * m), (n, m), 2f64.sqrt())
+            })?),
+        };
+        // ln(logspace(-3, -1, N)).
+        let log_delta = pb.get_with(n, "log_delta", |_| {
+            let ln10 = 10f64.ln();
+            let v: Vec<f32> = (0..n)
+                .map(|k| {
+                    let frac = if n > 1 {
+                        k as f64 / (n - 1) as f64
+                    } else {
+                        0.0
+                    };
+                    (ln10 * (-3.0 + 2.0 * frac)) as f32
+                })
+                .collect();
+            Ok(Tensor::from_vec(v, n, &cpu)?)
+        })?;
+        let (b, c) = match cfg.mode {
+            Mode::Neck => (
+                pb.get((n, h), "B", Init::TorchDefault { fan_in: h })?,
+                pb.get((h, n), "C", Init::TorchDefault { fan_in: n })?,
+            ),
+            Mode::Dws => (pb.get(h, "B", Init::Ones)?, pb.get(h, "C", Init::Ones)?),
+            Mode::Full => (
+                pb.get_with(n, "B", |rng| {
+                    scaled(random::normal(rng, n), (n, 1), (2.0 / h as f64).sqrt())?
+                        .reshape(n)
+                        .map_err(Into::into)
+                })?,
+                pb.get_with(n, "C", |rng| {
+                    scaled(random::normal(rng, n), (n, 1), (2.0 / n as f64).sqrt())?
+                        .reshape(n)
+                        .map_err(Into::into)
+                })?,
+            ),
+            Mode::Pw => (
+                pb.get((n * m, h), "B", Init::Const(1.0 / (h as f64).sqrt()))?,
+                pb.get_with((h, n * m), "C", |rng| {
+                    let std = (2.0 / (n * m) as f64).sqrt();
+                    scaled(random::normal(rng, h * n * m), (h, n * m), std)
+                })?,
+            ),
+        };
+        Ok(Self {
+            cfg,
+            d_model,
+            a,
+            e,
+            log_delta,
+            b,
+            c,
+        })
+    }
+
+    /// Number of states `N`.
+    pub fn d_state(&self) -> usize {
+        self.cfg.d_state
+    }
+
+    /// Sub-states per state `M`.
+    pub fn sub_state_dim(&self) -> usize {
+        self.cfg.sub_state_dim
+    }
+
+    /// The mode (neck, pw, dws, full).
+    pub fn mode(&self) -> Mode {
+        self.cfg.mode
+    }
+
+    /// The algorithm `forward` uses for `batch` sequences of `len` positions on `device`.
+    ///
+    /// `auto`: the scan off the CPU (the convolution op is CPU-only) and for
+    /// pw (its kernel has as many channels as the scan, and the scan measured
+    /// faster at every length); otherwise the convolution from
+    /// [`CONV_MIN_LEN`] positions on, unless `batch == 1` and `len >=`
+    /// [`SCAN_MIN_LEN_SINGLE`].
+    pub fn resolve_forward_mode(&self, batch: usize, len: usize, device: &Device) -> ForwardMode {
+        match self.cfg.forward_mode {
+            ForwardMode::Auto => {
+                let conv = device.is_cpu()
+                    && self.cfg.mode != Mode::Pw
+                    && len >= CONV_MIN_LEN
+                    && (batch > 1 || len < SCAN_MIN_LEN_SINGLE);
+                if conv {
+                    ForwardMode::Conv
+                } else {
+                    ForwardMode::Scan
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// `forward` with the algorithm chosen here instead of by the config
+    /// (`Auto` as in the config). Both give the same result up to rounding.
+    pub fn forward_by(&self, x: &Tensor, how: ForwardMode) -> Result<Tensor> {
+        let (b, l) = self.check(x)?;
+        let dtype = x.dtype();
+        let x = x.to_dtype(self.a.dtype())?;
+        if l == 0 {
+            return Ok(Tensor::zeros((b, 0, self.d_model), dtype, x.device())?);
+        }
+        let how = match how {
+            ForwardMode::Auto => match self.cfg.forward_mode {
+                ForwardMode::Auto => self.resolve_forward_mode(b, l, x.device()),
+                fixed => fixed,
+            },
+            fixed => fixed,
+        };
+        let y = match how {
+            ForwardMode::Conv => self.run_conv(&x)?,
+            _ => self.run_scan(&x, None, &self.lambda()?, &self.b_bar()?)?.0,
+        };
+        Ok(y.to_dtype(dtype)?)
+    }
+
+    /// Scan form from `h0 (B, 2·N·M)`: outputs `(B, L, H)` and every state `(B, L, 2·N·M)`.
+    fn run_scan(
+        &self,
+        x: &Tensor,
+        h0: Option<&Tensor>,
+        lambda: &Tensor,
+        b_bar: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let u = self.to_substates(&self.input(x, b_bar)?)?;
+        let h = complex_diag_scan(&u, lambda, h0)?;
+        let y = self.readout(&self.mix(&h)?)?;
+        Ok((y, h))
+    }
+
+    /// Convolution form: `y = C_eff (K * B̄x)` with the real state kernel `K (S, L)`.
+    fn run_conv(&self, x: &Tensor) -> Result<Tensor> {
+        let l = x.dim(1)?;
+        let u = self.input(x, &self.b_bar()?)?;
+        let v = causal_conv(&u, &self.state_kernel(l)?)?;
+        self.readout(&v)
+    }
+
+    fn check(&self, x: &Tensor) -> Result<(usize, usize)> {
+        check_sequence(x, self.d_model, "Centaurus input")
+    }
+
+    fn state_dims(&self, batch: usize) -> (usize, usize, usize, usize) {
+        (batch, 2, self.cfg.d_state, self.cfg.sub_state_dim)
+    }
+}
+
+impl Mixer for Centaurus {
+    fn name(&self) -> &str {
+        crate::NAME
+    }
+
+    fn config(&self) -> &dyn MixerConfig {
+        &self.cfg
+    }
+
+    fn forward(&self, x: &Tensor, _opts: &ForwardOpts) -> Result<Tensor> {
+        self.forward_by(x, self.cfg.forward_mode)
+    }
+
+    /// Always the scan form (it yields the final state).
+    fn prefill(&self, x: &Tensor, state: &mut MixerState, _opts: &ForwardOpts) -> Result<Tensor> {
+        let (b, l) = self.check(x)?;
+        let dtype = x.dtype();
+        if l == 0 {
+            return Ok(Tensor::zeros((b, 0, self.d_model), dtype, x.device())?);
+        }
+        let x = x.to_dtype(self.a.dtype())?;
+        let h0 = state.get("h")?.reshape((b, ()))?;
+        let (lambda, b_bar) = (state.get("lambda")?.clone(), state.get("b_bar")?.clone());
+        let (y, h) = self.run_scan(&x, Some(&h0), &lambda, &b_bar)?;
+        state.set(
+            "h",
+            h.narrow(1, l - 1, 1)?
+                .squeeze(1)?
+                .reshape(self.state_dims(b))?,
+        );
+        state.seqlen_offset += l;
+        Ok(y.to_dtype(dtype)?)
+    }
+
+    fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
+        let x2 = check_step_input(x, self.d_model, "Centaurus step input")?;
+        let b = x2.dim(0)?;
+        let dtype = x.dtype();
+        let h0 = state.get("h")?.reshape((b, ()))?;
+        let (lambda, b_bar) = (state.get("lambda")?.clone(), state.get("b_bar")?.clone());
+        let xs = x2.to_dtype(self.a.dtype())?.unsqueeze(1)?;
+        let (y, h) = self.run_scan(&xs, Some(&h0), &lambda, &b_bar)?;
+        state.set("h", h.squeeze(1)?.reshape(self.state_dims(b))?);
+        state.seqlen_offset += 1;
+        match_step_rank(y.squeeze(1)?.to_dtype(dtype)?, x)
+    }
+
+    /// State `h (B, 2, N, M)`: the complex sub-states, real parts then
+    /// imaginary parts (flattened, the scan's split layout), plus `lambda`
+    /// (`Ā`, split) and `b_bar` (`δB`), computed once here as lrnnx's
+    /// `allocate_inference_cache` does.
+    fn init_state(
+        &self,
+        batch: usize,
+        _max_seqlen: usize,
+        _dtype: DType,
+        device: &Device,
+    ) -> Result<MixerState> {
+        let h = Tensor::zeros(self.state_dims(batch), self.a.dtype(), device)?;
+        Ok(MixerState::new()
+            .with("h", h)
+            .with("lambda", self.lambda()?.to_device(device)?)
+            .with("b_bar", self.b_bar()?.to_device(device)?))
+    }
+
+    fn family(&self) -> Family {
+        Family::Lti
+    }
+
+    fn as_lti(&self) -> Option<&dyn Lti> {
+        Some(self)
+    }
+}
+
+impl Lti for Centaurus {
+    /// The input-output kernel `(H, H, len)`: `K[o, i, t] = Σ_s C_eff[o,s] K_s[t] δ_s B_eff[s,i]`
+    /// (diagonal for dws; for full, entry `(o, i)` is state `o·H + i` alone).
+    fn kernel(&self, len: usize) -> Result<Tensor> {
+        self.io_kernel(len)
+    }
+
+    /// `exp(δA)` on the state and the Euler step `δB` on the input, whatever
+    /// the `discretization` argument says (as in lrnnx): the `Mamba` rule.
+    fn discretization(&self) -> Discretization {
+        Discretization::Mamba
+    }
+}
