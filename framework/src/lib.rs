@@ -21,6 +21,7 @@ pub mod params;
 pub mod pytorch;
 pub mod registry;
 pub mod state;
+pub mod train;
 
 pub use complex::Complex;
 pub use discretization::{Discrete, Discretization};

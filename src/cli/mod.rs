@@ -5,8 +5,10 @@ mod conformance;
 mod convert;
 mod demo;
 mod generate;
+mod main_job;
 mod info;
 mod mixers;
+mod tokenizer;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -49,7 +51,10 @@ pub fn run() -> anyhow::Result<()> {
         .init();
     lrnnx::init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Demo(demo::Args::default())) {
+    let Some(command) = cli.command else {
+        return main_job::run();
+    };
+    match command {
         Command::Mixers(a) => mixers::run(a),
         Command::Conformance(a) => conformance::run(a),
         Command::Convert(a) => convert::run(a),
