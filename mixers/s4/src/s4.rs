@@ -1,0 +1,351 @@
+//! The S4 layer: parameters (with lrnnx's `C~` convention converted on
+//! load), forward by recurrence or by convolution, step, kernel.
+
+use candle_core::{DType, Device, Tensor, Var};
+use lrnnx_framework::layers::{mask_lengths, SsmParams, SsmWrapper};
+use lrnnx_framework::{
+    check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
+    Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+};
+use lrnnx_kernels::fft_conv::causal_conv;
+
+use crate::ctilde;
+use crate::dplr::{self, dplr_scan, Cx, Dims};
+use crate::S4Config;
+
+/// Below this length `forward_mode = "auto"` runs the recurrence, from it on
+/// the convolution, except at batch 1 where the recurrence always runs (the
+/// kernel is itself a batch-1 run of the recurrence, so the convolution only
+/// adds work). Measured on two (shared) CPU cores at B in {1, 8, 32},
+/// H in {64, 256}, N in {4, 16, 64}: within noise up to 4 positions, the
+/// convolution faster from there on at B >= 8 (2-4x at B = 8, H = 256, N = 64).
+pub const AUTO_CONV_FROM: usize = 4;
+
+/// How a forward pass is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMode {
+    /// By length and batch: recurrence at batch 1 or below [`AUTO_CONV_FROM`]
+    /// positions, convolution otherwise.
+    Auto,
+    /// The DPLR recurrence over the input.
+    Scan,
+    /// The kernel (the recurrence's impulse response), then a causal FFT convolution.
+    Conv,
+}
+
+/// lrnnx's `S4`: a diagonal-plus-low-rank state-space kernel (`S4Kernel`,
+/// always bilinear) inside the S4 block. Parameters `inv_dt`, `A_real`,
+/// `A_imag`, `B`, `C`, `P` (also under `layer.kernel.*`), the buffer
+/// `layer.kernel.l_kernel`, `D`, `output_linear.0.*` (and the gate /
+/// bottleneck linears when configured).
+///
+/// **`C` and `l_kernel`.** lrnnx stores `C~ = C (I - Ā^l)` with `l =
+/// l_kernel` once it has run a forward (`l_kernel = 0` means `C` is the true
+/// one). On load this layer converts `C~` to the true `C`, writes it into the
+/// parameter and sets `l_kernel` to 0, so that the saved pair stays
+/// consistent for lrnnx; training then works on the true `C`.
+#[derive(Debug)]
+pub struct S4 {
+    cfg: S4Config,
+    d_model: usize,
+    n2: usize,
+    mode: ForwardMode,
+    ssm: SsmParams,
+    wrapper: SsmWrapper,
+}
+
+impl S4 {
+    /// Builds the layer, drawing parameters as lrnnx does unless `pb` loads them.
+    pub fn new(d_model: usize, cfg: S4Config, pb: &ParamBuilder) -> Result<Self> {
+        cfg.validate(d_model).map_err(Error::Config)?;
+        let wopts = cfg.wrapper_opts(d_model);
+        let input_linear = SsmWrapper::build_bottleneck(&wopts, pb)?;
+        let ssm = SsmParams::new(cfg.spec(d_model).map_err(Error::Config)?, pb)?;
+        let l_kernel = pb.buffer("layer.kernel.l_kernel", || {
+            Ok(Tensor::new(0i64, &Device::Cpu)?)
+        })?;
+        let wrapper = SsmWrapper::new(wopts, input_linear, pb)?;
+        let mode = match cfg.forward_mode.as_str() {
+            "scan" => ForwardMode::Scan,
+            "conv" => ForwardMode::Conv,
+            _ => ForwardMode::Auto,
+        };
+        let layer = Self {
+            n2: cfg.d_state / 2,
+            d_model,
+            mode,
+            ssm,
+            wrapper,
+            cfg,
+        };
+        let lk = l_kernel
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?
+            .first()
+            .copied()
+            .unwrap_or(0.0);
+        if lk > 0.0 {
+            layer.untilde_c(lk as usize, pb)?;
+            pb.set_buffer("layer.kernel.l_kernel", Tensor::new(0i64, pb.device())?);
+        }
+        Ok(layer)
+    }
+
+    /// Replaces the stored `C~` by the true `C` (see the type's docs).
+    fn untilde_c(&self, l_kernel: usize, pb: &ParamBuilder) -> Result<()> {
+        let (h, n2, ch) = (self.d_model, self.n2, self.cfg.channels);
+        let rows = self
+            .packed()?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let k = dplr::FIXED + 2 * ch;
+        let mut c_true = vec![0.0; ch * h * n2 * 2];
+        for hi in 0..h {
+            let r = &rows[hi * n2 * k..(hi + 1) * n2 * k];
+            let col = |j: usize| -> Vec<Cx> {
+                (0..n2)
+                    .map(|n| Cx::new(r[n * k + j], r[n * k + j + 1]))
+                    .collect()
+            };
+            let dt: Vec<f64> = (0..n2).map(|n| r[n * k + 6]).collect();
+            let ct: Vec<Vec<Cx>> = (0..ch).map(|c| col(dplr::FIXED + 2 * c)).collect();
+            let c = ctilde::true_c(&col(0), &col(2), &dt, &ct, l_kernel).ok_or_else(|| {
+                Error::Config(format!(
+                    "S4: cannot recover C from the stored C~ (l_kernel = {l_kernel}): I - Ā^l is singular for feature {hi}"
+                ))
+            })?;
+            for (ci, cv) in c.iter().enumerate() {
+                for (n, z) in cv.iter().enumerate() {
+                    let at = ((ci * h + hi) * n2 + n) * 2;
+                    c_true[at] = z.re;
+                    c_true[at + 1] = z.im;
+                }
+            }
+        }
+        let var: Var = pb
+            .store()
+            .vars()
+            .get(&pb.key("C"))
+            .cloned()
+            .ok_or_else(|| Error::Config("S4: parameter C was not registered".into()))?;
+        let t = Tensor::from_vec(c_true, (ch, h, n2, 2), &Device::Cpu)?
+            .to_dtype(var.dtype())?
+            .to_device(var.device())?;
+        var.set(&t)?;
+        Ok(())
+    }
+
+    /// Overrides the forward mode (e.g. to compare scan and convolution).
+    pub fn set_forward_mode(&mut self, mode: ForwardMode) {
+        self.mode = mode;
+    }
+
+    /// Complex modes per feature, `N/2`.
+    pub fn n2(&self) -> usize {
+        self.n2
+    }
+
+    /// The op's packed parameters `(H, N/2, 7 + 2*channels)`, differentiable.
+    fn packed(&self) -> Result<Tensor> {
+        let (h, n2) = (self.d_model, self.n2);
+        let dt = self.ssm.dt()?.broadcast_as((h, n2))?.contiguous()?;
+        let (lr, li) = self.ssm.lambda()?;
+        let (pr, pi) = self
+            .ssm
+            .p()?
+            .ok_or_else(|| Error::Config("S4 needs P".into()))?;
+        let (br, bi) = self.ssm.b()?;
+        let (cr, ci) = self.ssm.c()?;
+        let mut cols = vec![lr, li, pr.squeeze(0)?, pi.squeeze(0)?, br, bi, dt];
+        for c in 0..self.cfg.channels {
+            cols.push(cr.narrow(0, c, 1)?.squeeze(0)?);
+            cols.push(ci.narrow(0, c, 1)?.squeeze(0)?);
+        }
+        Ok(Tensor::stack(&cols, 2)?)
+    }
+
+    /// The kernel `(channels*H, len)`, row `c*H + h`: the impulse response.
+    fn kernel_of(&self, packed: &Tensor, len: usize) -> Result<Tensor> {
+        let (h, c) = (self.d_model, self.cfg.channels);
+        let dtype = packed.dtype();
+        let dev = packed.device();
+        let one = Tensor::ones((1, 1, h), dtype, dev)?;
+        let delta = if len > 1 {
+            Tensor::cat(&[one, Tensor::zeros((1, len - 1, h), dtype, dev)?], 1)?
+        } else {
+            one
+        };
+        let k = dplr_scan(&delta, packed, None, c)?; // (1, len, C, H)
+        Ok(k.reshape((len, c * h))?.t()?.contiguous()?)
+    }
+
+    /// The mode used for `batch` sequences of length `l`.
+    fn pick(&self, batch: usize, l: usize) -> Result<ForwardMode> {
+        let truncated = self.cfg.l_max.is_some_and(|m| l > m);
+        match self.mode {
+            ForwardMode::Scan if truncated => Err(Error::Config(format!(
+                "S4 forward_mode = \"scan\" cannot run L = {l} > l_max = {}: lrnnx then drops the \
+                 kernel taps past l_max, which only the convolution reproduces",
+                self.cfg.l_max.unwrap_or(0)
+            ))),
+            ForwardMode::Auto if truncated || (batch > 1 && l >= AUTO_CONV_FROM) => {
+                Ok(ForwardMode::Conv)
+            }
+            ForwardMode::Auto => Ok(ForwardMode::Scan),
+            m => Ok(m),
+        }
+    }
+
+    /// The SSM over `x (B, L, H)`: `(B, L, channels, H)`.
+    fn ssm_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let c = self.cfg.channels;
+        let packed = self.packed()?;
+        if self.pick(b, l)? == ForwardMode::Scan {
+            return Ok(dplr_scan(x, &packed, None, c)?);
+        }
+        let taps = self.cfg.l_max.map_or(l, |m| m.min(l));
+        let k = self.kernel_of(&packed, taps)?;
+        let xr = if c > 1 {
+            Tensor::cat(&vec![x.clone(); c], 2)?
+        } else {
+            x.clone()
+        };
+        Ok(causal_conv(&xr, &k)?.reshape((b, l, c, h))?)
+    }
+
+    /// Runs the recurrence without autograd from `state`: `(y (B, L, C, H), new state)`.
+    fn run_raw(&self, x: &Tensor, packed: &Tensor, s0: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, l, h) = x.dims3()?;
+        let flat = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+        };
+        let d = Dims {
+            b,
+            l,
+            h,
+            n2: self.n2,
+            c: self.cfg.channels,
+        };
+        let (y, s) = dplr::run(&flat(x)?, &flat(packed)?, &flat(s0)?, d);
+        let (dtype, dev) = (x.dtype(), x.device());
+        Ok((
+            Tensor::from_vec(y, (b, l, d.c, h), dev)?.to_dtype(dtype)?,
+            Tensor::from_vec(s, (b, h, self.n2, 2), dev)?.to_dtype(s0.dtype())?,
+        ))
+    }
+
+    fn prepare(&self, x: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
+        check_sequence(x, self.d_model, "S4 input")?;
+        let x = x.to_dtype(self.wrapper.d().dtype())?;
+        mask_lengths(&x, opts.lengths.as_ref())
+    }
+}
+
+impl Mixer for S4 {
+    fn name(&self) -> &str {
+        crate::NAME
+    }
+
+    fn config(&self) -> &dyn MixerConfig {
+        &self.cfg
+    }
+
+    fn forward(&self, x: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = self.prepare(x, opts)?;
+        let (b, l, _) = x.dims3()?;
+        if l == 0 {
+            return Ok(Tensor::zeros(
+                (b, 0, self.wrapper.output_width()),
+                dtype,
+                x.device(),
+            )?);
+        }
+        let (xs, v) = self.wrapper.input(&x)?;
+        let y = self.ssm_forward(&xs)?;
+        Ok(self.wrapper.output(&y, &xs, v.as_ref())?.to_dtype(dtype)?)
+    }
+
+    /// The recurrence over the prompt (parallel over batch and features), from `state`.
+    fn prefill(&self, x: &Tensor, state: &mut MixerState, opts: &ForwardOpts) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = self.prepare(x, opts)?;
+        let (b, l, _) = x.dims3()?;
+        if l == 0 {
+            return Ok(Tensor::zeros(
+                (b, 0, self.wrapper.output_width()),
+                dtype,
+                x.device(),
+            )?);
+        }
+        let (xs, v) = self.wrapper.input(&x)?;
+        let packed = state.get("params")?.clone();
+        let (y, s) = self.run_raw(&xs, &packed, state.get("lrnn_state")?)?;
+        state.set("lrnn_state", s);
+        state.seqlen_offset += l;
+        Ok(self.wrapper.output(&y, &xs, v.as_ref())?.to_dtype(dtype)?)
+    }
+
+    fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
+        let x2 = check_step_input(x, self.d_model, "S4 step input")?;
+        let dtype = x.dtype();
+        let x2 = x2.to_dtype(self.wrapper.d().dtype())?;
+        let (xs, v) = self.wrapper.input(&x2)?;
+        let packed = state.get("params")?.clone();
+        let (y, s) = self.run_raw(&xs.unsqueeze(1)?, &packed, state.get("lrnn_state")?)?;
+        state.set("lrnn_state", s);
+        state.seqlen_offset += 1;
+        let y = self.wrapper.output(&y.squeeze(1)?, &xs, v.as_ref())?;
+        match_step_rank(y.to_dtype(dtype)?, x)
+    }
+
+    /// State `lrnn_state (B, H, N/2, 2)` (the half basis of lrnnx's `(B, H, N)`
+    /// complex state) and the packed system `params`, computed once here as
+    /// lrnnx's `allocate_inference_cache` does.
+    fn init_state(
+        &self,
+        batch: usize,
+        _max_seqlen: usize,
+        _dtype: DType,
+        device: &Device,
+    ) -> Result<MixerState> {
+        let dtype = self.wrapper.d().dtype();
+        let s = Tensor::zeros((batch, self.d_model, self.n2, 2), dtype, device)?;
+        let packed = self.packed()?.detach().to_device(device)?;
+        Ok(MixerState::new()
+            .with("lrnn_state", s)
+            .with("params", packed))
+    }
+
+    fn family(&self) -> Family {
+        Family::Lti
+    }
+
+    fn as_lti(&self) -> Option<&dyn Lti> {
+        Some(self)
+    }
+}
+
+impl Lti for S4 {
+    /// `K[c*H + h, l] = Re(C_c Ā^l B̄)` (full conjugate-augmented basis): `(H, len)`
+    /// for one channel, `(channels*H, len)` otherwise (rows in `(c h)` order
+    /// whatever `swap_channels`); `D` is not included.
+    fn kernel(&self, len: usize) -> Result<Tensor> {
+        let packed = self.packed()?;
+        if len == 0 {
+            return Ok(Tensor::zeros(
+                (self.cfg.channels * self.d_model, 0),
+                packed.dtype(),
+                packed.device(),
+            )?);
+        }
+        self.kernel_of(&packed, len)
+    }
+
+    fn discretization(&self) -> Discretization {
+        Discretization::Bilinear
+    }
+}

@@ -1,0 +1,785 @@
+//! S4 against a slow, obviously right reference; step, prefill, scan vs
+//! convolution, kernel, lengths, l_max, gradients, a long sequence, errors.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
+use lrnnx_s4::{ForwardMode, S4Config, S4};
+use serde_json::{json, Value};
+
+fn config(kw: Value) -> S4Config {
+    let mut obj = json!({"d_state": 8, "transposed": false});
+    for (k, v) in kw.as_object().unwrap() {
+        obj[k] = v.clone();
+    }
+    serde_json::from_value(obj).unwrap()
+}
+
+fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (S4, std::sync::Arc<ParamStore>) {
+    let store = ParamStore::init(seed, dtype, &Device::Cpu);
+    let m = S4::new(h, config(kw), &store.builder()).unwrap();
+    (m, store)
+}
+
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let store = ParamStore::init(seed, dtype, &Device::Cpu);
+    store
+        .builder()
+        .get(
+            shape,
+            "x",
+            lrnnx_framework::Init::Normal {
+                mean: 0.0,
+                std: 1.0,
+            },
+        )
+        .unwrap()
+}
+
+fn vec1(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn max_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+type Cx = (f64, f64);
+fn cmul(a: Cx, b: Cx) -> Cx {
+    (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0)
+}
+fn cdiv(a: Cx, b: Cx) -> Cx {
+    let d = b.0 * b.0 + b.1 * b.1;
+    cmul(a, (b.0 / d, -b.1 / d))
+}
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x / 2f64.sqrt()))
+}
+
+/// `x (rows, din) W^T + b` with `W (dout, din)`.
+fn linear(p: &BTreeMap<String, Vec<f64>>, key: &str, x: &[f64], din: usize) -> Vec<f64> {
+    let w = &p[&format!("{key}.weight")];
+    let b = &p[&format!("{key}.bias")];
+    let dout = b.len();
+    let rows = x.len() / din;
+    let mut y = vec![0.0; rows * dout];
+    for r in 0..rows {
+        for o in 0..dout {
+            let mut acc = b[o];
+            for i in 0..din {
+                acc += w[o * din + i] * x[r * din + i];
+            }
+            y[r * dout + o] = acc;
+        }
+    }
+    y
+}
+
+fn params(store: &ParamStore) -> BTreeMap<String, Vec<f64>> {
+    store
+        .tensors()
+        .into_iter()
+        .map(|(k, t)| (k, vec1(&t)))
+        .collect()
+}
+
+fn inverse(a: &[Cx], n: usize) -> Vec<Cx> {
+    let mut m = a.to_vec();
+    let mut inv = vec![(0.0, 0.0); n * n];
+    for i in 0..n {
+        inv[i * n + i] = (1.0, 0.0);
+    }
+    for col in 0..n {
+        let piv = (col..n)
+            .max_by(|&i, &j| {
+                let (x, y) = (m[i * n + col], m[j * n + col]);
+                (x.0.hypot(x.1)).total_cmp(&y.0.hypot(y.1))
+            })
+            .unwrap();
+        for j in 0..n {
+            m.swap(piv * n + j, col * n + j);
+            inv.swap(piv * n + j, col * n + j);
+        }
+        let d = cdiv((1.0, 0.0), m[col * n + col]);
+        for j in 0..n {
+            m[col * n + j] = cmul(m[col * n + j], d);
+            inv[col * n + j] = cmul(inv[col * n + j], d);
+        }
+        for i in 0..n {
+            if i != col {
+                let f = m[i * n + col];
+                for j in 0..n {
+                    let (a, b) = (cmul(f, m[col * n + j]), cmul(f, inv[col * n + j]));
+                    m[i * n + j] = (m[i * n + j].0 - a.0, m[i * n + j].1 - a.1);
+                    inv[i * n + j] = (inv[i * n + j].0 - b.0, inv[i * n + j].1 - b.1);
+                }
+            }
+        }
+    }
+    inv
+}
+
+/// Dense bilinear system of feature `hi` in the conjugate-augmented basis:
+/// `(Abar (2N2 x 2N2), Bbar (2N2))`, `Abar = (2/dt - A)^{-1}(2/dt + A)`, `A = diag(Λa) - pa pa^H`.
+fn dense_system(
+    p: &BTreeMap<String, Vec<f64>>,
+    hi: usize,
+    n2: usize,
+    h: usize,
+) -> (Vec<Cx>, Vec<Cx>) {
+    let n_ssm = p["A_real"].len() / n2;
+    let k = hi % n_ssm;
+    let dt_tie = p["inv_dt"].len() == h;
+    let aug = |f: &dyn Fn(usize) -> Cx| -> Vec<Cx> {
+        (0..2 * n2)
+            .map(|i| {
+                let z = f(i % n2);
+                if i < n2 {
+                    z
+                } else {
+                    (z.0, -z.1)
+                }
+            })
+            .collect()
+    };
+    let lam = aug(&|n| (-p["A_real"][k * n2 + n].exp(), -p["A_imag"][k * n2 + n]));
+    let pa = aug(&|n| (p["P"][(k * n2 + n) * 2], p["P"][(k * n2 + n) * 2 + 1]));
+    let ba = aug(&|n| (p["B"][(k * n2 + n) * 2], p["B"][(k * n2 + n) * 2 + 1]));
+    let dt: Vec<f64> = (0..2 * n2)
+        .map(|i| p["inv_dt"][if dt_tie { hi } else { hi * n2 + i % n2 }].exp())
+        .collect();
+    let m = 2 * n2;
+    let mut minus = vec![(0.0, 0.0); m * m];
+    let mut plus = vec![(0.0, 0.0); m * m];
+    for i in 0..m {
+        for j in 0..m {
+            let mut a = cmul(pa[i], (pa[j].0, -pa[j].1));
+            a = (-a.0, -a.1);
+            if i == j {
+                a = (a.0 + lam[i].0, a.1 + lam[i].1);
+            }
+            let d = if i == j { 2.0 / dt[i] } else { 0.0 };
+            minus[i * m + j] = (d - a.0, -a.1);
+            plus[i * m + j] = (d + a.0, a.1);
+        }
+    }
+    let inv = inverse(&minus, m);
+    let mut abar = vec![(0.0, 0.0); m * m];
+    let mut bbar = vec![(0.0, 0.0); m];
+    for i in 0..m {
+        for j in 0..m {
+            for l in 0..m {
+                let z = cmul(inv[i * m + l], plus[l * m + j]);
+                abar[i * m + j] = (abar[i * m + j].0 + z.0, abar[i * m + j].1 + z.1);
+            }
+            let z = cmul(inv[i * m + j], (2.0 * ba[j].0, 2.0 * ba[j].1));
+            bbar[i] = (bbar[i].0 + z.0, bbar[i].1 + z.1);
+        }
+    }
+    (abar, bbar)
+}
+
+fn matvec(a: &[Cx], v: &[Cx]) -> Vec<Cx> {
+    let m = v.len();
+    (0..m)
+        .map(|i| {
+            (0..m).fold((0.0, 0.0), |acc, j| {
+                let z = cmul(a[i * m + j], v[j]);
+                (acc.0 + z.0, acc.1 + z.1)
+            })
+        })
+        .collect()
+}
+
+/// `C_c` of feature `hi`, conjugate-augmented.
+fn c_aug(p: &BTreeMap<String, Vec<f64>>, ci: usize, hi: usize, h: usize, n2: usize) -> Vec<Cx> {
+    (0..2 * n2)
+        .map(|i| {
+            let at = ((ci * h + hi) * n2 + i % n2) * 2;
+            (
+                p["C"][at],
+                if i < n2 {
+                    p["C"][at + 1]
+                } else {
+                    -p["C"][at + 1]
+                },
+            )
+        })
+        .collect()
+}
+
+/// The whole layer in f64 with dense matrices: mask, gate, bottleneck,
+/// `v = Abar v + Bbar x`, `y = Re(C v)`, D, two GELUs, output gate, output linear + GELU.
+fn reference(
+    store: &ParamStore,
+    cfg: &S4Config,
+    x: &Tensor,
+    lengths: Option<&[usize]>,
+) -> Vec<f64> {
+    let p = params(store);
+    let (b, l, h) = x.dims3().unwrap();
+    let mut xs = vec1(x);
+    if let Some(lens) = lengths {
+        for bi in 0..b {
+            for t in lens[bi]..l {
+                for i in 0..h {
+                    xs[(bi * l + t) * h + i] = 0.0;
+                }
+            }
+        }
+    }
+    let v = cfg.gate.map(|_| {
+        linear(&p, "input_gate.0", &xs, h)
+            .into_iter()
+            .map(gelu)
+            .collect::<Vec<_>>()
+    });
+    if cfg.bottleneck.is_some() {
+        xs = linear(&p, "input_linear", &xs, h);
+    }
+    let (n2, c) = (cfg.d_state / 2, cfg.channels);
+    let mut ys = vec![0.0; b * l * c * h];
+    for hi in 0..h {
+        let (abar, bbar) = dense_system(&p, hi, n2, h);
+        for bi in 0..b {
+            let mut s = vec![(0.0, 0.0); 2 * n2];
+            for t in 0..l {
+                let u = xs[(bi * l + t) * h + hi];
+                s = matvec(&abar, &s)
+                    .into_iter()
+                    .zip(&bbar)
+                    .map(|(z, bb)| (z.0 + bb.0 * u, z.1 + bb.1 * u))
+                    .collect();
+                for ci in 0..c {
+                    let ca = c_aug(&p, ci, hi, h, n2);
+                    let y: f64 = ca.iter().zip(&s).map(|(a, z)| cmul(*a, *z).0).sum();
+                    ys[((bi * l + t) * c + ci) * h + hi] = y;
+                }
+            }
+        }
+    }
+    post(
+        &p,
+        cfg.gate,
+        cfg.swap_channels,
+        &ys,
+        &xs,
+        v.as_deref(),
+        b * l,
+        h,
+        c,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn post(
+    p: &BTreeMap<String, Vec<f64>>,
+    gate: Option<usize>,
+    swap: bool,
+    ys: &[f64],
+    xs: &[f64],
+    v: Option<&[f64]>,
+    rows: usize,
+    h: usize,
+    c: usize,
+) -> Vec<f64> {
+    let mut y = vec![0.0; rows * c * h];
+    for r in 0..rows {
+        for ci in 0..c {
+            for hi in 0..h {
+                let val = ys[(r * c + ci) * h + hi] + xs[r * h + hi] * p["D"][ci * h + hi];
+                let col = if swap { hi * c + ci } else { ci * h + hi };
+                y[r * c * h + col] = gelu(val);
+            }
+        }
+    }
+    let mut width = c * h;
+    if let (Some(g), Some(v)) = (gate, v) {
+        if p.contains_key("output_gate.weight") {
+            y = linear(p, "output_gate", &y, width);
+        }
+        width = h * g;
+        y = y.iter().zip(v).map(|(a, b)| a * b).collect();
+    }
+    let y: Vec<f64> = y.into_iter().map(gelu).collect();
+    if p.contains_key("output_linear.0.weight") {
+        linear(p, "output_linear.0", &y, width)
+            .into_iter()
+            .map(gelu)
+            .collect()
+    } else {
+        y
+    }
+}
+
+fn forward_with(m: &mut S4, mode: ForwardMode, x: &Tensor, opts: &ForwardOpts) -> Vec<f64> {
+    m.set_forward_mode(mode);
+    vec1(&m.forward(x, opts).unwrap())
+}
+
+#[test]
+fn forward_matches_reference_in_both_modes() {
+    let cases = [
+        (1, 1, 3, json!({"d_state": 2})),
+        (3, 37, 5, json!({"d_state": 7})),
+        (2, 20, 4, json!({"dt_tie": false, "disc": "zoh"})),
+        (
+            2,
+            33,
+            6,
+            json!({"channels": 2, "n_ssm": 3, "dt_min": 0.01, "dt_max": 0.5}),
+        ),
+        (2, 17, 4, json!({"channels": 3, "swap_channels": true})),
+        (2, 12, 4, json!({"gate": 2, "bottleneck": 1})),
+        (2, 12, 4, json!({"final_act": null, "init": "diag-lin"})),
+        (1, 9, 4, json!({"init": "hippo", "n_ssm": 2})),
+        (2, 11, 4, json!({"init": "dplr-lin", "d_state": 10})),
+    ];
+    for (b, l, h, kw) in cases {
+        let (mut m, store) = build(h, kw.clone(), 3, DType::F64);
+        let x = randn(&[b, l, h], 7, DType::F64);
+        let want = reference(&store, &config(kw.clone()), &x, None);
+        for mode in [ForwardMode::Scan, ForwardMode::Conv, ForwardMode::Auto] {
+            let got = forward_with(&mut m, mode, &x, &ForwardOpts::default());
+            let err = max_err(&got, &want);
+            assert!(err < 1e-10, "{kw} ({b},{l},{h}) {mode:?}: {err}");
+        }
+        // f32 parameters and input.
+        let (m32, store32) = build(h, kw.clone(), 3, DType::F32);
+        let x32 = x.to_dtype(DType::F32).unwrap();
+        let got = vec1(&m32.forward(&x32, &ForwardOpts::default()).unwrap());
+        let want = reference(&store32, &config(kw.clone()), &x32, None);
+        // Relative to the output's scale, as the conformance criterion; f32
+        // rounding of exp(dtA) - 1 for tiny dtA (fourier modes) reaches ~1e-4.
+        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+        let err = max_err(&got, &want) / scale;
+        assert!(err < 3e-4, "{kw} f32: {err}");
+    }
+}
+
+#[test]
+fn scan_equals_convolution_at_length() {
+    let (mut m, _) = build(8, json!({"d_state": 16}), 5, DType::F32);
+    let x = randn(&[3, 300, 8], 1, DType::F32);
+    let a = forward_with(&mut m, ForwardMode::Scan, &x, &ForwardOpts::default());
+    let b = forward_with(&mut m, ForwardMode::Conv, &x, &ForwardOpts::default());
+    let err = max_err(&a, &b);
+    assert!(err < 2e-5, "scan vs conv: {err}");
+}
+
+#[test]
+fn step_and_prefill_equal_forward() {
+    for kw in [json!({}), json!({"channels": 2, "d_state": 6})] {
+        let (b, l, h) = (3, 40, 6);
+        let (m, _) = build(h, kw.clone(), 2, DType::F32);
+        let x = randn(&[b, l, h], 9, DType::F32);
+        let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
+        let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+        let mut ys = Vec::new();
+        for t in 0..l {
+            let xt = x.narrow(1, t, 1).unwrap();
+            let xt = if t % 2 == 0 {
+                xt.squeeze(1).unwrap()
+            } else {
+                xt
+            };
+            let yt = m.step(&xt, &mut st, &StepOpts::default()).unwrap();
+            assert_eq!(yt.rank(), xt.rank());
+            ys.push(yt.reshape((b, 1, ())).unwrap());
+        }
+        let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &y);
+        assert!(err < 1e-5, "{kw} step vs forward: {err}");
+        // Prefill (convolution path at 35 positions, scan at 5), then steps.
+        for split in [35, 5] {
+            let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+            let mut parts = vec![m
+                .prefill(
+                    &x.narrow(1, 0, split).unwrap(),
+                    &mut st,
+                    &ForwardOpts::default(),
+                )
+                .unwrap()];
+            for t in split..l {
+                parts.push(
+                    m.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
+                        .unwrap(),
+                );
+            }
+            let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &y);
+            assert!(err < 1e-5, "{kw} prefill {split} + step vs forward: {err}");
+            assert_eq!(st.seqlen_offset, l);
+        }
+        // Two prefills in a row (the second starts from a state).
+        let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+        let p1 = m
+            .prefill(
+                &x.narrow(1, 0, 20).unwrap(),
+                &mut st,
+                &ForwardOpts::default(),
+            )
+            .unwrap();
+        let p2 = m
+            .prefill(
+                &x.narrow(1, 20, l - 20).unwrap(),
+                &mut st,
+                &ForwardOpts::default(),
+            )
+            .unwrap();
+        let err = max_err(&vec1(&Tensor::cat(&[p1, p2], 1).unwrap()), &y);
+        assert!(err < 1e-5, "{kw} prefill + prefill: {err}");
+    }
+}
+
+#[test]
+fn kernel_is_the_impulse_response() {
+    let (h, n2, l) = (3, 4, 25);
+    let (m, store) = build(h, json!({"channels": 2}), 4, DType::F64);
+    let k = vec1(&m.kernel(l).unwrap());
+    assert_eq!(m.kernel(l).unwrap().dims(), &[2 * h, l]);
+    let p = params(&store);
+    for hi in 0..h {
+        let (abar, bbar) = dense_system(&p, hi, n2, h);
+        for ci in 0..2 {
+            let ca = c_aug(&p, ci, hi, h, n2);
+            let mut v = bbar.clone();
+            for t in 0..l {
+                let want: f64 = ca.iter().zip(&v).map(|(a, z)| cmul(*a, *z).0).sum();
+                assert!(
+                    (k[(ci * h + hi) * l + t] - want).abs() < 1e-12,
+                    "{hi} {ci} {t}"
+                );
+                v = matvec(&abar, &v);
+            }
+        }
+    }
+    assert_eq!(
+        m.discretization(),
+        lrnnx_framework::Discretization::Bilinear
+    );
+}
+
+/// lrnnx stores C~ = C (I - Abar^l_kernel); loading such a checkpoint gives the
+/// same layer, and the reloaded store holds the true C with l_kernel = 0.
+#[test]
+fn stored_c_tilde_is_converted_on_load() {
+    let (h, n2, lk) = (3, 4, 16);
+    let (m, store) = build(h, json!({}), 4, DType::F64);
+    let x = randn(&[2, 20, h], 1, DType::F64);
+    let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
+    let p = params(&store);
+    let mut tilde = p["C"].clone();
+    for hi in 0..h {
+        let (abar, _) = dense_system(&p, hi, n2, h);
+        let ca = c_aug(&p, 0, hi, h, n2);
+        // C~ = C - C Abar^lk (row vector times the matrix power).
+        let mut row = ca.clone();
+        for _ in 0..lk {
+            row = (0..2 * n2)
+                .map(|j| {
+                    (0..2 * n2).fold((0.0, 0.0), |acc, i| {
+                        let z = cmul(row[i], abar[i * 2 * n2 + j]);
+                        (acc.0 + z.0, acc.1 + z.1)
+                    })
+                })
+                .collect();
+        }
+        for n in 0..n2 {
+            tilde[(hi * n2 + n) * 2] = ca[n].0 - row[n].0;
+            tilde[(hi * n2 + n) * 2 + 1] = ca[n].1 - row[n].1;
+        }
+    }
+    let mut saved: std::collections::HashMap<String, Tensor> =
+        store.tensors().into_iter().collect();
+    let ct = Tensor::from_vec(tilde, (1, h, n2, 2), &Device::Cpu).unwrap();
+    saved.insert("C".into(), ct.clone());
+    saved.insert("layer.kernel.C".into(), ct);
+    saved.insert(
+        "layer.kernel.l_kernel".into(),
+        Tensor::new(lk as i64, &Device::Cpu).unwrap(),
+    );
+    let loaded = ParamStore::load(saved, DType::F64, &Device::Cpu);
+    let m2 = S4::new(h, config(json!({})), &loaded.builder()).unwrap();
+    assert!(
+        loaded.unused_keys().is_empty(),
+        "{:?}",
+        loaded.unused_keys()
+    );
+    let y2 = vec1(&m2.forward(&x, &ForwardOpts::default()).unwrap());
+    assert!(max_err(&y, &y2) < 1e-10, "{}", max_err(&y, &y2));
+    let back = loaded.tensors();
+    assert!(max_err(&vec1(&back["C"]), &p["C"]) < 1e-10);
+    assert!(max_err(&vec1(&back["layer.kernel.C"]), &p["C"]) < 1e-10);
+    assert_eq!(back["layer.kernel.l_kernel"].dtype(), DType::I64);
+    assert_eq!(vec1(&back["layer.kernel.l_kernel"]), vec![0.0]);
+}
+
+#[test]
+fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
+    let (b, l, h) = (2, 40, 4);
+    let (m, store) = build(h, json!({}), 6, DType::F64);
+    let x = randn(&[b, l, h], 2, DType::F64);
+    let opts = ForwardOpts {
+        lengths: Some(Tensor::new(&[40i64, 23], &Device::Cpu).unwrap()),
+        ..Default::default()
+    };
+    let got = vec1(&m.forward(&x, &opts).unwrap());
+    let want = reference(&store, &config(json!({})), &x, Some(&[40, 23]));
+    assert!(max_err(&got, &want) < 1e-10);
+    // A length equal to L everywhere changes nothing; a (1,) length broadcasts.
+    let opts1 = ForwardOpts {
+        lengths: Some(Tensor::new(&[23u32], &Device::Cpu).unwrap()),
+        ..Default::default()
+    };
+    let got = vec1(&m.forward(&x, &opts1).unwrap());
+    assert!(
+        max_err(
+            &got,
+            &reference(&store, &config(json!({})), &x, Some(&[23, 23]))
+        ) < 1e-10
+    );
+    let bad = ForwardOpts {
+        lengths: Some(Tensor::new(&[1i64, 2, 3], &Device::Cpu).unwrap()),
+        ..Default::default()
+    };
+    let e = m.forward(&x, &bad).unwrap_err().to_string();
+    assert!(e.contains("lengths") && e.contains("[3]"), "{e}");
+
+    // l_max = 10 < L: the taps past 10 are dropped (as lrnnx); prefix outputs agree.
+    let (mut ml, _) = build(h, json!({"l_max": 10}), 6, DType::F64);
+    let full = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
+    let cut = vec1(&ml.forward(&x, &ForwardOpts::default()).unwrap());
+    for bi in 0..b {
+        for t in 0..l {
+            for i in 0..h {
+                let at = (bi * l + t) * h + i;
+                if t < 10 {
+                    assert!((full[at] - cut[at]).abs() < 1e-12);
+                }
+            }
+        }
+    }
+    assert!(max_err(&full, &cut) > 1e-6);
+    ml.set_forward_mode(ForwardMode::Scan);
+    let e = ml
+        .forward(&x, &ForwardOpts::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("l_max"), "{e}");
+}
+
+/// Central finite differences of `sum(forward(x) * w)` against autograd, in f64,
+/// for every parameter (gate and bottleneck included) and the input, in both modes.
+#[test]
+fn gradients_match_finite_differences() {
+    let (b, l, h) = (2, 6, 3);
+    let kw = json!({"d_state": 6, "gate": 2, "bottleneck": 1, "dt_tie": false});
+    let (mut m, store) = build(h, kw, 8, DType::F64);
+    let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
+    let w = randn(&[b, l, h], 4, DType::F64);
+    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
+    params.push(("x".into(), x.clone()));
+    assert_eq!(params.len(), 16);
+    for mode in [ForwardMode::Scan, ForwardMode::Conv] {
+        m.set_forward_mode(mode);
+        let loss = |m: &S4| -> f64 {
+            (m.forward(x.as_tensor(), &ForwardOpts::default()).unwrap() * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let grads = (m.forward(x.as_tensor(), &ForwardOpts::default()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, var) in &params {
+            let g = vec1(
+                grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {name}")),
+            );
+            let base = vec1(var.as_tensor());
+            for idx in [0, base.len() / 2, base.len() - 1] {
+                let eps = 1e-6;
+                let bump = |delta: f64| {
+                    let mut v = base.clone();
+                    v[idx] += delta;
+                    var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    let out = loss(&m);
+                    var.set(
+                        &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu)
+                            .unwrap(),
+                    )
+                    .unwrap();
+                    out
+                };
+                let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+                let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
+                assert!(
+                    err < 1e-6,
+                    "{mode:?} {name}[{idx}]: autograd {} vs finite differences {fd}",
+                    g[idx]
+                );
+            }
+        }
+    }
+}
+
+/// L = 100000 in both modes: finite, and the last positions equal stepping
+/// the recurrence on from the state a prefill of the first L - 8 positions reaches.
+#[test]
+fn long_sequence_stays_finite_and_matches_stepping() {
+    let (l, h) = (100_000, 4);
+    let (mut m, _) = build(h, json!({"d_state": 4}), 1, DType::F32);
+    let x = randn(&[1, l, h], 5, DType::F32);
+    let mut st = m.init_state(1, l, DType::F32, &Device::Cpu).unwrap();
+    m.prefill(
+        &x.narrow(1, 0, l - 8).unwrap(),
+        &mut st,
+        &ForwardOpts::default(),
+    )
+    .unwrap();
+    let mut stepped = Vec::new();
+    for t in l - 8..l {
+        stepped.extend(vec1(
+            &m.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
+                .unwrap(),
+        ));
+    }
+    for mode in [ForwardMode::Scan, ForwardMode::Conv] {
+        m.set_forward_mode(mode);
+        let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
+        assert!(y.iter().all(|v| v.is_finite()), "{mode:?}");
+        let err = max_err(&y[(l - 8) * h..], &stepped);
+        assert!(err < 1e-4, "{mode:?}: last 8 positions vs stepping: {err}");
+    }
+}
+
+#[test]
+fn parameters_are_saved_under_lrnnx_names() {
+    let (_, store) = build(4, json!({}), 0, DType::F32);
+    let keys: Vec<String> = store.tensors().into_keys().collect();
+    for k in [
+        "A_imag",
+        "A_real",
+        "B",
+        "C",
+        "D",
+        "P",
+        "inv_dt",
+        "layer.kernel.A_imag",
+        "layer.kernel.A_real",
+        "layer.kernel.B",
+        "layer.kernel.C",
+        "layer.kernel.P",
+        "layer.kernel.inv_dt",
+        "layer.kernel.l_kernel",
+        "output_linear.0.bias",
+        "output_linear.0.weight",
+    ] {
+        assert!(keys.contains(&k.to_string()), "{k} missing from {keys:?}");
+    }
+    assert_eq!(keys.len(), 16, "{keys:?}");
+    let t = store.tensors();
+    assert_eq!(t["P"].dims(), &[1, 4, 4, 2]);
+    assert_eq!(t["layer.kernel.l_kernel"].dims(), &[] as &[usize]);
+    assert!(vec1(&t["A_real"])
+        .iter()
+        .all(|v| (v - 0.5f64.ln()).abs() < 1e-6));
+    // HiPPO-LegS, N = 8: -Im(A) and |P| as lrnnx's.
+    let a_imag = vec1(&t["A_imag"]);
+    for (k, want) in [19.85741, 5.35421, 1.95779, 0.42749].iter().enumerate() {
+        assert!((a_imag[k] - want).abs() < 1e-4);
+    }
+    let p = vec1(&t["P"]);
+    assert!(
+        (p[0].hypot(p[1]) - 3.64558).abs() < 1e-4,
+        "{}",
+        p[0].hypot(p[1])
+    );
+}
+
+#[test]
+fn bad_shapes_and_kwargs_are_named() {
+    let (m, _) = build(4, json!({}), 1, DType::F32);
+    let e = m
+        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
+        "{e}"
+    );
+    let mut st = m.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
+    let e = m
+        .step(
+            &randn(&[2, 3], 1, DType::F32),
+            &mut st,
+            &StepOpts::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[2, 3]"), "{e}");
+    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
+    let build = |kw: &str| {
+        let args = BuildArgs {
+            d_model: 4,
+            d_state: 8,
+            layer_idx: 2,
+            kwargs: serde_json::from_str(kw).unwrap(),
+            params: store.builder(),
+        };
+        lrnnx_framework::Registry::build("S4", &args)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = build(r#"{"transposed": true}"#);
+    assert!(
+        e.contains("layer 2") && e.contains("transposed") && e.contains("(batch, seqlen, d_model)"),
+        "{e}"
+    );
+    let e = build(r#"{"rank": 2}"#);
+    assert!(e.contains("rank") && e.contains('2'), "{e}");
+    let e = build(r#"{"d_stat": 8}"#);
+    assert!(e.contains("d_stat") && e.contains("d_state"), "{e}");
+    let e = build(r#"{"bottleneck": 2}"#);
+    assert!(e.contains("bottleneck") && e.contains('2'), "{e}");
+    let e = build(r#"{"gate": 2, "channels": 3}"#);
+    assert!(e.contains("gate") && e.contains("output_gate"), "{e}");
+    let e = build(r#"{"forward_mode": "fast"}"#);
+    assert!(e.contains("forward_mode") && e.contains("fast"), "{e}");
+    let e = build(r#"{"init": "legt"}"#);
+    assert!(e.contains("legt"), "{e}");
+    let e = build(r#"{"n_ssm": 3}"#);
+    assert!(e.contains("n_ssm") && e.contains('3'), "{e}");
+    let e = build(r#"{"is_real": true}"#);
+    assert!(e.contains("is_real"), "{e}");
+    // The default build works and its config round-trips through JSON.
+    let args = BuildArgs {
+        d_model: 4,
+        d_state: 8,
+        layer_idx: 0,
+        kwargs: serde_json::Map::new(),
+        params: ParamStore::init(0, DType::F32, &Device::Cpu).builder(),
+    };
+    let m = lrnnx_framework::Registry::build("S4", &args).unwrap();
+    let j = lrnnx_framework::config_to_json(m.config()).unwrap();
+    assert_eq!(j["type"], "S4");
+    assert_eq!(j["disc"], Value::Null);
+    assert_eq!(j["B_clip"], 2.0);
+}

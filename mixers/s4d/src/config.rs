@@ -1,0 +1,222 @@
+//! S4D constructor arguments.
+
+use lrnnx_framework::layers::{GateStyle, SsmSpec, SsmWrapperOpts, Transform};
+use serde::{Deserialize, Serialize};
+
+fn glu() -> Option<String> {
+    Some("glu".into())
+}
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn dt_min() -> f64 {
+    0.001
+}
+fn dt_max() -> f64 {
+    0.1
+}
+fn exp() -> String {
+    "exp".into()
+}
+fn none() -> String {
+    "none".into()
+}
+fn legs() -> String {
+    "legs".into()
+}
+fn zoh() -> String {
+    "zoh".into()
+}
+fn auto() -> String {
+    "auto".into()
+}
+fn b_clip() -> Option<f64> {
+    Some(2.0)
+}
+
+/// Arguments of lrnnx's `S4D(d_model, ...)`, same names and defaults, plus
+/// `forward_mode` (ours: `"auto"`, `"scan"` or `"conv"`).
+///
+/// Accepted for compatibility and without effect at inference: `dropout`,
+/// `tie_dropout`, `drop_kernel` (dropout is the identity in eval mode), `lr`,
+/// `wd` (optimizer hints), `verbose`, `diagonalize_precision`.
+/// One deliberate difference: `transposed` defaults to `false`, the only
+/// layout supported, `(B, L, H)` (lrnnx's default `true` is wrong for its own LM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S4dConfig {
+    /// State size `N`; `N/2` complex modes are kept.
+    pub d_state: usize,
+    /// Only `None` or 1 (a `Linear(H, H)` before the SSM).
+    #[serde(default)]
+    pub bottleneck: Option<usize>,
+    /// Gate expansion factor: `input_gate`, `output_gate`.
+    #[serde(default)]
+    pub gate: Option<usize>,
+    /// Any value gives an output `Linear + GELU`; `null` gives none.
+    #[serde(default = "glu")]
+    pub final_act: Option<String>,
+    /// Deprecated alias of `final_act` (needs `final_act = null`).
+    #[serde(default)]
+    pub postact: Option<String>,
+    /// Dropout probability (identity at inference).
+    #[serde(default)]
+    pub dropout: f64,
+    /// Tie the dropout mask over the sequence.
+    #[serde(default)]
+    pub tie_dropout: bool,
+    /// Must be `false`: inputs are `(B, L, H)`.
+    #[serde(default)]
+    pub transposed: bool,
+    /// Longest kernel; longer inputs drop the taps past it (as lrnnx).
+    #[serde(default)]
+    pub l_max: Option<usize>,
+    /// SSM output channels per feature.
+    #[serde(default = "one")]
+    pub channels: usize,
+    /// Smallest `dt` at init.
+    #[serde(default = "dt_min")]
+    pub dt_min: f64,
+    /// Largest `dt` at init.
+    #[serde(default = "dt_max")]
+    pub dt_max: f64,
+    /// One `dt` per feature (else per mode).
+    #[serde(default = "yes")]
+    pub dt_tie: bool,
+    /// Transform from `inv_dt` to `dt`.
+    #[serde(default = "exp")]
+    pub dt_transform: String,
+    /// `dt = T(sinh(inv_dt))`.
+    #[serde(default)]
+    pub dt_fast: bool,
+    /// Rank of the (unused) low-rank init factor.
+    #[serde(default = "one")]
+    pub rank: usize,
+    /// Copies of `A`, `B` (default `d_model`).
+    #[serde(default)]
+    pub n_ssm: Option<usize>,
+    /// Initialisation of `A`, `B`.
+    #[serde(default = "legs")]
+    pub init: String,
+    /// Deterministic `inv_dt` and `C`.
+    #[serde(default)]
+    pub deterministic: bool,
+    /// Transform of `-Re(A)`.
+    #[serde(default = "exp")]
+    pub real_transform: String,
+    /// Transform of `-Im(A)`.
+    #[serde(default = "none")]
+    pub imag_transform: String,
+    /// Must be `false` (lrnnx's step fails with real parameters).
+    #[serde(default)]
+    pub is_real: bool,
+    /// Learning-rate hint (unused).
+    #[serde(default)]
+    pub lr: Option<serde_json::Value>,
+    /// Weight-decay hint (unused).
+    #[serde(default)]
+    pub wd: f64,
+    /// Printing (unused).
+    #[serde(default = "yes")]
+    pub verbose: bool,
+    /// Discretization: `"zoh"` or `"bilinear"` (textbook Tustin).
+    #[serde(default = "zoh")]
+    pub disc: String,
+    /// Flatten the channels as `(h c)` instead of `(c h)`.
+    #[serde(default)]
+    pub swap_channels: bool,
+    /// Kernel dropout (identity at inference).
+    #[serde(default)]
+    pub drop_kernel: f64,
+    /// Clamp of `Im(B)` in the NPLR init.
+    #[serde(default = "b_clip", rename = "B_clip")]
+    pub b_clip: Option<f64>,
+    /// Init in double precision (always the case here).
+    #[serde(default = "yes")]
+    pub diagonalize_precision: bool,
+    /// `"auto"` (by length), `"scan"` (recurrence) or `"conv"` (kernel + FFT convolution).
+    #[serde(default = "auto")]
+    pub forward_mode: String,
+}
+
+#[typetag::serde(name = "S4D")]
+impl lrnnx_framework::MixerConfig for S4dConfig {}
+
+impl S4dConfig {
+    /// Checks the values this implementation (and lrnnx) can run.
+    pub fn validate(&self, d_model: usize) -> Result<(), String> {
+        if self.transposed {
+            return Err(
+                "transposed = true is not supported: inputs are (batch, seqlen, d_model); pass transposed = false"
+                    .into(),
+            );
+        }
+        if self.is_real {
+            return Err("is_real = true is not supported (lrnnx's step fails with it)".into());
+        }
+        if self.disc != "zoh" && self.disc != "bilinear" {
+            return Err(format!(
+                "disc must be \"zoh\" or \"bilinear\", found `{}`",
+                self.disc
+            ));
+        }
+        if !matches!(self.forward_mode.as_str(), "auto" | "scan" | "conv") {
+            return Err(format!(
+                "forward_mode must be \"auto\", \"scan\" or \"conv\", found `{}`",
+                self.forward_mode
+            ));
+        }
+        if self.postact.is_some() && self.final_act.is_some() {
+            return Err("postact needs final_act = null (lrnnx asserts it)".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.drop_kernel) {
+            return Err(format!(
+                "dropout and drop_kernel must be in [0, 1), found {} and {}",
+                self.dropout, self.drop_kernel
+            ));
+        }
+        if self.l_max == Some(0) {
+            return Err("l_max must be positive or null, found 0".into());
+        }
+        self.wrapper_opts(d_model).validate()?;
+        self.spec(d_model)?.validate()
+    }
+
+    /// The wrapper's options.
+    pub fn wrapper_opts(&self, d_model: usize) -> SsmWrapperOpts {
+        SsmWrapperOpts {
+            d_model,
+            channels: self.channels,
+            gate: self.gate,
+            bottleneck: self.bottleneck,
+            output_linear: self.final_act.is_some() || self.postact.is_some(),
+            swap_channels: self.swap_channels,
+            gate_style: GateStyle::S4d,
+        }
+    }
+
+    /// The SSM parameters' spec.
+    pub fn spec(&self, d_model: usize) -> Result<SsmSpec, String> {
+        Ok(SsmSpec {
+            d_model,
+            d_state: self.d_state,
+            channels: self.channels,
+            n_ssm: self.n_ssm.unwrap_or(d_model),
+            rank: self.rank,
+            dt_min: self.dt_min,
+            dt_max: self.dt_max,
+            dt_tie: self.dt_tie,
+            dt_transform: Transform::parse(&self.dt_transform, "dt_transform")?,
+            dt_fast: self.dt_fast,
+            init: self.init.clone(),
+            deterministic: self.deterministic,
+            real_transform: Transform::parse(&self.real_transform, "real_transform")?,
+            imag_transform: Transform::parse(&self.imag_transform, "imag_transform")?,
+            b_clip: self.b_clip,
+            with_p: false,
+        })
+    }
+}

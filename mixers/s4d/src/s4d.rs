@@ -1,0 +1,491 @@
+//! The S4D layer: parameters, discretization, forward by scan or by
+//! convolution, step, kernel.
+
+use candle_core::{DType, Device, Tensor, D};
+use lrnnx_framework::layers::{mask_lengths, SsmParams, SsmWrapper};
+use lrnnx_framework::{
+    check_sequence, check_step_input, match_step_rank, Complex, Discretization, Error, Family,
+    ForwardOpts, Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+};
+use lrnnx_kernels::fft_conv::causal_conv;
+use lrnnx_kernels::scan::complex_diag_scan;
+use rayon::prelude::*;
+
+use crate::vandermonde::vandermonde;
+use crate::S4dConfig;
+
+/// Below this length `forward_mode = "auto"` runs the recurrence, from it on
+/// the convolution. Measured on two (shared) CPU cores at B in {1, 8, 32},
+/// H in {64, 256}, N in {4, 16, 64}: the two are within noise up to 4
+/// positions, and the convolution is faster from there on (8x at B = 8,
+/// H = 256, N = 64, L = 128).
+pub const AUTO_CONV_FROM: usize = 4;
+
+/// Largest number of elements of one intermediate tensor of the scan path;
+/// longer problems are split into groups of features.
+const CHUNK_ELEMS: usize = 1 << 24;
+
+/// How a forward pass is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMode {
+    /// By length: scan below [`AUTO_CONV_FROM`], convolution from it on.
+    Auto,
+    /// The recurrence, as a parallel complex diagonal scan.
+    Scan,
+    /// The kernel (an impulse response), then a causal FFT convolution.
+    Conv,
+}
+
+/// The discrete diagonal system, `(H, N/2)` complex (`C` is `(channels, H, N/2)`).
+#[derive(Debug, Clone)]
+struct Discrete {
+    da: Complex,
+    db: Complex,
+    c: Complex,
+}
+
+/// The same system in the scan's split layout (see [`S4d::scan_sys`]).
+#[derive(Debug, Clone)]
+struct ScanSys {
+    lam: Tensor,
+    db: Tensor,
+    c: Tensor,
+}
+
+/// lrnnx's `S4D`: a diagonal state-space kernel (`S4DKernel`) inside the
+/// S4 block. Parameters `inv_dt`, `A_real`, `A_imag`, `B`, `C` (also under
+/// `layer.kernel.*`), `D`, `output_linear.0.*` (and the gate / bottleneck
+/// linears when configured).
+///
+/// ```text
+/// dtA = dt A;  zoh: dA = exp(dtA), dB = B (exp(dtA) - 1)/A
+///              bilinear: dA = (1 + dtA/2)/(1 - dtA/2), dB = B dt/(1 - dtA/2)
+/// s_t = dA s_{t-1} + dB x_t;   y_ssm = 2 Re(C s_t)
+/// ```
+#[derive(Debug)]
+pub struct S4d {
+    cfg: S4dConfig,
+    d_model: usize,
+    n2: usize,
+    zoh: bool,
+    mode: ForwardMode,
+    ssm: SsmParams,
+    wrapper: SsmWrapper,
+}
+
+impl S4d {
+    /// Builds the layer, drawing parameters as lrnnx does unless `pb` loads them.
+    pub fn new(d_model: usize, cfg: S4dConfig, pb: &ParamBuilder) -> Result<Self> {
+        cfg.validate(d_model).map_err(Error::Config)?;
+        let wopts = cfg.wrapper_opts(d_model);
+        let input_linear = SsmWrapper::build_bottleneck(&wopts, pb)?;
+        let ssm = SsmParams::new(cfg.spec(d_model).map_err(Error::Config)?, pb)?;
+        let wrapper = SsmWrapper::new(wopts, input_linear, pb)?;
+        let mode = match cfg.forward_mode.as_str() {
+            "scan" => ForwardMode::Scan,
+            "conv" => ForwardMode::Conv,
+            _ => ForwardMode::Auto,
+        };
+        Ok(Self {
+            n2: cfg.d_state / 2,
+            zoh: cfg.disc == "zoh",
+            d_model,
+            mode,
+            ssm,
+            wrapper,
+            cfg,
+        })
+    }
+
+    /// Overrides the forward mode (e.g. to compare scan and convolution).
+    pub fn set_forward_mode(&mut self, mode: ForwardMode) {
+        self.mode = mode;
+    }
+
+    /// Complex modes per feature, `N/2`.
+    pub fn n2(&self) -> usize {
+        self.n2
+    }
+
+    fn channels(&self) -> usize {
+        self.cfg.channels
+    }
+
+    fn discrete(&self) -> Result<Discrete> {
+        let dt = self.ssm.dt()?;
+        let (lr, li) = self.ssm.lambda()?;
+        let lam = Complex::new(lr, li);
+        let dta = lam.mul_real(&dt)?;
+        let (br, bi) = self.ssm.b()?;
+        let b = Complex::new(br, bi);
+        let (da, db) = if self.zoh {
+            let da = dta.exp()?;
+            let db = b.mul(&da.add_scalar(-1.0)?.div(&lam)?)?;
+            (da, db)
+        } else {
+            let half = dta.scale(0.5)?;
+            let den = half.scale(-1.0)?.add_scalar(1.0)?;
+            let da = half.add_scalar(1.0)?.div(&den)?;
+            let db = b.mul_real(&dt)?.div(&den)?;
+            (da, db)
+        };
+        let (cr, ci) = self.ssm.c()?;
+        Ok(Discrete {
+            da,
+            db,
+            c: Complex::new(cr, ci),
+        })
+    }
+
+    /// The scan's view of the system: `lam`, `dB` as `(2, H, N/2)` (real
+    /// parts, then imaginary parts) and `(2 Re C, -2 Im C)` as `(channels, 2, H, N/2)`,
+    /// so that `y = sum over (2, N/2) of C * s`.
+    fn scan_sys(&self, d: &Discrete) -> Result<ScanSys> {
+        Ok(ScanSys {
+            lam: Tensor::stack(&[&d.da.re, &d.da.im], 0)?,
+            db: Tensor::stack(&[&d.db.re, &d.db.im], 0)?,
+            c: Tensor::stack(&[(&d.c.re * 2.0)?, (&d.c.im * -2.0)?], 1)?,
+        })
+    }
+
+    /// Features per group so that one intermediate stays under [`CHUNK_ELEMS`].
+    fn group(&self, rows: usize) -> usize {
+        let per_feature = rows * 2 * self.n2 * self.channels().max(1);
+        (CHUNK_ELEMS / per_feature.max(1)).clamp(1, self.d_model.max(1))
+    }
+
+    /// States `(B, L, 2, hc, N/2)` (real parts, then imaginary parts) of
+    /// features `h0..h0+hc`, from `x (B, L, H)` and the start `s0 (B, 2, H, N/2)`.
+    fn scan_states(
+        &self,
+        x: &Tensor,
+        sys: &ScanSys,
+        h0: usize,
+        hc: usize,
+        s0: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let n2 = self.n2;
+        let xc = x.narrow(2, h0, hc)?.reshape((b, l, 1, hc, 1))?;
+        let u = xc
+            .broadcast_mul(&sys.db.narrow(1, h0, hc)?)?
+            .reshape((b, l, 2 * hc * n2))?;
+        let lam = sys.lam.narrow(1, h0, hc)?.flatten_all()?;
+        let init = match s0 {
+            Some(s) => Some(s.narrow(2, h0, hc)?.reshape((b, 2 * hc * n2))?),
+            None => None,
+        };
+        let s = complex_diag_scan(&u, &lam, init.as_ref())?;
+        Ok(s.reshape((b, l, 2, hc, n2))?)
+    }
+
+    /// `2 Re(C s)`: states `(B, L, 2, hc, N/2)` to outputs `(B, L, channels, hc)`.
+    fn readout(&self, s: &Tensor, sys: &ScanSys, h0: usize, hc: usize) -> Result<Tensor> {
+        let c = sys.c.narrow(2, h0, hc)?;
+        Ok(s.unsqueeze(2)?.broadcast_mul(&c)?.sum(D::Minus1)?.sum(3)?)
+    }
+
+    /// The recurrence over `x (B, L, H)` from `s0`: `(y (B, L, channels, H), last state (B, 2, H, N/2))`.
+    fn run_scan(&self, x: &Tensor, sys: &ScanSys, s0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let (b, l, h) = x.dims3()?;
+        let g = self.group(b * l);
+        let (mut ys, mut last) = (Vec::new(), Vec::new());
+        let mut h0 = 0;
+        while h0 < h {
+            let hc = g.min(h - h0);
+            let s = self.scan_states(x, sys, h0, hc, s0)?;
+            ys.push(self.readout(&s, sys, h0, hc)?);
+            last.push(s.narrow(1, l - 1, 1)?.squeeze(1)?);
+            h0 += hc;
+        }
+        if ys.len() == 1 {
+            return Ok((ys.remove(0), last.remove(0).contiguous()?));
+        }
+        Ok((Tensor::cat(&ys, 3)?, Tensor::cat(&last, 2)?))
+    }
+
+    /// The kernel `(channels*H, len)` (row `c*H + h`): `2 Re(C dB dA^l)`.
+    fn kernel_of(&self, d: &Discrete, len: usize) -> Result<Tensor> {
+        let w = d.c.mul(&d.db)?;
+        let w = Tensor::stack(&[&w.re, &w.im], 3)?;
+        let z = Tensor::stack(&[&d.da.re, &d.da.im], 2)?;
+        Ok(vandermonde(&w, &z, len)?.reshape((self.channels() * self.d_model, len))?)
+    }
+
+    /// Causal convolution of `x (B, L, H)` with the kernel: `(B, L, channels, H)`.
+    fn run_conv(&self, x: &Tensor, k: &Tensor) -> Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let c = self.channels();
+        let xr = if c > 1 {
+            Tensor::cat(&vec![x.clone(); c], 2)?
+        } else {
+            x.clone()
+        };
+        Ok(causal_conv(&xr, k)?.reshape((b, l, c, h))?)
+    }
+
+    /// The mode used for a sequence of length `l` on `device`. Off the CPU
+    /// `auto` is the scan: the convolution ops here are CPU-only, while the
+    /// complex scan has a CUDA kernel.
+    fn pick(&self, l: usize, device: &Device) -> Result<ForwardMode> {
+        let truncated = self.cfg.l_max.is_some_and(|m| l > m);
+        match self.mode {
+            ForwardMode::Auto if !device.is_cpu() && !truncated => Ok(ForwardMode::Scan),
+            ForwardMode::Scan if truncated => Err(Error::Config(format!(
+                "S4D forward_mode = \"scan\" cannot run L = {l} > l_max = {}: lrnnx then drops the \
+                 kernel taps past l_max, which only the convolution reproduces",
+                self.cfg.l_max.unwrap_or(0)
+            ))),
+            ForwardMode::Auto if truncated || l >= AUTO_CONV_FROM => Ok(ForwardMode::Conv),
+            ForwardMode::Auto => Ok(ForwardMode::Scan),
+            m => Ok(m),
+        }
+    }
+
+    /// Prepares `x`: shape check, dtype of the parameters, lengths mask.
+    fn prepare(&self, x: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
+        check_sequence(x, self.d_model, "S4D input")?;
+        let x = x.to_dtype(self.wrapper.d().dtype())?;
+        mask_lengths(&x, opts.lengths.as_ref())
+    }
+
+    /// The SSM part over a whole sequence, by `mode`; also the last state when `want_state`.
+    fn ssm_forward(
+        &self,
+        x: &Tensor,
+        s0: Option<&Tensor>,
+        want_state: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let l = x.dim(1)?;
+        let d = self.discrete()?;
+        let mode = self.pick(l, x.device())?;
+        if mode == ForwardMode::Scan || s0.is_some() {
+            let (y, s) = self.run_scan(x, &self.scan_sys(&d)?, s0)?;
+            return Ok((y, Some(s)));
+        }
+        let taps = self.cfg.l_max.map_or(l, |m| m.min(l));
+        let y = self.run_conv(x, &self.kernel_of(&d, taps)?)?;
+        let s = if want_state {
+            Some(final_state(x, &d)?)
+        } else {
+            None
+        };
+        Ok((y, s))
+    }
+}
+
+/// One step on the CPU in plain loops (decoding is latency-bound: a handful
+/// of small candle ops cost more than the arithmetic): `x (B, H)`, the
+/// scan-layout system, `s0 (B, 2, H, N/2)`; returns `(y (B, channels, H), s)`.
+fn step_cpu(x: &Tensor, sys: &ScanSys, s0: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, h) = x.dims2()?;
+    let c = sys.c.dim(0)?;
+    let n2 = sys.lam.dim(2)?;
+    let flat = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+    };
+    let (xs, lam, db, cc, mut s) = (
+        flat(x)?,
+        flat(&sys.lam)?,
+        flat(&sys.db)?,
+        flat(&sys.c)?,
+        flat(s0)?,
+    );
+    let hn = h * n2;
+    let mut y = vec![0.0; b * c * h];
+    for bi in 0..b {
+        let (re, im) = (bi * 2 * hn, (bi * 2 + 1) * hn);
+        for hi in 0..h {
+            let u = xs[bi * h + hi];
+            for n in 0..n2 {
+                let k = hi * n2 + n;
+                let (sr, si) = (s[re + k], s[im + k]);
+                let nr = lam[k] * sr - lam[hn + k] * si + db[k] * u;
+                let ni = lam[k] * si + lam[hn + k] * sr + db[hn + k] * u;
+                s[re + k] = nr;
+                s[im + k] = ni;
+                for ci in 0..c {
+                    y[(bi * c + ci) * h + hi] +=
+                        cc[ci * 2 * hn + k] * nr + cc[(ci * 2 + 1) * hn + k] * ni;
+                }
+            }
+        }
+    }
+    let dt = x.dtype();
+    Ok((
+        Tensor::from_vec(y, (b, c, h), x.device())?.to_dtype(dt)?,
+        Tensor::from_vec(s, s0.shape(), s0.device())?.to_dtype(s0.dtype())?,
+    ))
+}
+
+/// The state after `x (B, L, H)` from zero, `(B, 2, H, N/2)`: `s = dA s + dB x_t`
+/// run in registers (f64), in parallel over batch and features. For prefill
+/// after a convolution forward; no autograd.
+fn final_state(x: &Tensor, d: &Discrete) -> Result<Tensor> {
+    let (b, l, h) = x.dims3()?;
+    let flat = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+    };
+    let (xs, ar, ai, br, bi) = (
+        flat(x)?,
+        flat(&d.da.re)?,
+        flat(&d.da.im)?,
+        flat(&d.db.re)?,
+        flat(&d.db.im)?,
+    );
+    let n2 = ar.len() / h.max(1);
+    let per: Vec<Vec<(f64, f64)>> = (0..b * h)
+        .into_par_iter()
+        .map(|task| {
+            let (bi_, hi) = (task / h, task % h);
+            let mut s = vec![(0.0, 0.0); n2];
+            for t in 0..l {
+                let u = xs[(bi_ * l + t) * h + hi];
+                for (n, z) in s.iter_mut().enumerate() {
+                    let k = hi * n2 + n;
+                    *z = (
+                        ar[k] * z.0 - ai[k] * z.1 + br[k] * u,
+                        ar[k] * z.1 + ai[k] * z.0 + bi[k] * u,
+                    );
+                }
+            }
+            s
+        })
+        .collect();
+    let mut out = vec![0.0; b * 2 * h * n2];
+    for (task, s) in per.into_iter().enumerate() {
+        let (bi_, hi) = (task / h, task % h);
+        for (n, z) in s.into_iter().enumerate() {
+            out[((bi_ * 2) * h + hi) * n2 + n] = z.0;
+            out[((bi_ * 2 + 1) * h + hi) * n2 + n] = z.1;
+        }
+    }
+    Ok(Tensor::from_vec(out, (b, 2, h, n2), x.device())?.to_dtype(x.dtype())?)
+}
+
+impl Mixer for S4d {
+    fn name(&self) -> &str {
+        crate::NAME
+    }
+
+    fn config(&self) -> &dyn MixerConfig {
+        &self.cfg
+    }
+
+    fn forward(&self, x: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = self.prepare(x, opts)?;
+        let (b, l, _) = x.dims3()?;
+        if l == 0 {
+            return Ok(Tensor::zeros(
+                (b, 0, self.wrapper.output_width()),
+                dtype,
+                x.device(),
+            )?);
+        }
+        let (xs, v) = self.wrapper.input(&x)?;
+        let (y, _) = self.ssm_forward(&xs, None, false)?;
+        Ok(self.wrapper.output(&y, &xs, v.as_ref())?.to_dtype(dtype)?)
+    }
+
+    fn prefill(&self, x: &Tensor, state: &mut MixerState, opts: &ForwardOpts) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = self.prepare(x, opts)?;
+        let (b, l, _) = x.dims3()?;
+        if l == 0 {
+            return Ok(Tensor::zeros(
+                (b, 0, self.wrapper.output_width()),
+                dtype,
+                x.device(),
+            )?);
+        }
+        let (xs, v) = self.wrapper.input(&x)?;
+        let s0 = state.get("lrnn_state")?.clone();
+        let start = (state.seqlen_offset > 0).then_some(&s0);
+        let (y, s) = self.ssm_forward(&xs, start, true)?;
+        if let Some(s) = s {
+            state.set("lrnn_state", s);
+        }
+        state.seqlen_offset += l;
+        Ok(self.wrapper.output(&y, &xs, v.as_ref())?.to_dtype(dtype)?)
+    }
+
+    fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
+        let x2 = check_step_input(x, self.d_model, "S4D step input")?;
+        let dtype = x.dtype();
+        let x2 = x2.to_dtype(self.wrapper.d().dtype())?;
+        let get = |k: &str| -> Result<Tensor> { Ok(state.get(k)?.clone()) };
+        let sys = ScanSys {
+            lam: get("lambda")?,
+            db: get("dB")?,
+            c: get("C")?,
+        };
+        let (xs, v) = self.wrapper.input(&x2)?;
+        let s0 = get("lrnn_state")?;
+        let (y, s) = if xs.device().is_cpu() {
+            step_cpu(&xs, &sys, &s0)?
+        } else {
+            let (y, s) = self.run_scan(&xs.unsqueeze(1)?, &sys, Some(&s0))?;
+            (y.squeeze(1)?, s)
+        };
+        state.set("lrnn_state", s);
+        state.seqlen_offset += 1;
+        let y = self.wrapper.output(&y, &xs, v.as_ref())?;
+        match_step_rank(y.to_dtype(dtype)?, x)
+    }
+
+    /// State `lrnn_state (B, 2, H, N/2)` (real parts, imaginary parts) and the
+    /// discrete system (`lambda` = dA and `dB` as `(2, H, N/2)`, `C` as
+    /// `(channels, 2, H, N/2)` holding `(2 Re C, -2 Im C)`), computed once here as
+    /// lrnnx's `allocate_inference_cache` does.
+    fn init_state(
+        &self,
+        batch: usize,
+        _max_seqlen: usize,
+        _dtype: DType,
+        device: &Device,
+    ) -> Result<MixerState> {
+        let sys = self.scan_sys(&self.discrete()?)?;
+        let dtype = self.wrapper.d().dtype();
+        let s = Tensor::zeros((batch, 2, self.d_model, self.n2), dtype, device)?;
+        let on = |t: &Tensor| -> Result<Tensor> { Ok(t.detach().to_device(device)?) };
+        Ok(MixerState::new()
+            .with("lrnn_state", s)
+            .with("lambda", on(&sys.lam)?)
+            .with("dB", on(&sys.db)?)
+            .with("C", on(&sys.c)?))
+    }
+
+    fn family(&self) -> Family {
+        Family::Lti
+    }
+
+    fn as_lti(&self) -> Option<&dyn Lti> {
+        Some(self)
+    }
+}
+
+impl Lti for S4d {
+    /// `K[c*H + h, l] = 2 Re(sum_n C[c,h,n] dB[h,n] dA[h,n]^l)`: `(H, len)` for
+    /// one channel, `(channels*H, len)` otherwise (rows in `(c h)` order
+    /// whatever `swap_channels`); `D` is not included.
+    fn kernel(&self, len: usize) -> Result<Tensor> {
+        let d = self.discrete()?;
+        if len == 0 {
+            return Ok(Tensor::zeros(
+                (self.channels() * self.d_model, 0),
+                self.wrapper.d().dtype(),
+                self.wrapper.d().device(),
+            )?);
+        }
+        self.kernel_of(&d, len)
+    }
+
+    fn discretization(&self) -> Discretization {
+        if self.zoh {
+            Discretization::Zoh
+        } else {
+            Discretization::Bilinear
+        }
+    }
+}
