@@ -30,6 +30,7 @@ pub mod mixers {
     pub use lrnnx_centaurus as centaurus;
     pub use lrnnx_lru as lru;
     pub use lrnnx_mamba as mamba;
+    pub use lrnnx_mlstm as mlstm;
     pub use lrnnx_rglru as rglru;
     pub use lrnnx_s4 as s4;
     pub use lrnnx_s4d as s4d;
@@ -49,6 +50,7 @@ pub fn builtin_mixers() -> Vec<&'static str> {
         lrnnx_mamba::link(),
         lrnnx_rglru::link(),
         lrnnx_s7::link(),
+        lrnnx_mlstm::link(),
         lrnnx_attn::link(),
     ]
 }

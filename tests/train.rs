@@ -31,14 +31,26 @@ fn every_registered_mixer_learns_and_every_parameter_moves() {
         let name = entry.spec.name;
         let mut cfg = LmConfig::new(16, 4, 256, &[name]);
         cfg.d_intermediate = 16;
-        cfg.mixer_kwargs = serde_json::from_value(serde_json::json!({ name: kwargs_for(name) })).unwrap();
+        cfg.mixer_kwargs =
+            serde_json::from_value(serde_json::json!({ name: kwargs_for(name) })).unwrap();
         let model = match LRNNLMHeadModel::init(cfg, 1, &Device::Cpu) {
             Ok(m) => m,
             Err(e) => panic!("{name}: {e}"),
         };
         let vars = model.store().vars();
-        let initial: BTreeMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap())).collect();
-        let mut opt = AdamW::new(vars.clone(), AdamWConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+        let initial: BTreeMap<String, Tensor> = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
+            .collect();
+        let mut opt = AdamW::new(
+            vars.clone(),
+            AdamWConfig {
+                lr: 1e-2,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut data = TokenBatches::new(ids.clone(), 24, 0.2, 0).unwrap();
         let (vx, vy) = data.train_batch(4, &Device::Cpu).unwrap();
         // Event timesteps reach the parameters only event mode uses (Mamba's dtA_proj.bias);
@@ -48,7 +60,10 @@ fn every_registered_mixer_learns_and_every_parameter_moves() {
             ..Default::default()
         };
         let eval = |m: &LRNNLMHeadModel| -> f32 {
-            cross_entropy(&m.forward(&vx, &opts).unwrap(), &vy).unwrap().to_scalar().unwrap()
+            cross_entropy(&m.forward(&vx, &opts).unwrap(), &vy)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
         };
         let before = eval(&model);
         for _ in 0..12 {
@@ -59,18 +74,33 @@ fn every_registered_mixer_learns_and_every_parameter_moves() {
         let after = eval(&model);
         assert!(after < before - 0.05, "{name}: loss {before} -> {after}");
         for (k, v) in &vars {
-            let moved = (v.as_tensor() - &initial[k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let moved = (v.as_tensor() - &initial[k])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             // lrnnx keeps Mamba's dtA_proj.weight but never uses it (only its bias): exempt.
             if k.ends_with("dtA_proj.weight") {
                 continue;
             }
-            assert!(moved > 0.0, "{name}: parameter {k} never received a gradient");
+            assert!(
+                moved > 0.0,
+                "{name}: parameter {k} never received a gradient"
+            );
         }
     }
 }
 
 fn lrnnx(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lrnnx")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lrnnx"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -85,25 +115,72 @@ fn cli_checkpoints_reload_resume_and_generate_identically() {
     std::fs::write(&corpus, TINY.repeat(4)).unwrap();
     let out = dir.path().join("run");
     let (c, o) = (corpus.to_str().unwrap(), out.to_str().unwrap());
-    let common = ["--corpus", c, "--d-model", "16", "--d-state", "4", "--d-intermediate", "16", "--batch-size", "2",
-        "--seq-len", "16", "--eval-every", "2", "--eval-batches", "1", "--save-every", "2", "--warmup", "1",
-        "--mixer-kwargs", r#"{"attn": {"num_heads": 2, "causal": true}}"#, "--quiet", "--out", o];
+    let common = [
+        "--corpus",
+        c,
+        "--d-model",
+        "16",
+        "--d-state",
+        "4",
+        "--d-intermediate",
+        "16",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--eval-every",
+        "2",
+        "--eval-batches",
+        "1",
+        "--save-every",
+        "2",
+        "--warmup",
+        "1",
+        "--mixer-kwargs",
+        r#"{"attn": {"num_heads": 2, "causal": true}}"#,
+        "--quiet",
+        "--out",
+        o,
+    ];
     let (ok, stdout, stderr) = lrnnx(&[&["train", "--steps", "4"], &common[..]].concat());
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains("validation loss") && stdout.contains("unigram entropy"), "{stdout}");
-    for f in ["config.json", "model.safetensors", "optimizer.safetensors", "trainer.json"] {
+    assert!(
+        stdout.contains("validation loss") && stdout.contains("unigram entropy"),
+        "{stdout}"
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer.json",
+    ] {
         assert!(out.join(f).exists(), "{f}");
     }
-    let gen = ["generate", "--model", o, "--prompt", "And God", "--max-tokens", "12", "--seed", "7"];
+    let gen = [
+        "generate",
+        "--model",
+        o,
+        "--prompt",
+        "And God",
+        "--max-tokens",
+        "12",
+        "--seed",
+        "7",
+    ];
     let (ok1, a, e1) = lrnnx(&gen);
     let (ok2, b, _) = lrnnx(&gen);
     assert!(ok1 && ok2, "{e1}");
     assert_eq!(a, b, "same seed, same text");
-    assert!(a.starts_with("And God") && e1.contains("tokens/s"), "{a} {e1}");
+    assert!(
+        a.starts_with("And God") && e1.contains("tokens/s"),
+        "{a} {e1}"
+    );
     // Resume to 6 steps: trainer.json advances and the model still loads.
-    let (ok, stdout, stderr) = lrnnx(&[&["train", "--steps", "6", "--resume", o], &common[..]].concat());
+    let (ok, stdout, stderr) =
+        lrnnx(&[&["train", "--steps", "6", "--resume", o], &common[..]].concat());
     assert!(ok, "{stdout}{stderr}");
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("trainer.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trainer.json")).unwrap()).unwrap();
     assert_eq!(meta["step"], 6);
 }
 
@@ -113,9 +190,16 @@ fn corrupt_or_missing_checkpoint_files_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = LmConfig::new(16, 4, 256, &["LRU"]);
     cfg.d_intermediate = 0;
-    LRNNLMHeadModel::init(cfg, 0, &Device::Cpu).unwrap().save_pretrained(dir.path()).unwrap();
+    LRNNLMHeadModel::init(cfg, 0, &Device::Cpu)
+        .unwrap()
+        .save_pretrained(dir.path())
+        .unwrap();
     let d = dir.path().to_str().unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}",
+    )
+    .unwrap();
     let (ok, _, err) = lrnnx(&["generate", "--model", d, "--max-tokens", "3"]);
     assert!(!ok && err.contains("model.safetensors"), "{err}");
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
@@ -124,6 +208,8 @@ fn corrupt_or_missing_checkpoint_files_fail_clearly() {
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
     let (ok, _, err) = lrnnx(&["generate", "--model", d, "--max-tokens", "3"]);
     assert!(!ok && err.contains("config.json"), "{err}");
-    let (ok, _, err) = lrnnx(&["train", "--resume", d, "--steps", "1", "--quiet", "--out", d]);
+    let (ok, _, err) = lrnnx(&[
+        "train", "--resume", d, "--steps", "1", "--quiet", "--out", d,
+    ]);
     assert!(!ok && err.contains("config.json"), "{err}");
 }

@@ -19,6 +19,22 @@ use crate::{
     Registry, Result, StepOpts,
 };
 
+/// A runner for reference cases that are not a mixer or an LM (such as the
+/// mLSTM cell's), registered by the crate that can run them:
+/// `inventory::submit! { CaseHandler { mixer: "mLSTM-cell", run: my_fn } }`.
+/// `run` gets the case file's tensors and its `kwargs` metadata and returns
+/// `(output name, ours, reference)` triples.
+pub struct CaseHandler {
+    /// The `mixer` metadata value the handler takes.
+    pub mixer: &'static str,
+    /// Runs the case.
+    #[allow(clippy::type_complexity)]
+    pub run:
+        fn(&HashMap<String, Tensor>, &Map<String, Value>) -> Result<Vec<(String, Tensor, Tensor)>>,
+}
+
+inventory::collect!(CaseHandler);
+
 /// Relative tolerance of the pass criterion.
 pub const TOLERANCE: f64 = 1e-4;
 
@@ -224,6 +240,19 @@ fn run_file(path: &Path, result: &mut CaseResult) -> Result<Option<String>> {
         let model = LRNNLMHeadModel::from_tensors(config, params(&file.tensors)?, &Device::Cpu)?;
         let ids = get(&file.tensors, "input.input_ids")?;
         check_lm(&model, ids, &file.tensors, result)?;
+        return Ok(None);
+    }
+    if let Some(handler) = inventory::iter::<CaseHandler>
+        .into_iter()
+        .find(|h| h.mixer == mixer)
+    {
+        let kwargs = match meta_json(&file.metadata, "kwargs")? {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        for (name, ours, reference) in (handler.run)(&file.tensors, &kwargs)? {
+            record(result, &name, &ours, &reference)?;
+        }
         return Ok(None);
     }
     if Registry::get(&mixer).is_err() {

@@ -18,6 +18,7 @@ pub mod layers;
 pub mod lm;
 pub mod mixer;
 pub mod params;
+pub mod plugin;
 pub mod pytorch;
 pub mod registry;
 pub mod state;
@@ -34,6 +35,7 @@ pub use mixer::{
     StepOpts,
 };
 pub use params::{Init, ParamBuilder, ParamStore};
+pub use plugin::{load_plugin, LoadedPlugin, Registrar};
 pub use registry::{
     config_to_json, BuildArgs, BuildFn, MixerConfig, MixerSpec, Origin, Registered, Registry,
 };

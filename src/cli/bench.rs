@@ -104,7 +104,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let u = Tensor::randn(0f32, 1.0, (b, l, 2 * n), &dev)?;
     let bytes = (2 * u.elem_count() * 4) as f64;
     let mut copy = copy_floor(&u)?;
-    let t_copy = time(&dev, a.reps, || copy())?;
+    let t_copy = time(&dev, a.reps, &mut copy)?;
     let copy_gbs = bytes / t_copy / 1e9;
     println!(
         "{:<28} {:>10.3} ms {:>10.1} GB/s",

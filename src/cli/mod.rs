@@ -5,8 +5,8 @@ mod conformance;
 mod convert;
 mod demo;
 mod generate;
-mod main_job;
 mod info;
+mod main_job;
 mod mixers;
 mod tokenizer;
 mod train;
@@ -17,6 +17,12 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "lrnnx", version, about)]
 struct Cli {
+    /// Load a mixer plugin (a cdylib built with `lrnnx_framework::export_plugin!`) before running
+    /// the command; repeatable. `LRNNX_PLUGIN_PATH` (files or directories, `:`-separated) is
+    /// loaded too.
+    #[arg(long = "plugin", value_name = "PATH", global = true)]
+    plugins: Vec<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -51,6 +57,7 @@ pub fn run() -> anyhow::Result<()> {
         .init();
     lrnnx::init();
     let cli = Cli::parse();
+    load_plugins(&cli.plugins)?;
     let Some(command) = cli.command else {
         return main_job::run();
     };
@@ -64,4 +71,19 @@ pub fn run() -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),
     }
+}
+
+/// Loads the plugins of `LRNNX_PLUGIN_PATH` (a failure is a warning: the
+/// program keeps running without that plugin), then those given with
+/// `--plugin` (a failure is an error).
+fn load_plugins(explicit: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    for result in lrnnx::plugin::load_env_plugins() {
+        if let Err(e) = result {
+            tracing::warn!("{}: {e}", lrnnx::plugin::PLUGIN_PATH_VAR);
+        }
+    }
+    for path in explicit {
+        lrnnx::plugin::load_plugin(path)?;
+    }
+    Ok(())
 }

@@ -30,8 +30,9 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Box<dyn Tokenizer>> {
     match path {
         None => Ok(Box::new(ByteTokenizer)),
         Some(p) => {
-            let t = tokenizers::Tokenizer::from_file(p)
-                .map_err(|e| anyhow::anyhow!("{}: not a readable tokenizer.json: {e}", p.display()))?;
+            let t = tokenizers::Tokenizer::from_file(p).map_err(|e| {
+                anyhow::anyhow!("{}: not a readable tokenizer.json: {e}", p.display())
+            })?;
             Ok(Box::new(HfTokenizer(t)))
         }
     }

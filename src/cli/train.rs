@@ -33,7 +33,10 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     pub d_intermediate: usize,
     /// Per-type mixer kwargs (JSON).
-    #[arg(long, default_value = r#"{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 16}}"#)]
+    #[arg(
+        long,
+        default_value = r#"{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 16}}"#
+    )]
     pub mixer_kwargs: String,
     /// Text corpus (UTF-8); default: the bundled public-domain corpus.
     #[arg(long)]
@@ -116,10 +119,16 @@ pub struct Summary {
 
 fn model_config(a: &Args, vocab: usize) -> anyhow::Result<LmConfig> {
     if let Some(p) = &a.config {
-        let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-        return Ok(LmConfig::from_json_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?);
+        let text =
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        return LmConfig::from_json_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
     }
-    let names: Vec<&str> = a.mixers.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let names: Vec<&str> = a
+        .mixers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if names.is_empty() {
         anyhow::bail!("--mixers names no mixer");
     }
@@ -132,7 +141,10 @@ fn model_config(a: &Args, vocab: usize) -> anyhow::Result<LmConfig> {
     };
     // Keep only the entries of types in use (the default names attn).
     let used: Vec<String> = c.mixer_types.clone();
-    if c.mixer_kwargs.keys().any(|k| used.contains(k) || lrnnx::Registry::get(k).is_ok()) {
+    if c.mixer_kwargs
+        .keys()
+        .any(|k| used.contains(k) || lrnnx::Registry::get(k).is_ok())
+    {
         c.mixer_kwargs.retain(|k, _| used.contains(k));
     }
     Ok(c)
@@ -147,7 +159,13 @@ fn evaluate(model: &LRNNLMHeadModel, batches: &[(Tensor, Tensor)]) -> anyhow::Re
     Ok(total / batches.len().max(1) as f64)
 }
 
-fn save(model: &LRNNLMHeadModel, opt: &AdamW, a: &Args, tokenizer: Option<&Path>, val: f64) -> anyhow::Result<()> {
+fn save(
+    model: &LRNNLMHeadModel,
+    opt: &AdamW,
+    a: &Args,
+    tokenizer: Option<&Path>,
+    val: f64,
+) -> anyhow::Result<()> {
     model.save_pretrained(&a.out)?;
     lrnnx::io::write_safetensors(&a.out.join("optimizer.safetensors"), &opt.state(), None)?;
     if let Some(t) = tokenizer {
@@ -176,7 +194,9 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
     });
     let tokenizer = super::tokenizer::load(tokenizer_path.as_deref())?;
     let text = match &a.corpus {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
         None => BUNDLED_CORPUS.to_string(),
     };
     let ids = tokenizer.encode(&text)?;
@@ -185,11 +205,18 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
         Some(dir) => {
             let model = LRNNLMHeadModel::from_pretrained(dir, None, &dev)?;
             let meta = lrnnx::io::read_json(&dir.join("trainer.json"))?;
-            let step = meta["step"].as_u64().ok_or_else(|| anyhow::anyhow!("{}: no step", dir.display()))? as usize;
+            let step = meta["step"]
+                .as_u64()
+                .ok_or_else(|| anyhow::anyhow!("{}: no step", dir.display()))?
+                as usize;
             let state = lrnnx::io::read_safetensors(&dir.join("optimizer.safetensors"), &dev)?;
             (model, step, Some(state))
         }
-        None => (LRNNLMHeadModel::init(model_config(a, tokenizer.vocab_size())?, a.seed, &dev)?, 0, None),
+        None => (
+            LRNNLMHeadModel::init(model_config(a, tokenizer.vocab_size())?, a.seed, &dev)?,
+            0,
+            None,
+        ),
     };
     let vars = model.store().vars();
     let mut opt = AdamW::new(
@@ -227,8 +254,10 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
         ProgressBar::new(a.steps as u64)
     };
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     bar.set_position(start_step as u64);
     let started = Instant::now();
@@ -253,7 +282,12 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
         let tps = ((done - start_step) * tokens_per_step) as f64 / started.elapsed().as_secs_f64();
         if done % a.eval_every == 0 || done == a.steps {
             val = evaluate(&model, &val_batches)?;
-            tracing::info!(step = done, train_loss = ema.unwrap_or(l), val_loss = val, "validation");
+            tracing::info!(
+                step = done,
+                train_loss = ema.unwrap_or(l),
+                val_loss = val,
+                "validation"
+            );
         }
         bar.set_message(format!(
             "loss {:.3} val {:.3} lr {:.1e} {:.0} tok/s",
@@ -292,4 +326,3 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     Ok(())
 }
-

@@ -64,6 +64,9 @@ pub struct LmConfig {
     /// Full per-layer configs (ours; written on save).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<Value>>,
+    /// Where each layer's mixer came from (ours; written on save): a crate name or `plugin:PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixer_sources: Option<Vec<String>>,
 }
 
 impl LmConfig {
@@ -84,6 +87,7 @@ impl LmConfig {
             pad_vocab_size_multiple: default_pad(),
             mixer_kwargs: Map::new(),
             layers: None,
+            mixer_sources: None,
         }
     }
 
@@ -138,7 +142,13 @@ impl LmConfig {
         if let Some(Value::Object(obj)) = self.layers.as_ref().and_then(|l| l.get(i)) {
             let mut obj = obj.clone();
             if let Some(Value::String(t)) = obj.remove("type") {
-                if t != self.mixer_types[i] {
+                // Compare canonical names: `mixer_types` may use an alias ("lru").
+                let canonical = |n: &str| {
+                    crate::Registry::get(n)
+                        .map(|r| r.spec.name.to_string())
+                        .unwrap_or(n.to_string())
+                };
+                if canonical(&t) != canonical(&self.mixer_types[i]) {
                     return Err(Error::Config(format!(
                         "layer {i}: `layers` says type `{t}` but mixer_types says `{}`",
                         self.mixer_types[i]

@@ -84,10 +84,18 @@ impl LRNNLMHeadModel {
         let eps = config.norm_epsilon;
         let mut layers = Vec::with_capacity(config.n_layer);
         let mut layer_configs = Vec::with_capacity(config.n_layer);
+        let mut sources = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let lb = pb.pp(format!("backbone.layers.{i}"));
             let name = &config.mixer_types[i];
-            let entry = Registry::get(name)?;
+            let recorded = config
+                .mixer_sources
+                .as_ref()
+                .and_then(|s| s.get(i))
+                .map(String::as_str);
+            let entry = Registry::get(name)
+                .map_err(|e| crate::plugin::explain_missing_mixer(e, i, recorded))?;
+            sources.push(crate::plugin::source_label(&entry));
             let norm = Norm::new(norm_kind, d, eps, &lb.pp("norm"))?;
             let args = BuildArgs {
                 d_model: d,
@@ -121,6 +129,7 @@ impl LRNNLMHeadModel {
             return Err(Error::UnexpectedTensors { keys: unused });
         }
         config.layers = Some(layer_configs);
+        config.mixer_sources = Some(sources);
         Ok(Self {
             config,
             embedding,

@@ -67,10 +67,19 @@ impl TokenBatches {
     }
 
     fn window(tokens: &[u32], start: usize, len: usize) -> (&[u32], &[u32]) {
-        (&tokens[start..start + len], &tokens[start + 1..start + len + 1])
+        (
+            &tokens[start..start + len],
+            &tokens[start + 1..start + len + 1],
+        )
     }
 
-    fn to_tensors(inputs: Vec<u32>, targets: Vec<u32>, b: usize, l: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+    fn to_tensors(
+        inputs: Vec<u32>,
+        targets: Vec<u32>,
+        b: usize,
+        l: usize,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         Ok((
             Tensor::from_vec(inputs, (b, l), dev)?,
             Tensor::from_vec(targets, (b, l), dev)?,
@@ -81,7 +90,9 @@ impl TokenBatches {
     pub fn train_batch(&mut self, batch: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for _ in 0..batch {
-            let start = self.rng.random_range(0..self.train.len() - self.seq_len - 1);
+            let start = self
+                .rng
+                .random_range(0..self.train.len() - self.seq_len - 1);
             let (a, b) = Self::window(&self.train, start, self.seq_len);
             x.extend_from_slice(a);
             y.extend_from_slice(b);
@@ -90,7 +101,12 @@ impl TokenBatches {
     }
 
     /// Validation batches covering the validation part in order (at most `max_batches`).
-    pub fn val_batches(&self, batch: usize, max_batches: usize, dev: &Device) -> Result<Vec<(Tensor, Tensor)>> {
+    pub fn val_batches(
+        &self,
+        batch: usize,
+        max_batches: usize,
+        dev: &Device,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
         let l = self.seq_len;
         let windows = (self.val.len() - 1) / l;
         let mut out = Vec::new();
@@ -120,7 +136,10 @@ impl TokenBatches {
             *counts.entry(t).or_insert(0usize) += 1;
         }
         let n = self.train.len() as f64;
-        counts.values().map(|&c| -(c as f64 / n) * (c as f64 / n).ln()).sum()
+        counts
+            .values()
+            .map(|&c| -(c as f64 / n) * (c as f64 / n).ln())
+            .sum()
     }
 }
 
@@ -128,7 +147,10 @@ impl TokenBatches {
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let v = logits.dim(D::Minus1)?;
     let flat = logits.reshape(((), v))?;
-    Ok(candle_nn::loss::cross_entropy(&flat, &targets.flatten_all()?)?)
+    Ok(candle_nn::loss::cross_entropy(
+        &flat,
+        &targets.flatten_all()?,
+    )?)
 }
 
 #[cfg(test)]

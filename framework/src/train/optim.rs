@@ -50,7 +50,10 @@ impl AdamW {
     /// An optimizer over `vars` with zeroed moments.
     pub fn new(vars: BTreeMap<String, Var>, config: AdamWConfig) -> Result<Self> {
         let vars: Vec<(String, Var)> = vars.into_iter().collect();
-        let m = vars.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let v = m.clone();
         Ok(Self {
             vars,
@@ -68,7 +71,9 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
@@ -94,7 +99,11 @@ impl AdamW {
     }
 
     /// Restores moments saved by [`AdamW::state`]; every variable must be present with its shape.
-    pub fn load_state(&mut self, state: &std::collections::HashMap<String, Tensor>, step: usize) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        state: &std::collections::HashMap<String, Tensor>,
+        step: usize,
+    ) -> Result<()> {
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (slot, prefix) in [(&mut self.m[i], "m"), (&mut self.v[i], "v")] {
                 let key = format!("{prefix}.{name}");
@@ -119,11 +128,19 @@ impl AdamW {
 
 /// Scales every gradient so that their global L2 norm is at most `max_norm`;
 /// returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut GradStore, vars: &BTreeMap<String, Var>, max_norm: f64) -> Result<f64> {
+pub fn clip_grad_norm(
+    grads: &mut GradStore,
+    vars: &BTreeMap<String, Var>,
+    max_norm: f64,
+) -> Result<f64> {
     let mut total = 0.0;
     for var in vars.values() {
         if let Some(g) = grads.get(var.as_tensor()) {
-            total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            total += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = total.sqrt();
@@ -159,11 +176,24 @@ mod tests {
             let mut g = loss.backward().unwrap();
             let norm = clip_grad_norm(&mut g, &vars, 1.0).unwrap();
             assert!(norm.is_finite());
-            let after: f64 = g.get(w.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            let after: f64 = g
+                .get(w.as_tensor())
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
             assert!(after.sqrt() <= 1.0 + 1e-5);
             opt.step(&g).unwrap();
         }
-        let v = w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = w
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(v.iter().all(|x| x.abs() < 0.05), "{v:?}");
     }
 }

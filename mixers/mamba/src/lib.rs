@@ -1,9 +1,92 @@
 //! # lrnnx-mamba
 //!
-//! The `Mamba` mixer (work in progress: not registered yet).
+//! lrnnx's Mamba (S6) selective state-space mixer, registered as `"Mamba"`
+//! (aliases `"mamba"` and `"S6"`, the name lrnnx's docstring uses).
+//!
+//! `in_proj` splits the input into `x` and a gate `z`; `x` goes through a
+//! causal depthwise convolution and silu to `u`; `x_proj(u)` gives a low-rank
+//! step `dt_low` and the input-dependent `B` and `C`; then per channel
+//!
+//! ```text
+//! delta = softplus(dt_proj(dt_low)),  A = -exp(A_log)
+//! h_t   = Abar(delta A) h_{t-1} + gain(delta, A) B_t u_t
+//! y_t   = (C_t h_t + D u_t) * silu(z_t),   out = out_proj(y)
+//! ```
+//!
+//! with the `mamba` (default), `zoh`, `bilinear` or `dirac` discretization,
+//! and an event mode where `integration_timesteps` set the `A`-side step.
+//!
+//! ## How it runs (CPU)
+//!
+//! - `in_proj` and `out_proj` are candle matmuls.
+//! - [`conv`]: one fused op for the causal depthwise convolution + silu
+//!   (the `z` half of `in_proj`'s output is passed through), with backward.
+//! - [`scan`]: one fused op for `x_proj`, `dt_proj` + softplus, the
+//!   discretization, the recurrence, the `C` read-out, the `D` skip and the
+//!   `silu(z)` gate, with backward. It is parallel over (batch, channel
+//!   blocks), vectorized over channels, never forms the `(B, L, D, N)`
+//!   states, and its backward recomputes them chunk by chunk from states
+//!   saved every [`scan_kernel::CHUNK`] positions.
+//! - `step` is one fused pass on slices (small-batch matrix-vector products
+//!   for the projections, then the forward's own scan kernel over one
+//!   position), so step equals forward for every discretization.
+//!
+//! The kernels use explicit SIMD: AVX-512 or AVX2 + FMA when the CPU has
+//! them (picked at run time; `LRNNX_NO_AVX512=1` / `LRNNX_NO_SIMD=1` turn
+//! them off), otherwise portable code; f64 always takes the portable path.
+//! The f32 `exp` is a Cephes-style polynomial, within about 1 ulp.
+//! There is no CUDA path: with feature `cuda`, Mamba still runs on the CPU only.
+
+pub mod config;
+pub mod conv;
+mod exec;
+mod mamba;
+pub mod math;
+pub mod scan;
+pub mod scan_kernel;
+mod simd;
+mod step;
+mod xproj;
+
+pub use config::{DtRank, MambaConfig};
+pub use mamba::Mamba;
+pub use scan_kernel::Rule;
+
+use lrnnx_framework::{BuildArgs, Family, Mixer, MixerSpec, Result};
 
 /// The registered name.
 pub const NAME: &str = "Mamba";
+
+fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
+    let cfg: MambaConfig = args.parse(NAME, &[("d_state", args.d_state.into())])?;
+    Ok(Box::new(
+        Mamba::new(args.d_model, cfg, &args.params).map_err(|e| match e {
+            lrnnx_framework::Error::Config(m) => args.bad(NAME, m),
+            other => other,
+        })?,
+    ))
+}
+
+/// lrnnx's defaults (`d_state` comes from the model when not given).
+fn default_config() -> serde_json::Value {
+    let mut v = serde_json::to_value(MambaConfig::new(16)).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("d_state");
+    }
+    v
+}
+
+inventory::submit! {
+    MixerSpec {
+        name: NAME,
+        aliases: &["mamba", "S6"],
+        family: Family::Ltv,
+        summary: "Mamba (S6): selective state space, input-dependent dt/B/C, causal conv, silu gate; mamba/zoh/bilinear/dirac, event mode",
+        build,
+        default_config,
+        source: env!("CARGO_PKG_NAME"),
+    }
+}
 
 /// Referenced by the `lrnnx` facade so that the linker keeps this crate's registration.
 pub fn link() -> &'static str {

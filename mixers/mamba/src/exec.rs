@@ -1,0 +1,129 @@
+//! Running kernels: split into tasks over rayon, each task compiled for the
+//! vector features of the CPU (AVX-512 or AVX2 + FMA on x86-64), so that the
+//! kernels' vector code and fixed-width lane loops compile to wide SIMD.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::simd::Simd;
+
+/// A kernel made of independent tasks.
+///
+/// `run` must be `#[inline(always)]` (and so must everything it calls) so
+/// that it is compiled inside the feature-enabled entry points.
+pub trait Kernel: Sync {
+    /// Runs task `task`.
+    fn run(&self, task: usize);
+}
+
+fn features() -> (bool, bool) {
+    static F: OnceLock<(bool, bool)> = OnceLock::new();
+    *F.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && std::env::var_os("LRNNX_NO_SIMD").is_none();
+            let avx512 = avx2
+                && has!("avx512f")
+                && has!("avx512vl")
+                && has!("avx512dq")
+                && std::env::var_os("LRNNX_NO_AVX512").is_none();
+            (avx512, avx2)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            (false, false)
+        }
+    })
+}
+
+/// Whether the AVX-512 kernels can run (set `LRNNX_NO_AVX512` to turn them
+/// off, `LRNNX_NO_SIMD` to turn off every intrinsic backend).
+pub fn has_avx512() -> bool {
+    features().0
+}
+
+/// Whether the AVX2 + FMA kernels can run.
+pub fn has_avx2() -> bool {
+    features().1
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<K: Kernel>(k: &K, task: usize) {
+    k.run(task)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+unsafe fn run_avx512<K: Kernel>(k: &K, task: usize) {
+    k.run(task)
+}
+
+/// Runs `k`'s task compiled for AVX-512; panics on a CPU without it.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn run_on_avx512<K: Kernel>(k: &K, task: usize) {
+    assert!(has_avx512(), "AVX-512 kernel on a CPU without AVX-512");
+    // SAFETY: the CPU supports the features `run_avx512` is compiled for.
+    unsafe { run_avx512(k, task) }
+}
+
+/// Runs `k`'s task compiled for AVX2 + FMA; panics on a CPU without them.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn run_on_avx2<K: Kernel>(k: &K, task: usize) {
+    assert!(has_avx2(), "AVX2 kernel on a CPU without AVX2");
+    // SAFETY: the CPU supports the features `run_avx2` is compiled for.
+    unsafe { run_avx2(k, task) }
+}
+
+/// Runs `k`'s task compiled for the widest features the CPU has.
+#[inline]
+pub fn run_best<K: Kernel>(k: &K, task: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            return run_on_avx512(k, task);
+        }
+        if has_avx2() {
+            return run_on_avx2(k, task);
+        }
+    }
+    k.run(task)
+}
+
+/// Runs tasks `0..tasks` on backend `S`, in parallel when `parallel`.
+pub fn run_tasks_on<S: Simd, K: Kernel>(k: &K, tasks: usize, parallel: bool) {
+    if parallel && tasks > 1 && threads() > 1 {
+        (0..tasks).into_par_iter().for_each(|t| S::enter(k, t));
+    } else {
+        (0..tasks).for_each(|t| S::enter(k, t));
+    }
+}
+
+/// A raw pointer that tasks writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+pub struct SendPtr<T>(pub *mut T);
+// SAFETY: every user writes disjoint index ranges from different tasks.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// A mutable slice `[start, start + len)` of the buffer.
+    ///
+    /// # Safety
+    /// The range must lie inside the buffer and no other live slice may overlap it.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+/// Threads rayon runs on.
+pub fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}

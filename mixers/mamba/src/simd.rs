@@ -1,0 +1,675 @@
+//! A minimal explicit-SIMD layer for the scan kernels: vectors of
+//! [`LANES`] elements with the arithmetic, comparisons and transcendental
+//! functions the kernels need.
+//!
+//! Backends: [`Avx512`] (one `__m512`), [`Avx2`] (two `__m256`), both f32,
+//! and [`Lanes`] (a plain `[T; LANES]` array, any [`Float`]; f64 and CPUs
+//! without AVX2). Values are SSA vectors, so loop-carried accumulators stay
+//! in registers (arrays indexed in loops would live on the stack).
+//!
+//! The f32 backends compute exactly the operations of [`Float`]'s f32
+//! methods (same polynomials, same fused multiply-adds, same order), so a
+//! vectorized and a scalar evaluation agree to the bit.
+//!
+//! Soundness: the intrinsic backends may only run on CPUs with their
+//! features. Their code is only reached through [`Simd::enter`], which
+//! [`dispatch`] hands out after checking the CPU; the module is private.
+
+use crate::exec::Kernel;
+use crate::math::Float;
+
+/// Elements per vector (also the channel-group width of the kernels).
+pub const LANES: usize = 16;
+
+/// A vector backend.
+pub trait Simd: Copy + Send + Sync + 'static {
+    /// Element type.
+    type E: Float;
+    /// Vector of `LANES` elements.
+    type V: Copy;
+    /// Runs task `task` of `k` compiled for this backend's features.
+    fn enter<K: Kernel>(k: &K, task: usize);
+    /// All lanes `x`.
+    fn splat(x: Self::E) -> Self::V;
+    /// The first `LANES` elements of `s`.
+    fn load(s: &[Self::E]) -> Self::V;
+    /// Writes the first `LANES` elements of `s`.
+    fn store(v: Self::V, s: &mut [Self::E]);
+    /// `a + b`.
+    fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// `a - b`.
+    fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b`.
+    fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b`.
+    fn div(a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c`, fused where the element type's `fma` is.
+    fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Per lane: `if a > b { x } else { y }`.
+    fn sel_gt(a: Self::V, b: Self::V, x: Self::V, y: Self::V) -> Self::V;
+    /// Per lane: `if a < b { x } else { y }`.
+    fn sel_lt(a: Self::V, b: Self::V, x: Self::V, y: Self::V) -> Self::V;
+    /// `if a < b { b } else { a }` (a clamp from below).
+    fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// `if a > b { b } else { a }` (a clamp from above).
+    fn min(a: Self::V, b: Self::V) -> Self::V;
+    /// `|a|`.
+    fn abs(a: Self::V) -> Self::V;
+    /// Sum of the lanes.
+    fn hsum(a: Self::V) -> Self::E;
+    /// `e^x`.
+    fn exp(x: Self::V) -> Self::V;
+    /// `(e^x - 1, e^x)`.
+    fn expm1_exp(x: Self::V) -> (Self::V, Self::V);
+    /// `ln(1 + w)`, `w` in `[0, 1]`.
+    fn ln1p_unit(w: Self::V) -> Self::V;
+    /// [`Float::phi2`].
+    fn phi2(x: Self::V) -> Self::V;
+
+    /// All lanes 0.
+    #[inline(always)]
+    fn zero() -> Self::V {
+        Self::splat(Self::E::ZERO)
+    }
+    /// A constant in all lanes.
+    #[inline(always)]
+    fn c(x: f64) -> Self::V {
+        Self::splat(Self::E::c(x))
+    }
+    /// `-a`.
+    #[inline(always)]
+    fn neg(a: Self::V) -> Self::V {
+        Self::sub(Self::zero(), a)
+    }
+    /// `1 / (1 + e^-x)`.
+    #[inline(always)]
+    fn sigmoid(x: Self::V) -> Self::V {
+        let one = Self::splat(Self::E::ONE);
+        Self::div(one, Self::add(one, Self::exp(Self::neg(x))))
+    }
+    /// PyTorch's softplus (threshold 20), as [`Float::softplus`].
+    #[inline(always)]
+    fn softplus(x: Self::V) -> Self::V {
+        let w = Self::exp(Self::neg(Self::abs(x)));
+        let z = Self::zero();
+        let relu = Self::sel_gt(x, z, x, z);
+        let v = Self::add(relu, Self::ln1p_unit(w));
+        Self::sel_gt(x, Self::c(20.0), x, v)
+    }
+    /// The derivative of softplus, as [`Float::softplus_grad`].
+    #[inline(always)]
+    fn softplus_grad(x: Self::V) -> Self::V {
+        Self::sel_gt(
+            x,
+            Self::c(20.0),
+            Self::splat(Self::E::ONE),
+            Self::sigmoid(x),
+        )
+    }
+    /// `w` elements of `s`, the other lanes zero.
+    #[inline(always)]
+    fn load_part(s: &[Self::E], w: usize) -> Self::V {
+        if w >= LANES {
+            Self::load(s)
+        } else {
+            let mut tmp = [Self::E::ZERO; LANES];
+            tmp[..w].copy_from_slice(&s[..w]);
+            Self::load(&tmp)
+        }
+    }
+    /// Writes `w` lanes to `s`.
+    #[inline(always)]
+    fn store_part(v: Self::V, s: &mut [Self::E], w: usize) {
+        if w >= LANES {
+            Self::store(v, s)
+        } else {
+            let mut tmp = [Self::E::ZERO; LANES];
+            Self::store(v, &mut tmp);
+            s[..w].copy_from_slice(&tmp[..w]);
+        }
+    }
+}
+
+/// Code generic over a backend, run by [`dispatch`].
+pub trait SimdFn<T: Float> {
+    /// The result.
+    type Out;
+    /// Runs with backend `S`.
+    fn call<S: Simd<E = T>>(self) -> Self::Out;
+}
+
+/// Element types that pick their best backend.
+pub trait Dispatch: Float {
+    /// Calls `f` with the fastest backend this CPU supports for `Self`.
+    fn dispatch<F: SimdFn<Self>>(f: F) -> F::Out;
+}
+
+impl Dispatch for f64 {
+    fn dispatch<F: SimdFn<Self>>(f: F) -> F::Out {
+        f.call::<Lanes<f64>>()
+    }
+}
+
+impl Dispatch for f32 {
+    fn dispatch<F: SimdFn<Self>>(f: F) -> F::Out {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::exec::has_avx512() {
+                return f.call::<Avx512>();
+            }
+            if crate::exec::has_avx2() {
+                return f.call::<Avx2>();
+            }
+        }
+        f.call::<Lanes<f32>>()
+    }
+}
+
+/// Calls `f` with the best backend for `T`.
+pub fn dispatch<T: Dispatch, F: SimdFn<T>>(f: F) -> F::Out {
+    T::dispatch(f)
+}
+
+/// The portable backend: arrays, one lane at a time (auto-vectorized where LLVM can).
+#[derive(Debug, Clone, Copy)]
+pub struct Lanes<T>(std::marker::PhantomData<T>);
+
+macro_rules! lanewise {
+    ($a:expr, |$x:ident| $body:expr) => {{
+        let a = $a;
+        let mut o = a;
+        for (o, &$x) in o.iter_mut().zip(a.iter()) {
+            *o = $body;
+        }
+        o
+    }};
+}
+
+impl<T: Float + 'static> Simd for Lanes<T> {
+    type E = T;
+    type V = [T; LANES];
+    #[inline(always)]
+    fn enter<K: Kernel>(k: &K, task: usize) {
+        crate::exec::run_best(k, task)
+    }
+    #[inline(always)]
+    fn splat(x: T) -> Self::V {
+        [x; LANES]
+    }
+    #[inline(always)]
+    fn load(s: &[T]) -> Self::V {
+        let mut v = [T::ZERO; LANES];
+        v.copy_from_slice(&s[..LANES]);
+        v
+    }
+    #[inline(always)]
+    fn store(v: Self::V, s: &mut [T]) {
+        s[..LANES].copy_from_slice(&v);
+    }
+    #[inline(always)]
+    fn add(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    fn sub(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] - b[i])
+    }
+    #[inline(always)]
+    fn mul(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] * b[i])
+    }
+    #[inline(always)]
+    fn div(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] / b[i])
+    }
+    #[inline(always)]
+    fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i].fma(b[i], c[i]))
+    }
+    #[inline(always)]
+    fn sel_gt(a: Self::V, b: Self::V, x: Self::V, y: Self::V) -> Self::V {
+        std::array::from_fn(|i| T::sel(a[i] > b[i], x[i], y[i]))
+    }
+    #[inline(always)]
+    fn sel_lt(a: Self::V, b: Self::V, x: Self::V, y: Self::V) -> Self::V {
+        std::array::from_fn(|i| T::sel(a[i] < b[i], x[i], y[i]))
+    }
+    #[inline(always)]
+    fn max(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| T::sel(a[i] < b[i], b[i], a[i]))
+    }
+    #[inline(always)]
+    fn min(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| T::sel(a[i] > b[i], b[i], a[i]))
+    }
+    #[inline(always)]
+    fn abs(a: Self::V) -> Self::V {
+        lanewise!(a, |x| x.abs_())
+    }
+    #[inline(always)]
+    fn hsum(a: Self::V) -> T {
+        a.iter().fold(T::ZERO, |s, &x| s + x)
+    }
+    #[inline(always)]
+    fn exp(x: Self::V) -> Self::V {
+        lanewise!(x, |v| v.exp_())
+    }
+    #[inline(always)]
+    fn expm1_exp(x: Self::V) -> (Self::V, Self::V) {
+        let mut a = x;
+        let mut b = x;
+        for i in 0..LANES {
+            (a[i], b[i]) = x[i].expm1_exp();
+        }
+        (a, b)
+    }
+    #[inline(always)]
+    fn ln1p_unit(w: Self::V) -> Self::V {
+        lanewise!(w, |v| v.ln1p_unit())
+    }
+    #[inline(always)]
+    fn phi2(x: Self::V) -> Self::V {
+        lanewise!(x, |v| v.phi2())
+    }
+    #[inline(always)]
+    fn softplus(x: Self::V) -> Self::V {
+        lanewise!(x, |v| v.softplus())
+    }
+    #[inline(always)]
+    fn softplus_grad(x: Self::V) -> Self::V {
+        lanewise!(x, |v| v.softplus_grad())
+    }
+    #[inline(always)]
+    fn sigmoid(x: Self::V) -> Self::V {
+        lanewise!(x, |v| v.sigmoid())
+    }
+}
+
+/// f32 `exp` pieces on any f32 backend, as `math::exp_parts`: `(2^k, expm1(r))`.
+#[inline(always)]
+fn exp_parts<S: Simd<E = f32>>(x: S::V, pow2i: impl Fn(S::V) -> S::V) -> (S::V, S::V) {
+    use crate::math::consts::*;
+    let x = S::min(S::max(x, S::splat(-87.0)), S::splat(88.0));
+    let magic = S::splat(MAGIC);
+    let t = S::fma(x, S::splat(LOG2E), magic);
+    let kf = S::sub(t, magic);
+    let r = S::fma(kf, S::splat(-LN2_LO), S::fma(kf, S::splat(-LN2_HI), x));
+    let mut p = S::splat(EXP_P[0]);
+    for &c in &EXP_P[1..] {
+        p = S::fma(p, r, S::splat(c));
+    }
+    let em1r = S::fma(S::mul(r, r), p, r);
+    (pow2i(kf), em1r)
+}
+
+#[inline(always)]
+fn ln1p_unit_f32<S: Simd<E = f32>>(w: S::V) -> S::V {
+    use crate::math::consts::LN1P_P;
+    let s = S::div(w, S::add(S::splat(2.0), w));
+    let s2 = S::mul(s, s);
+    let mut p = S::splat(LN1P_P[0]);
+    for &c in &LN1P_P[1..] {
+        p = S::fma(s2, p, S::splat(c));
+    }
+    S::mul(S::mul(S::splat(2.0), s), p)
+}
+
+#[inline(always)]
+fn phi2_f32<S: Simd<E = f32>>(x: S::V) -> S::V {
+    use crate::math::consts::PHI2_P;
+    let mut s = S::c(PHI2_P[0]);
+    for &c in &PHI2_P[1..] {
+        s = S::fma(x, s, S::c(c));
+    }
+    let (em1, e) = S::expm1_exp(x);
+    let direct = S::div(S::sub(S::mul(x, e), em1), S::mul(x, x));
+    S::sel_lt(S::abs(x), S::splat(0.1), s, direct)
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// AVX-512F, one `__m512` of f32.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Avx512;
+
+    // SAFETY (every `unsafe` block below): these functions only run inside
+    // `Avx512::enter`, i.e. on a CPU with AVX-512F/VL/DQ, AVX2 and FMA
+    // (checked by `dispatch`); loads and stores go through slices of at
+    // least LANES elements (slicing panics otherwise).
+    impl Simd for Avx512 {
+        type E = f32;
+        type V = __m512;
+        #[inline(always)]
+        fn enter<K: Kernel>(k: &K, task: usize) {
+            crate::exec::run_on_avx512(k, task)
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        fn load(s: &[f32]) -> __m512 {
+            let s = &s[..LANES];
+            unsafe { _mm512_loadu_ps(s.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(v: __m512, s: &mut [f32]) {
+            let s = &mut s[..LANES];
+            unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
+        }
+        #[inline(always)]
+        fn add(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        fn sub(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        fn mul(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        fn div(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_div_ps(a, b) }
+        }
+        #[inline(always)]
+        fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn sel_gt(a: __m512, b: __m512, x: __m512, y: __m512) -> __m512 {
+            unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, b), y, x) }
+        }
+        #[inline(always)]
+        fn sel_lt(a: __m512, b: __m512, x: __m512, y: __m512) -> __m512 {
+            unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b), y, x) }
+        }
+        #[inline(always)]
+        fn max(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_max_ps(a, b) }
+        }
+        #[inline(always)]
+        fn min(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_min_ps(a, b) }
+        }
+        #[inline(always)]
+        fn abs(a: __m512) -> __m512 {
+            unsafe {
+                _mm512_castsi512_ps(_mm512_and_si512(
+                    _mm512_castps_si512(a),
+                    _mm512_set1_epi32(0x7fff_ffff),
+                ))
+            }
+        }
+        #[inline(always)]
+        fn hsum(a: __m512) -> f32 {
+            unsafe { _mm512_reduce_add_ps(a) }
+        }
+        #[inline(always)]
+        fn exp(x: __m512) -> __m512 {
+            let (s, m) = exp_parts::<Self>(x, pow2i_512);
+            Self::fma(s, m, s)
+        }
+        #[inline(always)]
+        fn expm1_exp(x: __m512) -> (__m512, __m512) {
+            let (s, m) = exp_parts::<Self>(x, pow2i_512);
+            (
+                Self::fma(s, m, Self::sub(s, Self::splat(1.0))),
+                Self::fma(s, m, s),
+            )
+        }
+        #[inline(always)]
+        fn ln1p_unit(w: __m512) -> __m512 {
+            ln1p_unit_f32::<Self>(w)
+        }
+        #[inline(always)]
+        fn phi2(x: __m512) -> __m512 {
+            phi2_f32::<Self>(x)
+        }
+    }
+
+    /// `2^kf` for integral `kf` in `[-126, 127]`, exactly.
+    #[inline(always)]
+    fn pow2i_512(kf: __m512) -> __m512 {
+        unsafe { _mm512_scalef_ps(_mm512_set1_ps(1.0), kf) }
+    }
+
+    /// AVX2 + FMA, two `__m256` of f32.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Avx2;
+
+    type P = [__m256; 2];
+
+    #[inline(always)]
+    fn map2(a: P, b: P, f: impl Fn(__m256, __m256) -> __m256) -> P {
+        [f(a[0], b[0]), f(a[1], b[1])]
+    }
+
+    // SAFETY (every `unsafe` block below): only run inside `Avx2::enter`,
+    // on a CPU with AVX2 and FMA (checked by `dispatch`); loads and stores
+    // go through slices of at least LANES elements.
+    impl Simd for Avx2 {
+        type E = f32;
+        type V = P;
+        #[inline(always)]
+        fn enter<K: Kernel>(k: &K, task: usize) {
+            crate::exec::run_on_avx2(k, task)
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> P {
+            unsafe { [_mm256_set1_ps(x); 2] }
+        }
+        #[inline(always)]
+        fn load(s: &[f32]) -> P {
+            let s = &s[..LANES];
+            unsafe {
+                [
+                    _mm256_loadu_ps(s.as_ptr()),
+                    _mm256_loadu_ps(s.as_ptr().add(8)),
+                ]
+            }
+        }
+        #[inline(always)]
+        fn store(v: P, s: &mut [f32]) {
+            let s = &mut s[..LANES];
+            unsafe {
+                _mm256_storeu_ps(s.as_mut_ptr(), v[0]);
+                _mm256_storeu_ps(s.as_mut_ptr().add(8), v[1]);
+            }
+        }
+        #[inline(always)]
+        fn add(a: P, b: P) -> P {
+            map2(a, b, |x, y| unsafe { _mm256_add_ps(x, y) })
+        }
+        #[inline(always)]
+        fn sub(a: P, b: P) -> P {
+            map2(a, b, |x, y| unsafe { _mm256_sub_ps(x, y) })
+        }
+        #[inline(always)]
+        fn mul(a: P, b: P) -> P {
+            map2(a, b, |x, y| unsafe { _mm256_mul_ps(x, y) })
+        }
+        #[inline(always)]
+        fn div(a: P, b: P) -> P {
+            map2(a, b, |x, y| unsafe { _mm256_div_ps(x, y) })
+        }
+        #[inline(always)]
+        fn fma(a: P, b: P, c: P) -> P {
+            unsafe {
+                [
+                    _mm256_fmadd_ps(a[0], b[0], c[0]),
+                    _mm256_fmadd_ps(a[1], b[1], c[1]),
+                ]
+            }
+        }
+        #[inline(always)]
+        fn sel_gt(a: P, b: P, x: P, y: P) -> P {
+            unsafe {
+                let m0 = _mm256_cmp_ps::<_CMP_GT_OQ>(a[0], b[0]);
+                let m1 = _mm256_cmp_ps::<_CMP_GT_OQ>(a[1], b[1]);
+                [
+                    _mm256_blendv_ps(y[0], x[0], m0),
+                    _mm256_blendv_ps(y[1], x[1], m1),
+                ]
+            }
+        }
+        #[inline(always)]
+        fn sel_lt(a: P, b: P, x: P, y: P) -> P {
+            unsafe {
+                let m0 = _mm256_cmp_ps::<_CMP_LT_OQ>(a[0], b[0]);
+                let m1 = _mm256_cmp_ps::<_CMP_LT_OQ>(a[1], b[1]);
+                [
+                    _mm256_blendv_ps(y[0], x[0], m0),
+                    _mm256_blendv_ps(y[1], x[1], m1),
+                ]
+            }
+        }
+        #[inline(always)]
+        fn max(a: P, b: P) -> P {
+            map2(a, b, |x, y| unsafe { _mm256_max_ps(x, y) })
+        }
+        #[inline(always)]
+        fn min(a: P, b: P) -> P {
+            map2(a, b, |x, y| unsafe { _mm256_min_ps(x, y) })
+        }
+        #[inline(always)]
+        fn abs(a: P) -> P {
+            unsafe {
+                let m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+                [_mm256_and_ps(a[0], m), _mm256_and_ps(a[1], m)]
+            }
+        }
+        #[inline(always)]
+        fn hsum(a: P) -> f32 {
+            unsafe {
+                let s = _mm256_add_ps(a[0], a[1]);
+                let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                let h = _mm_add_ss(h, _mm_shuffle_ps::<0b01>(h, h));
+                _mm_cvtss_f32(h)
+            }
+        }
+        #[inline(always)]
+        fn exp(x: P) -> P {
+            let (s, m) = exp_parts::<Self>(x, pow2i_256);
+            Self::fma(s, m, s)
+        }
+        #[inline(always)]
+        fn expm1_exp(x: P) -> (P, P) {
+            let (s, m) = exp_parts::<Self>(x, pow2i_256);
+            (
+                Self::fma(s, m, Self::sub(s, Self::splat(1.0))),
+                Self::fma(s, m, s),
+            )
+        }
+        #[inline(always)]
+        fn ln1p_unit(w: P) -> P {
+            ln1p_unit_f32::<Self>(w)
+        }
+        #[inline(always)]
+        fn phi2(x: P) -> P {
+            phi2_f32::<Self>(x)
+        }
+    }
+
+    #[inline(always)]
+    fn pow2i_256(kf: P) -> P {
+        unsafe {
+            let one = |v: __m256| {
+                let k = _mm256_cvtps_epi32(v);
+                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                    k,
+                    _mm256_set1_epi32(127),
+                )))
+            };
+            [one(kf[0]), one(kf[1])]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{run_tasks_on, SendPtr};
+
+    const FUNCS: usize = 6;
+
+    struct K<'a, S> {
+        xs: &'a [f32],
+        out: SendPtr<f32>,
+        _s: std::marker::PhantomData<S>,
+    }
+
+    impl<S: Simd<E = f32>> Kernel for K<'_, S> {
+        #[inline(always)]
+        fn run(&self, _task: usize) {
+            for (i, x) in self.xs.chunks_exact(LANES).enumerate() {
+                let v = S::load(x);
+                let fs = [
+                    S::exp(v),
+                    S::expm1_exp(v).0,
+                    S::softplus(v),
+                    S::softplus_grad(v),
+                    S::sigmoid(v),
+                    S::phi2(v),
+                ];
+                for (j, f) in fs.into_iter().enumerate() {
+                    // SAFETY: one task writes every row once.
+                    S::store(f, unsafe { self.out.slice((i * FUNCS + j) * LANES, LANES) });
+                }
+            }
+        }
+    }
+
+    struct Eval<'a>(&'a [f32], SendPtr<f32>);
+
+    impl SimdFn<f32> for Eval<'_> {
+        type Out = &'static str;
+        fn call<S: Simd<E = f32>>(self) -> &'static str {
+            let k = K::<S> {
+                xs: self.0,
+                out: self.1,
+                _s: std::marker::PhantomData,
+            };
+            run_tasks_on::<S, _>(&k, 1, false);
+            std::any::type_name::<S>()
+        }
+    }
+
+    #[test]
+    fn vector_backend_equals_scalar_math() {
+        let xs: Vec<f32> = (0..LANES * 64)
+            .map(|i| -30.0 + 60.0 * (i as f32) / (LANES * 64) as f32)
+            .chain((0..LANES).map(|i| 1e-3 * i as f32 - 0.008))
+            .collect();
+        let mut out = vec![0f32; xs.len() * FUNCS];
+        let backend = dispatch::<f32, _>(Eval(&xs, SendPtr(out.as_mut_ptr())));
+        for (i, x) in xs.chunks_exact(LANES).enumerate() {
+            for (l, &v) in x.iter().enumerate() {
+                let want = [
+                    v.exp_(),
+                    v.expm1_exp().0,
+                    v.softplus(),
+                    v.softplus_grad(),
+                    v.sigmoid(),
+                    v.phi2(),
+                ];
+                for (j, w) in want.iter().enumerate() {
+                    let got = out[(i * FUNCS + j) * LANES + l];
+                    assert_eq!(
+                        got.to_bits(),
+                        w.to_bits(),
+                        "{backend}: function {j} at {v}: {got} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Fused CPU ops of the RG-LRU block, each a candle custom op with its backward.
+
+pub mod block;
+pub mod conv;
+pub mod gate_scan;
+pub mod gelu_mul;
+pub mod small;
+pub mod util;
+
+pub use conv::depthwise_conv;
+pub use gate_scan::gate_scan;
+pub use gelu_mul::gelu_mul;

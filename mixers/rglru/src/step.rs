@@ -1,0 +1,208 @@
+//! The RG-LRU decoding step on CPU slices: every weight is read once, in
+//! place, with no autograd graph and no GEMM repacking.
+
+use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::Result;
+
+use crate::ops::small::matmul_t;
+use crate::ops::util::{cpu_slice, gelu, log_sigmoid, sigmoid, with_avx2, Float};
+use crate::RgLru;
+
+/// Binds `$name` to the contiguous CPU slice of `$t` (the guard lives as long as the slice).
+macro_rules! slice_of {
+    ($name:ident, $t:expr, $ty:ty) => {
+        let guard = $t.storage_and_layout();
+        let $name = cpu_slice::<$ty>(&guard.0, guard.1, stringify!($name))?;
+    };
+}
+
+/// As [`slice_of`] for an optional tensor.
+macro_rules! opt_slice_of {
+    ($name:ident, $t:expr, $ty:ty) => {
+        let guard = $t.as_ref().map(|t| t.storage_and_layout());
+        let $name = match &guard {
+            Some(g) => Some(cpu_slice::<$ty>(&g.0, g.1, stringify!($name))?),
+            None => None,
+        };
+    };
+}
+
+/// The gated update of one batch row: new state `hn` and gated output `yg`
+/// from the gate pre-activations `rz`, `iz`, the conv output `xc`, the old
+/// state `hs` and the GELU gate's pre-activation.
+#[inline(always)]
+fn update_impl<T: Float>(
+    (rz, iz, xc): (&[T], &[T], &[T]),
+    (hs, gate): (&[T], &[T]),
+    cla: &[T],
+    hn: &mut [T],
+    yg: &mut [T],
+) {
+    let d = hn.len();
+    let (rz, iz, xc, hs, gate, cla) = (
+        &rz[..d],
+        &iz[..d],
+        &xc[..d],
+        &hs[..d],
+        &gate[..d],
+        &cla[..d],
+    );
+    let yg = &mut yg[..d];
+    for j in 0..d {
+        let (r, i) = (sigmoid(rz[j]), sigmoid(iz[j]));
+        let ab = (cla[j] * r).exp();
+        let m = (T::of(1.0) - ab * ab).max0().sqrt();
+        hn[j] = ab * hs[j] + m * i * xc[j];
+        yg[j] = gelu(gate[j]) * hn[j];
+    }
+}
+
+with_avx2! {
+    fn update<T: Float>(
+        rows: (&[T], &[T], &[T]),
+        state: (&[T], &[T]),
+        cla: &[T],
+        hn: &mut [T],
+        yg: &mut [T],
+    ) = update_impl;
+}
+
+impl RgLru {
+    /// The step on the CPU: `x (B, H)`, `conv_state (B, D, W)`, `h (B, D, 1)`
+    /// to `(y (B, H), conv_state, h)`; `None` off the CPU or in other dtypes.
+    pub(crate) fn step_cpu(
+        &self,
+        x: &Tensor,
+        conv_state: &Tensor,
+        h: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        if !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let (d, w) = (self.d_inner, self.cfg.d_conv);
+        let b = x.dim(0)?;
+        if conv_state.dims() != [b, d, w] || h.dims() != [b, d, 1] {
+            return Err(lrnnx_framework::Error::shape(
+                "RGLRU state",
+                format!("conv_state ({b}, {d}, {w}) and lrnn_state ({b}, {d}, 1)"),
+                (conv_state.dims(), h.dims()),
+            ));
+        }
+        let (x, conv_state, h) = (x.contiguous()?, conv_state.contiguous()?, h.contiguous()?);
+        Ok(Some(match x.dtype() {
+            DType::F32 => self.step_typed::<f32>(&x, &conv_state, &h)?,
+            DType::F64 => self.step_typed::<f64>(&x, &conv_state, &h)?,
+            _ => return Ok(None),
+        }))
+    }
+
+    fn step_typed<T: Float>(
+        &self,
+        x: &Tensor,
+        conv_state: &Tensor,
+        h: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (hd, d, w) = (self.d_model, self.d_inner, self.cfg.d_conv);
+        let b = x.dim(0)?;
+        slice_of!(xs, x, T);
+        slice_of!(cs, conv_state, T);
+        slice_of!(hs, h, T);
+        slice_of!(gw, self.gate_proj.w, T);
+        opt_slice_of!(gb, self.gate_proj.b, T);
+        slice_of!(iw, self.in_proj.w, T);
+        opt_slice_of!(ib, self.in_proj.b, T);
+        slice_of!(cw, self.conv_w, T);
+        opt_slice_of!(cb, self.conv_b, T);
+        slice_of!(rw, self.recurrent_gate_proj.w, T);
+        opt_slice_of!(rb, self.recurrent_gate_proj.b, T);
+        slice_of!(qw, self.input_gate_proj.w, T);
+        opt_slice_of!(qb, self.input_gate_proj.b, T);
+        slice_of!(a_log, self.a_log, T);
+        slice_of!(ow, self.out_proj.w, T);
+        opt_slice_of!(ob, self.out_proj.b, T);
+
+        let gate = matmul_t(xs, hd, gw, gb);
+        let xi = matmul_t(xs, hd, iw, ib);
+        // Shift the window left by one and append the new input; convolve.
+        let mut window = vec![T::default(); b * d * w];
+        let mut xc = vec![T::default(); b * d];
+        for r in 0..b * d {
+            let (old, new) = (&cs[r * w..(r + 1) * w], &mut window[r * w..(r + 1) * w]);
+            new[..w - 1].copy_from_slice(&old[1..]);
+            new[w - 1] = xi[r];
+            let taps = &cw[(r % d) * w..(r % d + 1) * w];
+            let mut acc = cb.map_or(T::default(), |cb| cb[r % d]);
+            for (&v, &k) in new.iter().zip(taps) {
+                acc += v * k;
+            }
+            xc[r] = acc;
+        }
+        let rz = matmul_t(&xc, d, rw, rb);
+        let iz = matmul_t(&xc, d, qw, qb);
+        let cla: Vec<T> = a_log
+            .iter()
+            .map(|&a| T::of(self.cfg.c) * log_sigmoid(a))
+            .collect();
+        let mut hn = vec![T::default(); b * d];
+        let mut yg = vec![T::default(); b * d];
+        let rows = rz
+            .chunks_exact(d)
+            .zip(iz.chunks_exact(d))
+            .zip(xc.chunks_exact(d));
+        let state = hs.chunks_exact(d).zip(gate.chunks_exact(d));
+        let outs = hn.chunks_exact_mut(d).zip(yg.chunks_exact_mut(d));
+        for (((rz, iz), xc), ((hs, gate), (hn, yg))) in rows.zip(state.zip(outs)) {
+            update((rz, iz, xc), (hs, gate), &cla, hn, yg);
+        }
+        let y = matmul_t(&yg, d, ow, ob);
+        let dev = Device::Cpu;
+        Ok((
+            Tensor::from_vec(y, (b, hd), &dev)?,
+            Tensor::from_vec(window, (b, d, w), &dev)?,
+            Tensor::from_vec(hn, (b, d, 1), &dev)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use lrnnx_framework::ParamStore;
+
+    use crate::{RgLru, RgLruConfig};
+
+    /// The slice step and the tensor-op step (used off the CPU) agree.
+    #[test]
+    fn slice_step_equals_tensor_step() {
+        for (w, bias) in [(4, false), (1, true), (3, true)] {
+            let store = ParamStore::init(3, DType::F64, &Device::Cpu);
+            let cfg = RgLruConfig {
+                d_conv: w,
+                expand: 1.5,
+                bias,
+                ..RgLruConfig::default()
+            };
+            let m = RgLru::new(6, cfg, &store.builder()).unwrap();
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f64, 1.0, (3, 6), &dev).unwrap();
+            let conv = Tensor::randn(0f64, 1.0, (3, 9, w), &dev).unwrap();
+            let h = Tensor::randn(0f64, 1.0, (3, 9, 1), &dev).unwrap();
+            let a = m.step_cpu(&x, &conv, &h).unwrap().unwrap();
+            let b = m.step_tensors(&x, &conv, &h).unwrap();
+            for (p, q) in [(&a.0, &b.0), (&a.1, &b.1), (&a.2, &b.2)] {
+                assert_eq!(p.dims(), q.dims());
+                let err = (p - q)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+                assert!(err < 1e-12, "W={w}: {err}");
+            }
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! RG-LRU against a slow, obviously right reference; step, prefill, gradients, errors.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use lrnnx_framework::{
+    BuildArgs, ForwardOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts, Mixer, ParamStore, Registry,
+    StepOpts,
+};
+use lrnnx_rglru::{RgLru, RgLruConfig};
+
+fn config(d_conv: usize, expand: f64, bias: bool) -> RgLruConfig {
+    RgLruConfig {
+        d_conv,
+        expand,
+        bias,
+        ..RgLruConfig::default()
+    }
+}
+
+fn build(h: usize, cfg: RgLruConfig, seed: u64, dtype: DType) -> (RgLru, Arc<ParamStore>) {
+    let store = ParamStore::init(seed, dtype, &Device::Cpu);
+    let m = RgLru::new(h, cfg, &store.builder()).unwrap();
+    (m, store)
+}
+
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let store = ParamStore::init(seed, dtype, &Device::Cpu);
+    store
+        .builder()
+        .get(
+            shape,
+            "x",
+            lrnnx_framework::Init::Normal {
+                mean: 0.0,
+                std: 1.0,
+            },
+        )
+        .unwrap()
+}
+
+fn vec1(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn max_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x / 2f64.sqrt()))
+}
+
+/// `w (out, in) @ v + b`.
+fn dense(w: &[f64], b: Option<&Vec<f64>>, v: &[f64]) -> Vec<f64> {
+    let n_in = v.len();
+    let n_out = w.len() / n_in;
+    (0..n_out)
+        .map(|o| {
+            let acc: f64 = (0..n_in).map(|i| w[o * n_in + i] * v[i]).sum();
+            acc + b.map_or(0.0, |b| b[o])
+        })
+        .collect()
+}
+
+/// Per-token recurrence in f64, written from lrnnx's formulas.
+fn reference(store: &ParamStore, cfg: &RgLruConfig, x: &Tensor) -> Vec<f64> {
+    let p = store.tensors();
+    let g = |k: &str| p.get(k).map(vec1);
+    let (wg, bg) = (g("gate_proj.weight").unwrap(), g("gate_proj.bias"));
+    let (wi, bi) = (g("in_proj.weight").unwrap(), g("in_proj.bias"));
+    let (cw, cb) = (g("conv1d.weight").unwrap(), g("conv1d.bias"));
+    let (wr, br) = (
+        g("recurrent_gate_proj.weight").unwrap(),
+        g("recurrent_gate_proj.bias"),
+    );
+    let (wq, bq) = (
+        g("input_gate_proj.weight").unwrap(),
+        g("input_gate_proj.bias"),
+    );
+    let (wo, bo) = (g("out_proj.weight").unwrap(), g("out_proj.bias"));
+    let a_log = g("a_log").unwrap();
+    let (b, l, h) = x.dims3().unwrap();
+    let d = a_log.len();
+    let w = cfg.d_conv;
+    let xs = vec1(x);
+    let mut y = vec![0.0; b * l * h];
+    for bi_ in 0..b {
+        let mut xi_hist: Vec<Vec<f64>> = Vec::new();
+        let mut state = vec![0.0; d];
+        for t in 0..l {
+            let xt = &xs[(bi_ * l + t) * h..(bi_ * l + t + 1) * h];
+            let gate: Vec<f64> = dense(&wg, bg.as_ref(), xt).into_iter().map(gelu).collect();
+            xi_hist.push(dense(&wi, bi.as_ref(), xt));
+            let xc: Vec<f64> = (0..d)
+                .map(|c| {
+                    let mut acc = cb.as_ref().map_or(0.0, |b| b[c]);
+                    for k in 0..w {
+                        if let Some(src) = (t + k).checked_sub(w - 1) {
+                            acc += cw[c * w + k] * xi_hist[src][c];
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            let r = dense(&wr, br.as_ref(), &xc);
+            let i = dense(&wq, bq.as_ref(), &xc);
+            let mut gh = vec![0.0; d];
+            for c in 0..d {
+                let a = sigmoid(a_log[c]);
+                let abar = a.powf(cfg.c * sigmoid(r[c]));
+                state[c] = abar * state[c] + (1.0 - abar * abar).sqrt() * sigmoid(i[c]) * xc[c];
+                gh[c] = gate[c] * state[c];
+            }
+            let out = dense(&wo, bo.as_ref(), &gh);
+            y[(bi_ * l + t) * h..(bi_ * l + t + 1) * h].copy_from_slice(&out);
+        }
+    }
+    y
+}
+
+#[test]
+fn forward_matches_reference_at_odd_shapes() {
+    for (b, l, h, w, expand, bias) in [
+        (1, 1, 3, 4, 1.0, false),
+        (2, 9, 5, 1, 1.0, true),
+        (3, 37, 8, 4, 1.5, false),
+        (1, 40, 4, 3, 2.0, true),
+        (2, 5, 33, 6, 1.0, false),
+    ] {
+        let cfg = config(w, expand, bias);
+        let (m, store) = build(h, cfg.clone(), 11, DType::F64);
+        let x = randn(&[b, l, h], 5, DType::F64);
+        let y = m.forward(&x, &ForwardOpts::default()).unwrap();
+        let err = max_err(&vec1(&y), &reference(&store, &cfg, &x));
+        assert!(
+            err < 1e-12,
+            "f64 ({b},{l},{h}) W={w} expand={expand}: {err}"
+        );
+        // The same in f32.
+        let (m32, _) = build(h, cfg.clone(), 11, DType::F32);
+        let y32 = m32
+            .forward(&x.to_dtype(DType::F32).unwrap(), &ForwardOpts::default())
+            .unwrap();
+        assert_eq!(y32.dtype(), DType::F32);
+        let err = max_err(&vec1(&y32), &reference(&store, &cfg, &x));
+        assert!(err < 1e-5, "f32 ({b},{l},{h}) W={w} expand={expand}: {err}");
+    }
+}
+
+#[test]
+fn step_and_prefill_equal_forward() {
+    for (w, bias) in [(4, false), (1, true), (3, true)] {
+        let (b, l, h) = (3, 21, 6);
+        let (m, _) = build(h, config(w, 1.5, bias), 2, DType::F32);
+        let x = randn(&[b, l, h], 9, DType::F32);
+        let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
+        let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+        let mut ys = Vec::new();
+        for t in 0..l {
+            // Alternate the two accepted step shapes.
+            let xt = x.narrow(1, t, 1).unwrap();
+            let xt = if t % 2 == 0 {
+                xt.squeeze(1).unwrap()
+            } else {
+                xt
+            };
+            let yt = m.step(&xt, &mut st, &StepOpts::default()).unwrap();
+            assert_eq!(yt.rank(), xt.rank());
+            ys.push(yt.reshape((b, 1, h)).unwrap());
+        }
+        assert_eq!(st.seqlen_offset, l);
+        let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &y);
+        assert!(err < 1e-5, "W={w}: step vs forward: {err}");
+        // Prefill in two parts (the second one starts from a non-empty
+        // state, with fewer positions than the conv window), then step.
+        let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+        let opts = ForwardOpts::default();
+        let mut parts = vec![
+            m.prefill(&x.narrow(1, 0, 11).unwrap(), &mut st, &opts)
+                .unwrap(),
+            m.prefill(&x.narrow(1, 11, 2).unwrap(), &mut st, &opts)
+                .unwrap(),
+        ];
+        assert_eq!(st.seqlen_offset, 13);
+        for t in 13..l {
+            parts.push(
+                m.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
+                    .unwrap(),
+            );
+        }
+        let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &y);
+        assert!(err < 1e-5, "W={w}: prefill+step vs forward: {err}");
+    }
+}
+
+#[test]
+fn lengths_and_timesteps_change_nothing_as_in_lrnnx() {
+    let (m, _) = build(4, RgLruConfig::default(), 1, DType::F32);
+    let x = randn(&[2, 8, 4], 2, DType::F32);
+    let a = m.forward(&x, &ForwardOpts::default()).unwrap();
+    let opts = ForwardOpts {
+        lengths: Some(Tensor::new(&[8i64, 5], &Device::Cpu).unwrap()),
+        integration_timesteps: Some(Tensor::ones((2, 8), DType::F32, &Device::Cpu).unwrap()),
+    };
+    let b = m.forward(&x, &opts).unwrap();
+    assert_eq!(vec1(&a), vec1(&b));
+}
+
+/// Central finite differences of `sum(forward(x) * w)` against autograd, in f64,
+/// for every parameter (biases included) and the input.
+#[test]
+fn gradients_match_finite_differences() {
+    let (b, l, h) = (2, 7, 3);
+    let (m, store) = build(h, config(3, 2.0, true), 8, DType::F64);
+    let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
+    let w = randn(&[b, l, h], 4, DType::F64);
+    let loss = |x: &Tensor| -> Tensor {
+        (m.forward(x, &ForwardOpts::default()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let grads = loss(x.as_tensor()).backward().unwrap();
+    let eps = 1e-6;
+    let mut checked = Vec::new();
+    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
+    params.push(("x".into(), x.clone()));
+    for (name, var) in params {
+        let g = vec1(
+            grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}")),
+        );
+        let base = vec1(var.as_tensor());
+        for idx in [0, base.len() / 2, base.len() - 1] {
+            let bump = |delta: f64| {
+                let mut v = base.clone();
+                v[idx] += delta;
+                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let out = loss(x.as_tensor()).to_scalar::<f64>().unwrap();
+                var.set(
+                    &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
+                )
+                .unwrap();
+                out
+            };
+            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
+            assert!(
+                err < 1e-7,
+                "{name}[{idx}]: autograd {} vs finite differences {fd}",
+                g[idx]
+            );
+        }
+        checked.push(name);
+    }
+    // 13 parameters with every bias switched on, plus the input.
+    assert_eq!(checked.len(), 14, "{checked:?}");
+}
+
+#[test]
+fn parameters_have_lrnnx_names_shapes_and_init() {
+    let (h, d, w) = (8, 12, 4);
+    let (_, store) = build(h, config(w, 1.5, false), 3, DType::F32);
+    let t = store.tensors();
+    let shapes: Vec<(&str, Vec<usize>)> = vec![
+        ("a_log", vec![d, 1]),
+        ("gate_proj.weight", vec![d, h]),
+        ("in_proj.weight", vec![d, h]),
+        ("conv1d.weight", vec![d, 1, w]),
+        ("conv1d.bias", vec![d]),
+        ("recurrent_gate_proj.weight", vec![d, d]),
+        ("recurrent_gate_proj.bias", vec![d]),
+        ("input_gate_proj.weight", vec![d, d]),
+        ("input_gate_proj.bias", vec![d]),
+        ("out_proj.weight", vec![h, d]),
+    ];
+    assert_eq!(t.len(), shapes.len(), "{:?}", t.keys().collect::<Vec<_>>());
+    for (k, s) in shapes {
+        assert_eq!(t[k].dims(), s.as_slice(), "{k}");
+    }
+    // a_log = log(U[0.9, 0.999)); torch Linear / Conv1d defaults are U(+-1/sqrt(fan_in)).
+    assert!(vec1(&t["a_log"])
+        .iter()
+        .all(|&v| (0.9f64.ln()..0.999f64.ln()).contains(&v)));
+    let bound = |k: &str, fan_in: usize| {
+        let m = vec1(&t[k]).iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        assert!(m <= 1.0 / (fan_in as f64).sqrt() + 1e-6, "{k}: {m}");
+    };
+    bound("gate_proj.weight", h);
+    bound("conv1d.weight", w);
+    bound("recurrent_gate_proj.weight", d);
+    bound("out_proj.weight", d);
+}
+
+#[test]
+fn bad_shapes_and_kwargs_are_named() {
+    let (m, _) = build(4, RgLruConfig::default(), 1, DType::F32);
+    let e = m
+        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
+        "{e}"
+    );
+    let mut st = m.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
+    let e = m
+        .step(
+            &randn(&[2, 3, 4], 1, DType::F32),
+            &mut st,
+            &StepOpts::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[2, 3, 4]"), "{e}");
+    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
+    let args = |kw: &str| BuildArgs {
+        d_model: 4,
+        d_state: 16,
+        layer_idx: 2,
+        kwargs: serde_json::from_str(kw).unwrap(),
+        params: store.builder(),
+    };
+    // lrnnx's RGLRU has no d_state parameter.
+    let e = Registry::build("RGLRU", &args(r#"{"d_state": 8}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 2") && e.contains("d_state") && e.contains("d_conv"),
+        "{e}"
+    );
+    let e = Registry::build("rglru", &args(r#"{"c": 0.0}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer 2") && e.contains("c must be"), "{e}");
+    let e = Registry::build("RGLRU", &args(r#"{"a_init_range": [0.0, 0.5]}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a_init_range"), "{e}");
+    let e = Registry::build("RGLRU", &args(r#"{"d_conv": 0}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("d_conv"), "{e}");
+    // Python-only switches are accepted and kept.
+    let ok = Registry::build(
+        "RGLRU",
+        &args(r#"{"use_fast_path": false, "layer_idx": 3, "expand": 2}"#),
+    )
+    .unwrap();
+    let saved = lrnnx_framework::config_to_json(ok.config()).unwrap();
+    assert_eq!(saved["use_fast_path"], false);
+    assert_eq!(saved["expand"], 2.0);
+}
+
+/// In an LM (which has a model-wide d_state) the block builds, and decoding
+/// step by step gives the logits of the parallel forward.
+#[test]
+fn builds_and_decodes_inside_an_lm() {
+    lrnnx_rglru::link();
+    let mut cfg = LmConfig::new(16, 32, 50, &["RGLRU", "RGLRU"]);
+    cfg.d_intermediate = 0;
+    let model = LRNNLMHeadModel::init(cfg, 0, &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[[1u32, 5, 7, 2, 9, 3], [4, 4, 8, 1, 0, 6]], &Device::Cpu).unwrap();
+    let logits = model.forward(&ids, &LmForwardOpts::default()).unwrap();
+    let mut st = model.init_state(2, 6).unwrap();
+    let mut steps = Vec::new();
+    for t in 0..6 {
+        steps.push(
+            model
+                .step(&ids.narrow(1, t, 1).unwrap(), &mut st, None)
+                .unwrap()
+                .unsqueeze(1)
+                .unwrap(),
+        );
+    }
+    let err = max_err(&vec1(&Tensor::cat(&steps, 1).unwrap()), &vec1(&logits));
+    assert!(err < 1e-4, "{err}");
+}

@@ -1,0 +1,10 @@
+//! CPU ops of the S7 layer, each a candle custom op with its backward.
+
+pub mod bilinear;
+pub mod gelu;
+pub mod quad;
+pub mod small;
+pub mod util;
+
+pub use bilinear::{b_input, c_output};
+pub use gelu::gelu;

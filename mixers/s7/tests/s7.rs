@@ -1,0 +1,358 @@
+//! S7 against a slow, obviously right reference; step, prefill, gradients, errors.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use lrnnx_framework::{
+    BuildArgs, ForwardOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts, Mixer, ParamStore, Registry,
+    StepOpts,
+};
+use lrnnx_s7::{S7Config, S7};
+
+/// The layer with x_proj scaled up from its tiny N(0, 0.02) init, so that
+/// `B`, `C`, `D` and the decay all matter.
+fn build(h: usize, n: usize, seed: u64, dtype: DType) -> (S7, Arc<ParamStore>) {
+    let store = ParamStore::init(seed, dtype, &Device::Cpu);
+    let m = S7::new(h, S7Config::new(n), &store.builder()).unwrap();
+    let xp = &store.vars()["x_proj.weight"];
+    xp.set(&(xp.as_tensor() * 15.0).unwrap()).unwrap();
+    (m, store)
+}
+
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let store = ParamStore::init(seed, dtype, &Device::Cpu);
+    store
+        .builder()
+        .get(
+            shape,
+            "x",
+            lrnnx_framework::Init::Normal {
+                mean: 0.0,
+                std: 1.0,
+            },
+        )
+        .unwrap()
+}
+
+fn vec1(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn max_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x / 2f64.sqrt()))
+}
+
+/// Per-token recurrence in f64, written from lrnnx's slow path.
+fn reference(store: &ParamStore, x: &Tensor) -> Vec<f64> {
+    let p = store.tensors();
+    let g = |k: &str| vec1(&p[k]);
+    let (win, wx, wg, base) = (
+        g("in_proj.weight"),
+        g("x_proj.weight"),
+        g("gate_proj.weight"),
+        g("base_params"),
+    );
+    let n = base.len();
+    let (b, l, h) = x.dims3().unwrap();
+    let rows = wx.len() / h;
+    let xs = vec1(x);
+    let mut y = vec![0.0; b * l * h];
+    for bi in 0..b {
+        let mut s = vec![0.0; n];
+        for t in 0..l {
+            let xt = &xs[(bi * l + t) * h..(bi * l + t + 1) * h];
+            let u: Vec<f64> = (0..h)
+                .map(|o| (0..h).map(|i| win[o * h + i] * xt[i]).sum())
+                .collect();
+            let xd: Vec<f64> = (0..rows)
+                .map(|r| (0..h).map(|i| wx[r * h + i] * u[i]).sum())
+                .collect();
+            let a_raw = &xd[0..n];
+            let bm = &xd[n..n + h * n]; // B[h, n] = bm[h*N + n]
+            let cm = &xd[n + h * n..n + 2 * h * n];
+            let dv = &xd[n + 2 * h * n..n + 2 * h * n + h];
+            let bias = &xd[n + 2 * h * n + h..];
+            for k in 0..n {
+                let a = a_raw[k] + base[k];
+                let abar = 1.0 - 1.0 / (a * a + 0.5);
+                let bu: f64 = (0..h).map(|hh| bm[hh * n + k] * u[hh]).sum::<f64>() + bias[k];
+                s[k] = abar * s[k] + bu;
+            }
+            let yv: Vec<f64> = (0..h)
+                .map(|hh| (0..n).map(|k| cm[hh * n + k] * s[k]).sum::<f64>() + dv[hh] * u[hh])
+                .collect();
+            for o in 0..h {
+                let z: f64 = (0..h).map(|i| wg[o * h + i] * gelu(yv[i])).sum();
+                let gate = 1.0 / (1.0 + (-z).exp());
+                y[(bi * l + t) * h + o] = gate * yv[o] + xt[o];
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn forward_matches_reference_at_odd_shapes() {
+    // (2, 300, ..) runs 600 tokens: more than one GEMM chunk of the B and C ops.
+    for (b, l, h, n) in [
+        (1, 1, 3, 1),
+        (2, 9, 5, 3),
+        (3, 37, 8, 7),
+        (1, 40, 4, 16),
+        (2, 300, 6, 5),
+    ] {
+        let (m, store) = build(h, n, 11, DType::F64);
+        let x = randn(&[b, l, h], 5, DType::F64);
+        let y = m.forward(&x, &ForwardOpts::default()).unwrap();
+        let want = reference(&store, &x);
+        let err = max_err(&vec1(&y), &want);
+        assert!(err < 1e-10, "f64 ({b},{l},{h},{n}): {err}");
+        let (m32, store32) = build(h, n, 11, DType::F32);
+        let y32 = m32
+            .forward(&x.to_dtype(DType::F32).unwrap(), &ForwardOpts::default())
+            .unwrap();
+        assert_eq!(y32.dtype(), DType::F32);
+        let want32 = reference(&store32, &x);
+        let scale = want32.iter().fold(1.0f64, |a, v| a.max(v.abs()));
+        let err = max_err(&vec1(&y32), &want32) / scale;
+        assert!(err < 1e-5, "f32 ({b},{l},{h},{n}): {err}");
+    }
+}
+
+#[test]
+fn step_and_prefill_equal_forward() {
+    let (b, l, h, n) = (3, 21, 6, 5);
+    let (m, _) = build(h, n, 2, DType::F32);
+    let x = randn(&[b, l, h], 9, DType::F32);
+    let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
+    let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+    let mut ys = Vec::new();
+    for t in 0..l {
+        let xt = x.narrow(1, t, 1).unwrap();
+        let xt = if t % 2 == 0 {
+            xt.squeeze(1).unwrap()
+        } else {
+            xt
+        };
+        let yt = m.step(&xt, &mut st, &StepOpts::default()).unwrap();
+        assert_eq!(yt.rank(), xt.rank());
+        ys.push(yt.reshape((b, 1, h)).unwrap());
+    }
+    assert_eq!(st.seqlen_offset, l);
+    let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &y);
+    assert!(err < 1e-5, "step vs forward: {err}");
+    let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+    let opts = ForwardOpts::default();
+    let mut parts = vec![
+        m.prefill(&x.narrow(1, 0, 9).unwrap(), &mut st, &opts)
+            .unwrap(),
+        m.prefill(&x.narrow(1, 9, 4).unwrap(), &mut st, &opts)
+            .unwrap(),
+    ];
+    assert_eq!(st.seqlen_offset, 13);
+    for t in 13..l {
+        parts.push(
+            m.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
+                .unwrap(),
+        );
+    }
+    let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &y);
+    assert!(err < 1e-5, "prefill+step vs forward: {err}");
+}
+
+#[test]
+fn lengths_and_timesteps_change_nothing_as_in_lrnnx() {
+    let (m, _) = build(4, 3, 1, DType::F32);
+    let x = randn(&[2, 8, 4], 2, DType::F32);
+    let a = m.forward(&x, &ForwardOpts::default()).unwrap();
+    let opts = ForwardOpts {
+        lengths: Some(Tensor::new(&[8i64, 5], &Device::Cpu).unwrap()),
+        integration_timesteps: Some(Tensor::ones((2, 8), DType::F32, &Device::Cpu).unwrap()),
+    };
+    let b = m.forward(&x, &opts).unwrap();
+    assert_eq!(vec1(&a), vec1(&b));
+}
+
+/// Central finite differences of `sum(forward(x) * w)` against autograd, in
+/// f64, at the given indices of every parameter and the input.
+fn check_gradients(b: usize, l: usize, h: usize, n: usize, seed: u64) {
+    let (m, store) = build(h, n, seed, DType::F64);
+    let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
+    let w = randn(&[b, l, h], 4, DType::F64);
+    let loss = |x: &Tensor| -> Tensor {
+        (m.forward(x, &ForwardOpts::default()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let grads = loss(x.as_tensor()).backward().unwrap();
+    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
+    params.push(("x".into(), x.clone()));
+    assert_eq!(params.len(), 5);
+    for (name, var) in params {
+        let g = vec1(
+            grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}")),
+        );
+        let base = vec1(var.as_tensor());
+        let idx: Vec<usize> = if name == "x_proj.weight" {
+            // One entry in each block: A, B, C, D, bias (rows N, HN, HN, H, N).
+            [0, n, n + h * n, n + 2 * h * n, 2 * n + 2 * h * n + h - 1]
+                .iter()
+                .map(|r| r * h + r % h)
+                .collect()
+        } else {
+            vec![0, base.len() / 2, base.len() - 1]
+        };
+        for idx in idx {
+            let eps = 1e-6;
+            let bump = |delta: f64| {
+                let mut v = base.clone();
+                v[idx] += delta;
+                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let out = loss(x.as_tensor()).to_scalar::<f64>().unwrap();
+                var.set(
+                    &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
+                )
+                .unwrap();
+                out
+            };
+            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
+            assert!(
+                err < 1e-7,
+                "({b},{l},{h},{n}) {name}[{idx}]: autograd {} vs finite differences {fd}",
+                g[idx]
+            );
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    check_gradients(2, 7, 3, 4, 8);
+}
+
+/// 520 tokens: the backward of the B and C ops runs over two GEMM chunks.
+#[test]
+fn gradients_match_finite_differences_across_chunks() {
+    check_gradients(2, 260, 3, 2, 9);
+}
+
+#[test]
+fn parameters_have_lrnnx_names_shapes_and_init() {
+    let (h, n) = (8, 4);
+    let store = ParamStore::init(3, DType::F32, &Device::Cpu);
+    S7::new(h, S7Config::new(n), &store.builder()).unwrap();
+    let t = store.tensors();
+    let shapes: Vec<(&str, Vec<usize>)> = vec![
+        ("base_params", vec![n]),
+        ("in_proj.weight", vec![h, h]),
+        ("x_proj.weight", vec![2 * n + 2 * h * n + h, h]),
+        ("gate_proj.weight", vec![h, h]),
+    ];
+    assert_eq!(t.len(), shapes.len(), "{:?}", t.keys().collect::<Vec<_>>());
+    for (k, s) in shapes {
+        assert_eq!(t[k].dims(), s.as_slice(), "{k}");
+    }
+    assert!(vec1(&t["base_params"]).iter().all(|&v| v == -0.5));
+    let xp = vec1(&t["x_proj.weight"]);
+    let std = (xp.iter().map(|v| v * v).sum::<f64>() / xp.len() as f64).sqrt();
+    assert!((0.017..0.023).contains(&std), "x_proj std {std}");
+    let m = vec1(&t["in_proj.weight"])
+        .iter()
+        .fold(0.0f64, |a, v| a.max(v.abs()));
+    assert!(m <= 1.0 / (h as f64).sqrt());
+}
+
+#[test]
+fn bad_shapes_and_kwargs_are_named() {
+    let (m, _) = build(4, 3, 1, DType::F32);
+    let e = m
+        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
+        "{e}"
+    );
+    let mut st = m.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
+    let e = m
+        .step(
+            &randn(&[2, 5], 1, DType::F32),
+            &mut st,
+            &StepOpts::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[2, 5]"), "{e}");
+    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
+    let args = |kw: &str| BuildArgs {
+        d_model: 4,
+        d_state: 6,
+        layer_idx: 1,
+        kwargs: serde_json::from_str(kw).unwrap(),
+        params: store.builder(),
+    };
+    let e = Registry::build("S7", &args(r#"{"J": 4}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 1") && e.contains("divisible by J") && e.contains("J = 4"),
+        "{e}"
+    );
+    let e = Registry::build("s7", &args(r#"{"d_state": 0}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("d_state must be positive"), "{e}");
+    let e = Registry::build("S7", &args(r#"{"j": 2}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`j`") && e.contains("`J`"), "{e}");
+    // The model's d_state is the default; Python-only switches are kept.
+    let ok = Registry::build("S7", &args(r#"{"J": 3, "use_fast_path": false}"#)).unwrap();
+    let saved = lrnnx_framework::config_to_json(ok.config()).unwrap();
+    assert_eq!(saved["d_state"], 6);
+    assert_eq!(saved["J"], 3);
+    assert_eq!(saved["use_fast_path"], false);
+}
+
+/// In an LM (which passes its d_state) the layer builds, and decoding step
+/// by step gives the logits of the parallel forward.
+#[test]
+fn builds_and_decodes_inside_an_lm() {
+    lrnnx_s7::link();
+    let mut cfg = LmConfig::new(16, 8, 50, &["S7", "S7"]);
+    cfg.d_intermediate = 32;
+    let model = LRNNLMHeadModel::init(cfg, 0, &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[[1u32, 5, 7, 2, 9, 3], [4, 4, 8, 1, 0, 6]], &Device::Cpu).unwrap();
+    let logits = model.forward(&ids, &LmForwardOpts::default()).unwrap();
+    let mut st = model.init_state(2, 6).unwrap();
+    let mut steps = Vec::new();
+    for t in 0..6 {
+        steps.push(
+            model
+                .step(&ids.narrow(1, t, 1).unwrap(), &mut st, None)
+                .unwrap()
+                .unsqueeze(1)
+                .unwrap(),
+        );
+    }
+    let err = max_err(&vec1(&Tensor::cat(&steps, 1).unwrap()), &vec1(&logits));
+    assert!(err < 1e-4, "{err}");
+}
