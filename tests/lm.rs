@@ -363,3 +363,38 @@ mod bad_input {
         );
     }
 }
+
+#[test]
+fn mlstm_mixes_with_attention_and_mamba_and_round_trips() {
+    lrnnx::init();
+    let mut c = LmConfig::new(16, 4, 40, &["mLSTM", "attn", "Mamba"]);
+    c.d_intermediate = 16;
+    c.mixer_kwargs = serde_json::from_str(
+        r#"{"mLSTM": {"num_heads": 2, "chunk_size": 4}, "attn": {"num_heads": 2, "causal": true}}"#,
+    )
+    .unwrap();
+    let m = LRNNLMHeadModel::init(c, 2, &Device::Cpu).unwrap();
+    let v: Vec<u32> = (0..22).map(|i| ((i * 7 + 1) % 40) as u32).collect();
+    let x = Tensor::from_vec(v, (2, 11), &Device::Cpu).unwrap();
+    let logits = m.forward(&x, &LmForwardOpts::default()).unwrap();
+    let mut st = m.init_state(2, 11).unwrap();
+    let steps: Vec<Tensor> = (0..11)
+        .map(|t| {
+            m.step(&x.narrow(1, t, 1).unwrap(), &mut st, None)
+                .unwrap()
+                .unsqueeze(1)
+                .unwrap()
+        })
+        .collect();
+    assert!(max_diff(&Tensor::cat(&steps, 1).unwrap(), &logits) < 1e-4);
+    let dir = tempfile::tempdir().unwrap();
+    m.save_pretrained(dir.path()).unwrap();
+    let back = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu).unwrap();
+    assert_eq!(
+        max_diff(
+            &back.forward(&x, &LmForwardOpts::default()).unwrap(),
+            &logits
+        ),
+        0.0
+    );
+}

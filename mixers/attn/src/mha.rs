@@ -144,7 +144,13 @@ impl Mha {
         let lk = k.dim(2)?;
         let (hk, g) = (self.kv_heads, self.heads / self.kv_heads);
         let q = q.reshape((b, hk, g * lq, d))?;
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?; // (B, hk, g*Lq, Lk)
+        // A view into the KV cache multiplies as it is; other layouts are copied first.
+        let kt = k.t()?;
+        let scores = match q.matmul(&kt) {
+            Ok(s) => s,
+            Err(_) => q.matmul(&kt.contiguous()?)?,
+        };
+        let scores = (scores * self.scale)?; // (B, hk, g*Lq, Lk)
         let scores = if self.cfg.causal && lq > 1 {
             // Key j is visible to query i iff j <= i + (Lk - Lq); built on the device.
             let dev = q.device();
@@ -162,7 +168,10 @@ impl Mha {
             scores
         };
         let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let o = p.matmul(&v.contiguous()?)?; // (B, hk, g*Lq, d)
+        let o = match p.matmul(v) {
+            Ok(o) => o,
+            Err(_) => p.matmul(&v.contiguous()?)?,
+        }; // (B, hk, g*Lq, d)
         Ok(o.reshape((b, h, lq, d))?
             .transpose(1, 2)?
             .reshape((b, lq, h * d))?)
