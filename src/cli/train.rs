@@ -45,13 +45,13 @@ pub struct Args {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 400)]
     pub steps: usize,
     /// Sequences per step.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     pub seq_len: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3e-4)]
     pub min_lr: f64,
     /// Warm-up steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 40)]
     pub warmup: usize,
     /// AdamW weight decay (matrices only).
     #[arg(long, default_value_t = 0.1)]
@@ -69,13 +69,13 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
     /// Validate every this many steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     pub eval_every: usize,
     /// Validation batches per evaluation.
     #[arg(long, default_value_t = 8)]
     pub eval_batches: usize,
     /// Save a checkpoint every this many steps (and at the end).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 200)]
     pub save_every: usize,
     /// Fraction of the corpus held out for validation.
     #[arg(long, default_value_t = 0.05)]
