@@ -122,90 +122,78 @@ impl<S: Simd> Kernel for Fwd<'_, S> {
     }
 }
 
-/// `gpre = g_u * silu'(pre)` and the `z` half of the input gradient.
-struct BwdPre<'a, S: Simd> {
+/// Rows per sub-chunk of the backward (their `gpre` stays in L2).
+const SUB: usize = 64;
+
+/// The backward of a task's rows: `gpre = g_u * silu'(pre)` for the rows and
+/// a halo of `W - 1` after them (in a task-local buffer), then
+/// `dx[t] = sum_k w[k] gpre[t + W-1-k]`, the `z` half of the gradient, and
+/// partial weight and bias gradients.
+struct Bwd<'a, S: Simd> {
     dims: Dims,
     xz: &'a [S::E],
     taps: &'a Taps<S::E>,
     g: &'a [S::E],
-    chunks: usize,
-    gpre: SendPtr<S::E>,
-    dxz: SendPtr<S::E>,
-}
-
-impl<S: Simd> Kernel for BwdPre<'_, S> {
-    #[inline(always)]
-    fn run(&self, task: usize) {
-        let Dims { l, d, .. } = self.dims;
-        let dp = self.dims.dp();
-        let (bi, c) = (task / self.chunks, task % self.chunks);
-        let (t0, t1) = (l * c / self.chunks, l * (c + 1) / self.chunks);
-        let one = S::c(1.0);
-        for t in t0..t1 {
-            let row = bi * l + t;
-            // SAFETY: rows t0..t1 of batch bi belong to this task.
-            let gp = unsafe { self.gpre.slice(row * dp, dp) };
-            let dz = unsafe { self.dxz.slice(row * 2 * d + d, d) };
-            let g = &self.g[row * 2 * d..(row + 1) * 2 * d];
-            for d0 in (0..d).step_by(LANES) {
-                let pre = pre_of::<S>(self.xz, self.taps, &self.dims, bi, t, d0);
-                let s = S::sigmoid(pre);
-                let gu = S::load_part(&g[d0..], LANES.min(d - d0));
-                let v = S::mul(S::mul(gu, s), S::fma(pre, S::sub(one, s), one));
-                S::store(v, &mut gp[d0..]);
-            }
-            dz.copy_from_slice(&g[d..]);
-        }
-    }
-}
-
-/// `dx` from `gpre`, and per-task partial weight and bias gradients.
-struct BwdX<'a, S: Simd> {
-    dims: Dims,
-    xz: &'a [S::E],
-    taps: &'a Taps<S::E>,
-    gpre: &'a [S::E],
     chunks: usize,
     dxz: SendPtr<S::E>,
     /// `(tasks, W + 1, Dp)`: weight rows (per tap) then the bias row.
     part: SendPtr<S::E>,
 }
 
-impl<S: Simd> Kernel for BwdX<'_, S> {
+impl<S: Simd> Kernel for Bwd<'_, S> {
     #[inline(always)]
     fn run(&self, task: usize) {
         let Dims { l, d, w, .. } = self.dims;
         let dp = self.dims.dp();
         let (bi, c) = (task / self.chunks, task % self.chunks);
         let (t0, t1) = (l * c / self.chunks, l * (c + 1) / self.chunks);
+        let one = S::c(1.0);
         // SAFETY: this task's partial.
         let part = unsafe { self.part.slice(task * (w + 1) * dp, (w + 1) * dp) };
-        for t in t0..t1 {
-            let row = bi * l + t;
-            // SAFETY: rows t0..t1 of batch bi belong to this task.
-            let dx = unsafe { self.dxz.slice(row * 2 * d, d) };
-            for d0 in (0..d).step_by(LANES) {
-                let wl = LANES.min(d - d0);
-                let gp = S::load(&self.gpre[row * dp + d0..]);
-                let mut acc = S::zero();
-                for k in 0..w {
-                    // Output t + (W-1) - k read x[t] through tap k.
-                    let dst = t + w - 1 - k;
-                    if dst < l {
-                        let go = S::load(&self.gpre[(bi * l + dst) * dp + d0..]);
-                        acc = S::fma(S::load(&self.taps.wt[k * dp + d0..]), go, acc);
-                    }
-                    // Tap k of output t read x[t - (W-1) + k].
-                    if t + k + 1 >= w {
-                        let src = t + k + 1 - w;
-                        let x = S::load_part(&self.xz[(bi * l + src) * 2 * d + d0..], wl);
-                        let pk = &mut part[k * dp + d0..];
-                        S::store(S::fma(gp, x, S::load(pk)), pk);
-                    }
+        let mut gp = vec![S::E::ZERO; (SUB + w - 1) * dp];
+        for s0 in (t0..t1).step_by(SUB) {
+            let s1 = (s0 + SUB).min(t1);
+            let he = (s1 + w - 1).min(l);
+            for t in s0..he {
+                let g = &self.g[(bi * l + t) * 2 * d..(bi * l + t + 1) * 2 * d];
+                let gr = &mut gp[(t - s0) * dp..(t - s0 + 1) * dp];
+                for d0 in (0..d).step_by(LANES) {
+                    let pre = pre_of::<S>(self.xz, self.taps, &self.dims, bi, t, d0);
+                    let sg = S::sigmoid(pre);
+                    let gu = S::load_part(&g[d0..], LANES.min(d - d0));
+                    let v = S::mul(S::mul(gu, sg), S::fma(pre, S::sub(one, sg), one));
+                    S::store(v, &mut gr[d0..]);
                 }
-                let pb = &mut part[w * dp + d0..];
-                S::store(S::add(S::load(pb), gp), pb);
-                S::store_part(acc, &mut dx[d0..], wl);
+            }
+            for t in s0..s1 {
+                let row = bi * l + t;
+                // SAFETY: rows t0..t1 of batch bi belong to this task.
+                let dxr = unsafe { self.dxz.slice(row * 2 * d, 2 * d) };
+                let (dx, dz) = dxr.split_at_mut(d);
+                dz.copy_from_slice(&self.g[row * 2 * d + d..(row + 1) * 2 * d]);
+                for d0 in (0..d).step_by(LANES) {
+                    let wl = LANES.min(d - d0);
+                    let gpt = S::load(&gp[(t - s0) * dp + d0..]);
+                    let mut acc = S::zero();
+                    for k in 0..w {
+                        // Output t + (W-1) - k read x[t] through tap k.
+                        let dst = t + w - 1 - k;
+                        if dst < l {
+                            let go = S::load(&gp[(dst - s0) * dp + d0..]);
+                            acc = S::fma(S::load(&self.taps.wt[k * dp + d0..]), go, acc);
+                        }
+                        // Tap k of output t read x[t - (W-1) + k].
+                        if t + k + 1 >= w {
+                            let src = t + k + 1 - w;
+                            let x = S::load_part(&self.xz[(bi * l + src) * 2 * d + d0..], wl);
+                            let pk = &mut part[k * dp + d0..];
+                            S::store(S::fma(gpt, x, S::load(pk)), pk);
+                        }
+                    }
+                    let pb = &mut part[w * dp + d0..];
+                    S::store(S::add(S::load(pb), gpt), pb);
+                    S::store_part(acc, &mut dx[d0..], wl);
+                }
             }
         }
     }
@@ -257,7 +245,6 @@ struct BwdCall<'a, T> {
     xz: &'a [T],
     taps: &'a Taps<T>,
     g: &'a [T],
-    gpre: &'a mut [T],
     dxz: &'a mut [T],
     part: &'a mut [T],
     chunks: usize,
@@ -267,28 +254,17 @@ impl<T: Float> SimdFn<T> for BwdCall<'_, T> {
     type Out = ();
     fn call<S: Simd<E = T>>(self) {
         let dims = self.dims;
-        let tasks = dims.b * self.chunks;
-        let parallel = dims.b * dims.l * dims.d >= 1 << 14;
-        let k = BwdPre::<S> {
+        let k = Bwd::<S> {
             dims,
             xz: self.xz,
             taps: self.taps,
             g: self.g,
             chunks: self.chunks,
-            gpre: SendPtr(self.gpre.as_mut_ptr()),
-            dxz: SendPtr(self.dxz.as_mut_ptr()),
-        };
-        run_tasks_on::<S, _>(&k, tasks, parallel);
-        let k = BwdX::<S> {
-            dims,
-            xz: self.xz,
-            taps: self.taps,
-            gpre: self.gpre,
-            chunks: self.chunks,
             dxz: SendPtr(self.dxz.as_mut_ptr()),
             part: SendPtr(self.part.as_mut_ptr()),
         };
-        run_tasks_on::<S, _>(&k, tasks, parallel);
+        let parallel = dims.b * dims.l * dims.d >= 1 << 14;
+        run_tasks_on::<S, _>(&k, dims.b * self.chunks, parallel);
     }
 }
 
@@ -307,13 +283,11 @@ fn bwd_typed<T: Dispatch>(
     let mut part = vec![T::ZERO; tasks * (taps_n + 1) * dp];
     if d > 0 {
         let taps = Taps::new(&dims, w, bias);
-        let mut gpre = vec![T::ZERO; b * l * dp];
         dispatch(BwdCall {
             dims,
             xz,
             taps: &taps,
             g,
-            gpre: &mut gpre,
             dxz: &mut dxz,
             part: &mut part,
             chunks,

@@ -311,6 +311,9 @@ impl Mixer for Mamba {
         if state.seqlen_offset == 0 {
             return self.prefill_fresh(x, state, its.as_ref());
         }
+        if l == 0 {
+            return Ok(Tensor::zeros((b, 0, self.d_model), x.dtype(), x.device())?);
+        }
         // A state that already holds positions: continue step by step.
         let mut ys = Vec::with_capacity(l);
         for t in 0..l {

@@ -454,6 +454,15 @@ fn step_and_prefill_equal_forward() {
 }
 
 #[test]
+fn empty_sequences_and_batches() {
+    let (m, _) = build(&shape(4, 3), Discretization::Zoh, 1, DType::F32, 0.0);
+    for (b, l) in [(2, 0), (0, 5)] {
+        let y = fwd(&m, &randn(&[b, l, 4], 2, DType::F32), None);
+        assert_eq!(y.dims(), &[b, l, 4]);
+    }
+}
+
+#[test]
 fn lengths_change_nothing_as_in_lrnnx() {
     let (m, _) = build(&shape(4, 3), Discretization::Mamba, 1, DType::F32, 0.0);
     let x = randn(&[2, 8, 4], 2, DType::F32);
@@ -557,6 +566,8 @@ fn gradients_match_finite_differences_on_the_parallel_path() {
     };
     check_gradients(&s, Discretization::Zoh, true, 1, 180, 2);
     check_gradients(&s, Discretization::Mamba, false, 2, 90, 2);
+    // Long rows per task: the conv backward works in several sub-chunks.
+    check_gradients(&shape(4, 3), Discretization::Bilinear, false, 8, 150, 2);
 }
 
 #[test]
