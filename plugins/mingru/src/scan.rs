@@ -211,6 +211,9 @@ mod doc_example {
         let a = Tensor::new(&[[[0.5f32], [0.5], [2.0]]], &Device::Cpu).unwrap();
         let h0 = Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
         let h = super::linear_scan(&u, &a, &h0).unwrap();
-        assert_eq!(h.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 1.5, 4.0]);
+        assert_eq!(
+            h.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![1.0, 1.5, 4.0]
+        );
     }
 }
