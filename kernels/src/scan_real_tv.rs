@@ -6,6 +6,13 @@
 //! Tensors are `(B, L, C)`: `u` (inputs), `a` (per-position decay), and the
 //! result `h`; the initial state `h0` is `(B, C)`. Every channel of every
 //! batch is an independent recurrence along `L`.
+//!
+//! - [`real_tv_scan`] / [`RealTvScan`]: the candle op (gradients to `u`, `a`, `h0`);
+//! - [`scan`], [`scan_in_place`], [`scan_bwd`]: the CPU kernels on slices, for
+//!   mixers that fuse the computation of `a` and `u` into their own ops
+//!   (RG-LRU does).
+//!
+//! There is no CUDA kernel yet: the op runs on CPU tensors only.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
@@ -117,17 +124,32 @@ impl<T> SendPtr<T> {
 /// # Panics
 /// When a slice's length does not match `dims`.
 pub fn scan<T: Real>(dims: TvDims, u: &[T], a: &[T], h0: Option<&[T]>, reverse: bool) -> Vec<T> {
-    let TvDims { b, l, c } = dims;
-    dims.check("u", u, false);
+    let mut h = u.to_vec();
+    scan_in_place(dims, &mut h, a, h0, reverse);
+    h
+}
+
+/// [`scan`] overwriting its input: `uh` holds `u` on entry and `h` on return.
+///
+/// # Panics
+/// When a slice's length does not match `dims`.
+pub fn scan_in_place<T: Real>(
+    dims: TvDims,
+    uh: &mut [T],
+    a: &[T],
+    h0: Option<&[T]>,
+    reverse: bool,
+) {
+    let TvDims { l, c, .. } = dims;
+    dims.check("u", uh, false);
     dims.check("a", a, false);
     if let Some(h0) = h0 {
         dims.check("h0", h0, true);
     }
-    let mut h = vec![T::default(); b * l * c];
-    if h.is_empty() {
-        return h;
+    if uh.is_empty() {
+        return;
     }
-    let out = SendPtr(h.as_mut_ptr());
+    let out = SendPtr(uh.as_mut_ptr());
     dims.for_each_block(|bi, c0, w| {
         let out = &out;
         let mut st = [T::default(); MAX_BLOCK];
@@ -137,16 +159,15 @@ pub fn scan<T: Real>(dims: TvDims, u: &[T], a: &[T], h0: Option<&[T]>, reverse: 
         }
         for step in 0..l {
             let row = (bi * l + dims.pos(step, reverse)) * c + c0;
-            let (ut, at) = (&u[row..row + w], &a[row..row + w]);
+            let at = &a[row..row + w];
             // SAFETY: row `t` of batch `bi`, channels c0..c0+w: this task's alone.
             let ht = unsafe { out.slice(row, w) };
             for j in 0..w {
-                st[j] = at[j] * st[j] + ut[j];
+                st[j] = at[j] * st[j] + ht[j];
                 ht[j] = st[j];
             }
         }
     });
-    h
 }
 
 /// Gradients of the scan: given `g = dL/dh`, returns `(du, da, dh0)`.

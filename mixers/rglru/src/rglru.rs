@@ -162,7 +162,6 @@ impl RgLru {
             gate: dense(&self.gate_proj),
             input: dense(&self.in_proj),
             gates_w: self.gates_weight()?,
-            out: dense(&self.out_proj),
             conv_w,
             conv_b,
             p: self.channel_params()?,
@@ -189,7 +188,8 @@ impl RgLru {
 
     /// The block over `x (B, L, H)`, `L > 0`, after `history (B, W-1, D)`
     /// convolution inputs (zeros when `None`) and from the state `h0 (B, D)`.
-    /// Everything runs on `(B*L, .)` matrices: no reshapes in the autograd graph.
+    /// Everything runs on `(B*L, .)` matrices. (On the CPU, `forward` takes
+    /// the fused `ops::block` instead; this path serves prefill.)
     fn run(&self, x: &Tensor, history: Option<&Tensor>, h0: Option<&Tensor>) -> Result<Run> {
         let (b, l, hdim) = x.dims3()?;
         let d = self.d_inner;
@@ -263,8 +263,8 @@ impl Mixer for RgLru {
         &self.cfg
     }
 
-    /// On the CPU the whole block is one op with a hand-written backward
-    /// (`ops::block`); elsewhere it is composed from the separate ops.
+    /// On the CPU the block up to `out_proj` is one op with a hand-written
+    /// backward (`ops::block`); elsewhere it is composed from the separate ops.
     fn forward(&self, x: &Tensor, _opts: &ForwardOpts) -> Result<Tensor> {
         let (b, l) = self.check(x)?;
         if l == 0 {
@@ -272,7 +272,8 @@ impl Mixer for RgLru {
         }
         let y = if x.device().is_cpu() && matches!(self.dtype(), DType::F32 | DType::F64) {
             let x2 = x.to_dtype(self.dtype())?.reshape((b * l, self.d_model))?;
-            block(&x2, b, &self.block_params()?)?.reshape((b, l, self.d_model))?
+            let yg = block(&x2, b, &self.block_params()?)?;
+            self.out_proj.apply(&yg)?.reshape((b, l, self.d_model))?
         } else {
             self.run(x, None, None)?.y
         };
@@ -392,8 +393,18 @@ mod tests {
             let fused = m.forward(x.as_tensor(), &ForwardOpts::default()).unwrap();
             let composed = m.run(x.as_tensor(), None, None).unwrap().y;
             assert!(max_diff(&fused, &composed) < 1e-12);
-            let gf = (fused * &wt).unwrap().sum_all().unwrap().backward().unwrap();
-            let gc = (composed * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            let gf = (fused * &wt)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gc = (composed * &wt)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             let mut vars: Vec<(String, Var)> = store.vars().into_iter().collect();
             vars.push(("x".into(), x.clone()));
             for (name, v) in vars {

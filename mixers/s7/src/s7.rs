@@ -7,7 +7,7 @@ use lrnnx_framework::{
 };
 use lrnnx_kernels::scan_real_tv::real_tv_scan;
 
-use crate::ops::{b_input, c_output, gelu};
+use crate::ops::{b_input, c_output, gate_residual, gelu};
 use crate::S7Config;
 
 /// S7 as lrnnx defines it (`lrnnx.models.ltv.s7.S7`, its pure-PyTorch path):
@@ -96,8 +96,8 @@ impl S7 {
         let bu = (b_input(&u, &self.rows(b0, h * n)?, n)? + a_bias.narrow(1, n, n)?)?;
         let s = real_tv_scan(&bu.reshape((b, l, n))?, &a_bar.reshape((b, l, n))?, h0)?;
         let y = (c_output(&s.reshape((t, n))?, &u, &self.rows(c0, h * n)?)? + (d_t * &u)?)?;
-        let g = candle_nn::ops::sigmoid(&gelu(&y)?.matmul(&self.gate_proj.t()?)?)?;
-        let out = ((g * y)? + x2)?.reshape((b, l, h))?;
+        let z = gelu(&y)?.matmul(&self.gate_proj.t()?)?;
+        let out = gate_residual(&z, &y, &x2)?.reshape((b, l, h))?;
         Ok((out, s))
     }
 

@@ -1,16 +1,18 @@
-//! The whole RG-LRU block over a sequence as one op with a hand-written
-//! backward pass.
+//! The RG-LRU block over a sequence, up to `out_proj`, as one op with a
+//! hand-written backward pass.
 //!
 //! Composed from separate ops, the block's autograd graph has a node per
 //! projection, convolution, gate and product, and candle's backward pays a
 //! zero-fill and an add over a `(B*L, D)` buffer for every one of their
 //! inputs. As one node the backward runs straight through: the forward keeps
-//! its intermediates (`gate`, `xi`, `xc`, `z`, `h`, `gate * h`) for it, and
+//! its intermediates (`gate`, `xi`, `xc`, the gate pre-activations, `h`)
+//! for it, and
 //! the input gradient is skipped when the input is not part of a graph.
 //!
-//! Inputs: `x (B*L, H)`, the packed weights `[Wg | Win | Wr;Wi | Wout (| bg | bin | bout)]`
+//! Inputs: `x (B*L, H)`, the packed weights `[Wg | Win | Wr;Wi (| bg | bin)]`
 //! (flattened, in that order) and the packed per-channel parameters
-//! `[conv_w (D*W) | conv_b (D) | a_log | br | bi]`.
+//! `[conv_w (D*W) | conv_b (D) | a_log | br | bi]`. Output: `gelu(gate) * h`,
+//! `(B*L, D)`, which `out_proj` (a plain matmul) then maps back to `H`.
 
 use std::sync::Mutex;
 
@@ -56,8 +58,6 @@ pub struct BlockParams {
     pub input: Dense,
     /// Both gate projections' weights, `(2D, D)`, recurrent gate first (their biases are in `p`).
     pub gates_w: Tensor,
-    /// `out_proj`, `(H, D)`.
-    pub out: Dense,
     /// Convolution taps `(D, W)`.
     pub conv_w: Tensor,
     /// Convolution bias `(D)` (zeros when the layer has none).
@@ -74,7 +74,6 @@ impl BlockParams {
             gate: self.gate.detach(),
             input: self.input.detach(),
             gates_w: self.gates_w.detach(),
-            out: self.out.detach(),
             conv_w: self.conv_w.detach(),
             conv_b: self.conv_b.detach(),
             p: self.p.detach(),
@@ -88,9 +87,8 @@ impl BlockParams {
             self.gate.w.clone(),
             self.input.w.clone(),
             self.gates_w.clone(),
-            self.out.w.clone(),
         ];
-        v.extend([&self.gate.b, &self.input.b, &self.out.b].into_iter().flatten().cloned());
+        v.extend([&self.gate.b, &self.input.b].into_iter().flatten().cloned());
         v
     }
 }
@@ -101,9 +99,9 @@ struct Stash {
     gate: Tensor,
     xi: Tensor,
     xc: Tensor,
-    z: Tensor,
+    zr: Tensor,
+    zi: Tensor,
     h: Tensor,
-    yg: Tensor,
 }
 
 /// The block op; see the module docs.
@@ -116,7 +114,10 @@ pub struct Block {
 }
 
 fn cat_flat(ts: &[Tensor]) -> Result<Tensor> {
-    let flat = ts.iter().map(|t| t.flatten_all()).collect::<Result<Vec<_>>>()?;
+    let flat = ts
+        .iter()
+        .map(|t| t.flatten_all())
+        .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&flat, 0)
 }
 
@@ -146,29 +147,39 @@ impl Block {
             })
         })???;
         let xc = tensor(xc, (t, d))?;
-        let z = xc.matmul(&prm.gates_w.t()?)?;
+        // The two gate projections as two (B*L, D) products: one (B*L, 2D)
+        // buffer would exceed the allocator's reuse limit (32 MB) at the
+        // benchmark size and be mapped afresh on every call.
+        let zr = xc.matmul(&prm.gates_w.narrow(0, 0, d)?.t()?)?;
+        let zi = xc.matmul(&prm.gates_w.narrow(0, d, d)?.t()?)?;
         let gdims = gate_scan::Dims { b: self.b, l, d };
-        let h = with_slice::<T, _>(&z, |z| {
-            with_slice::<T, _>(&xc, |xc| {
-                with_slice::<T, _>(&prm.p, |p| gate_scan::forward(gdims, z, xc, p, None, prm.c))
+        let h = with_slice::<T, _>(&zr, |zr| {
+            with_slice::<T, _>(&zi, |zi| {
+                let pre = gate_scan::Pre {
+                    r: zr,
+                    i: zi,
+                    stride: d,
+                };
+                with_slice::<T, _>(&xc, |xc| {
+                    with_slice::<T, _>(&prm.p, |p| {
+                        gate_scan::forward(gdims, pre, xc, p, None, prm.c)
+                    })
+                })
             })
-        })???;
+        })????;
         let h = tensor(h, (t, d))?;
-        let yg = with_slice::<T, _>(&gate, |g| {
+        let y = with_slice::<T, _>(&gate, |g| {
             with_slice::<T, _>(&h, |h| gelu_mul::forward(g, h))
         })??;
-        let yg = tensor(yg, (t, d))?;
-        let y = prm.out.apply(&yg)?;
-        let y = with_slice::<T, _>(&y, |y| y.to_vec())?;
         Ok((
             y,
             Stash {
                 gate,
                 xi,
                 xc,
-                z,
+                zr,
+                zi,
                 h,
-                yg,
             },
         ))
     }
@@ -180,30 +191,41 @@ impl Block {
             Ok(Some(st)) => st,
             _ => self.fwd_typed::<T>()?.1,
         };
-        let gy = gy.contiguous()?;
-        let d_out_w = gy.t()?.matmul(&st.yg)?;
-        let d_out_b = prm.out.b.as_ref().map(|_| gy.sum(0)).transpose()?;
-        let dyg = gy.matmul(&prm.out.w)?;
+        let dyg = gy.contiguous()?;
         let (dgate, dh) = with_slice::<T, _>(&st.gate, |g| {
             with_slice::<T, _>(&st.h, |h| {
                 with_slice::<T, _>(&dyg, |dy| gelu_mul::backward(g, h, dy))
             })
         })???;
         let gdims = gate_scan::Dims { b: self.b, l, d };
-        let (dz, mut dxc, dp) = with_slice::<T, _>(&st.z, |z| {
-            with_slice::<T, _>(&st.xc, |xc| {
-                with_slice::<T, _>(&prm.p, |p| {
-                    with_slice::<T, _>(&st.h, |h| gate_scan::backward(gdims, z, xc, p, h, None, &dh, prm.c))
+        let (dzr, dzi, mut dxc, dp) = with_slice::<T, _>(&st.zr, |zr| {
+            with_slice::<T, _>(&st.zi, |zi| {
+                let pre = gate_scan::Pre {
+                    r: zr,
+                    i: zi,
+                    stride: d,
+                };
+                with_slice::<T, _>(&st.xc, |xc| {
+                    with_slice::<T, _>(&prm.p, |p| {
+                        with_slice::<T, _>(&st.h, |h| {
+                            gate_scan::backward(gdims, pre, xc, p, h, None, &dh, prm.c)
+                        })
+                    })
                 })
             })
-        })????;
-        let dz = tensor(dz, (t, 2 * d))?;
-        let d_gates_w = dz.t()?.matmul(&st.xc)?;
-        with_slice::<T, _>(&dz.matmul(&prm.gates_w)?, |v| {
-            for (a, &b) in dxc.iter_mut().zip(v) {
-                *a += b;
-            }
-        })?;
+        })?????;
+        let (dzr, dzi) = (tensor(dzr, (t, d))?, tensor(dzi, (t, d))?);
+        let d_gates_w = Tensor::cat(&[dzr.t()?.matmul(&st.xc)?, dzi.t()?.matmul(&st.xc)?], 0)?;
+        for (dz, w) in [
+            (&dzr, prm.gates_w.narrow(0, 0, d)?),
+            (&dzi, prm.gates_w.narrow(0, d, d)?),
+        ] {
+            with_slice::<T, _>(&dz.matmul(&w)?, |v| {
+                for (a, &b) in dxc.iter_mut().zip(v) {
+                    *a += b;
+                }
+            })?;
+        }
         let cdims = conv::Dims { b: self.b, l, d, w };
         let (dxi, dcw, dcb) = with_slice::<T, _>(&st.xi, |xi| {
             with_slice::<T, _>(&prm.conv_w, |cw| conv::backward(cdims, xi, cw, &dxc))
@@ -216,14 +238,13 @@ impl Block {
         } else {
             None
         };
-        let mut dws = vec![d_gate_w, d_in_w, d_gates_w, d_out_w];
+        let mut dws = vec![d_gate_w, d_in_w, d_gates_w];
         if prm.gate.b.is_some() {
             dws.push(dgate.sum(0)?);
         }
         if prm.input.b.is_some() {
             dws.push(dxi.sum(0)?);
         }
-        dws.extend(d_out_b);
         let dpp = [tensor(dcw, d * w)?, tensor(dcb, d)?, tensor(dp, 3 * d)?];
         Ok([dx, Some(cat_flat(&dws)?), Some(Tensor::cat(&dpp, 0)?)])
     }
@@ -243,7 +264,8 @@ impl CustomOp3 for Block {
         _p: &CpuStorage,
         _lp: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let shape = lx.shape().clone();
+        let (t, _) = lx.shape().dims2()?;
+        let shape = Shape::from((t, self.prm.conv_w.dim(0)?));
         let (out, stash) = match x {
             CpuStorage::F32(_) => {
                 let (y, s) = self.fwd_typed::<f32>()?;
@@ -279,12 +301,12 @@ impl CustomOp3 for Block {
     }
 }
 
-/// The block over `x (B*L, H)` (rows batch-major, `B = batch`), zero initial
-/// states; returns `(B*L, H)`.
+/// The block over `x (B*L, H)` (rows batch-major, `B = batch`) from zero
+/// states, up to `out_proj`: returns `gelu(gate) * h`, `(B*L, D)`.
 pub fn block(x: &Tensor, batch: usize, prm: &BlockParams) -> Result<Tensor> {
     let (t, h) = x.dims2()?;
     let (d, _) = prm.conv_w.dims2()?;
-    if batch == 0 || t % batch != 0 || prm.gate.w.dims() != [d, h] || prm.out.w.dims() != [h, d] {
+    if batch == 0 || t % batch != 0 || prm.gate.w.dims() != [d, h] {
         candle_core::bail!(
             "RG-LRU block: expected x (B*L, H) with B = {batch} and weights for H = {h}, D = {d}; found x {:?}",
             x.dims()

@@ -146,7 +146,12 @@ pub(crate) fn forward<T: Float>(dims: Dims, x: &[T], w: &[T], bias: &[T]) -> Vec
 }
 
 /// `(dx, dw, dbias)` from `g = dL/dy`.
-pub(crate) fn backward<T: Float>(dims: Dims, x: &[T], w: &[T], g: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+pub(crate) fn backward<T: Float>(
+    dims: Dims,
+    x: &[T],
+    w: &[T],
+    g: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let Dims { b, l, d, w: taps } = dims;
     let wt = transpose(w, d, taps);
     let rows = b * l;

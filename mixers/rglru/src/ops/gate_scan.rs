@@ -13,13 +13,13 @@
 //!
 //! The forward is an elementwise pass over contiguous rows (vectorized, with
 //! AVX2 when the CPU has it) that writes `a_bar` and the scaled input, then
-//! the real time-varying scan of `lrnnx_kernels::scan_real_tv`. The backward
+//! the real time-varying scan of `lrnnx_kernels::scan_real_tv` (in place). The backward
 //! recomputes `a_bar`, runs the scan's adjoint (`scan_bwd`) and finishes with
 //! one more elementwise pass; nothing but `h` is kept between the two.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use lrnnx_kernels::scan_real_tv::{scan, scan_bwd, TvDims};
+use lrnnx_kernels::scan_real_tv::{scan_bwd, scan_in_place, TvDims};
 
 use super::util::{contiguous, cpu_slice, for_rows, log_sigmoid, sigmoid, tensor, with_avx2};
 use super::util::{Float, Rows, ROWS_PER_TASK};
@@ -94,14 +94,53 @@ fn gates<T: Float>(zr: T, zi: T, cla: T, br: T, bi: T) -> (T, T, T, T) {
     (r, i, ab, m)
 }
 
+/// The gate pre-activations of rows `0..`: row `k`'s recurrent gate is
+/// `r[k*stride..k*stride + D]` and its input gate `i[k*stride..k*stride + D]`
+/// (`r = z`, `i = z[D..]`, `stride = 2D` for one `(rows, 2D)` buffer; two
+/// `(rows, D)` buffers and `stride = D` otherwise).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pre<'a, T> {
+    pub(crate) r: &'a [T],
+    pub(crate) i: &'a [T],
+    pub(crate) stride: usize,
+}
+
+impl<'a, T> Pre<'a, T> {
+    /// Gates of one `(rows, 2D)` buffer.
+    pub(crate) fn interleaved(z: &'a [T], d: usize) -> Self {
+        Self {
+            r: z,
+            i: &z[d.min(z.len())..],
+            stride: 2 * d,
+        }
+    }
+
+    /// Row `k`'s two gates, `d` values each.
+    #[inline(always)]
+    fn row(&self, k: usize, d: usize) -> (&'a [T], &'a [T]) {
+        let o = k * self.stride;
+        (&self.r[o..o + d], &self.i[o..o + d])
+    }
+
+    /// The rows from `r0` on.
+    fn skip_rows(&self, r0: usize) -> Self {
+        let o = (r0 * self.stride).min(self.i.len());
+        Self {
+            r: &self.r[(r0 * self.stride).min(self.r.len())..],
+            i: &self.i[o..],
+            stride: self.stride,
+        }
+    }
+}
+
 /// Decays `a = a_bar` and inputs `u = sqrt(1 - a_bar^2) i xc` of a run of rows.
 #[inline(always)]
-fn coeffs_impl<T: Float>(z: &[T], xc: &[T], k: &Consts<T>, a: &mut [T], u: &mut [T]) {
+fn coeffs_impl<T: Float>(pre: Pre<'_, T>, xc: &[T], k: &Consts<T>, a: &mut [T], u: &mut [T]) {
     let d = k.cla.len();
     let (cla, br, bi) = (&k.cla[..d], &k.br[..d], &k.bi[..d]);
-    let rows = z.chunks_exact(2 * d).zip(xc.chunks_exact(d));
-    for ((zrow, x), (a, u)) in rows.zip(a.chunks_exact_mut(d).zip(u.chunks_exact_mut(d))) {
-        let (zr, zi) = (&zrow[..d], &zrow[d..2 * d]);
+    let outs = a.chunks_exact_mut(d).zip(u.chunks_exact_mut(d));
+    for (row, ((a, u), x)) in outs.zip(xc.chunks_exact(d)).enumerate() {
+        let (zr, zi) = pre.row(row, d);
         let (x, a, u) = (&x[..d], &mut a[..d], &mut u[..d]);
         for j in 0..d {
             let (_, i, ab, m) = gates(zr[j], zi[j], cla[j], br[j], bi[j]);
@@ -112,16 +151,17 @@ fn coeffs_impl<T: Float>(z: &[T], xc: &[T], k: &Consts<T>, a: &mut [T], u: &mut 
 }
 
 with_avx2! {
-    fn coeffs<T: Float>(z: &[T], xc: &[T], k: &Consts<T>, a: &mut [T], u: &mut [T]) = coeffs_impl;
+    fn coeffs<T: Float>(pre: Pre<'_, T>, xc: &[T], k: &Consts<T>, a: &mut [T], u: &mut [T]) = coeffs_impl;
 }
 
 /// `a_bar` alone, for the backward scan.
 #[inline(always)]
-fn decay_impl<T: Float>(z: &[T], k: &Consts<T>, a: &mut [T]) {
+fn decay_impl<T: Float>(pre: Pre<'_, T>, k: &Consts<T>, a: &mut [T]) {
     let d = k.cla.len();
     let (cla, br) = (&k.cla[..d], &k.br[..d]);
-    for (zrow, a) in z.chunks_exact(2 * d).zip(a.chunks_exact_mut(d)) {
-        let (zr, a) = (&zrow[..d], &mut a[..d]);
+    for (row, a) in a.chunks_exact_mut(d).enumerate() {
+        let (zr, _) = pre.row(row, d);
+        let a = &mut a[..d];
         for j in 0..d {
             a[j] = (cla[j] * sigmoid(zr[j] + br[j])).exp();
         }
@@ -129,7 +169,7 @@ fn decay_impl<T: Float>(z: &[T], k: &Consts<T>, a: &mut [T]) {
 }
 
 with_avx2! {
-    fn decay<T: Float>(z: &[T], k: &Consts<T>, a: &mut [T]) = decay_impl;
+    fn decay<T: Float>(pre: Pre<'_, T>, k: &Consts<T>, a: &mut [T]) = decay_impl;
 }
 
 /// The gradients of one row `(b, t)`; every output is its own argument so
@@ -175,57 +215,59 @@ fn grads_row<T: Float>(
 }
 
 /// The gradients of a run of rows from the scan's `s = dL/du` and
-/// `da = dL/da_bar` (through the recurrence): writes `dz` and `dxc` and adds
-/// the per-channel sums `[sum dlog(a_bar) r | sum dzr | sum dzi]` to `sums (3D)`.
+/// `da = dL/da_bar` (through the recurrence): writes `dzr`, `dzi` (rows of
+/// `D`) and `dxc` and adds the per-channel sums
+/// `[sum dlog(a_bar) r | sum dzr | sum dzi]` to `sums (3D)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn grads_impl<T: Float>(
-    z: &[T],
-    xc: &[T],
-    s: &[T],
-    da: &[T],
+    pre: Pre<'_, T>,
+    (xc, s, da): (&[T], &[T], &[T]),
     k: &Consts<T>,
-    dz: &mut [T],
+    dzr: &mut [T],
+    dzi: &mut [T],
     dxc: &mut [T],
     sums: &mut [T],
 ) {
     let d = k.cla.len();
     let (ga, rest) = sums.split_at_mut(d);
     let (gbr, gbi) = rest.split_at_mut(d);
-    let inputs = z.chunks_exact(2 * d).zip(xc.chunks_exact(d));
-    let grads = s.chunks_exact(d).zip(da.chunks_exact(d));
-    let outs = dz.chunks_exact_mut(2 * d).zip(dxc.chunks_exact_mut(d));
-    for (((zrow, x), (s, da)), (dzrow, dx)) in inputs.zip(grads).zip(outs) {
-        let (dzr, dzi) = dzrow.split_at_mut(d);
-        grads_row(
-            (&zrow[..d], &zrow[d..], x),
-            (s, da),
-            k,
-            dzr,
-            dzi,
-            dx,
-            ga,
-            gbr,
-            gbi,
-        );
+    let inputs = xc
+        .chunks_exact(d)
+        .zip(s.chunks_exact(d))
+        .zip(da.chunks_exact(d));
+    let outs = dzr
+        .chunks_exact_mut(d)
+        .zip(dzi.chunks_exact_mut(d))
+        .zip(dxc.chunks_exact_mut(d));
+    for (row, (((x, s), da), ((dzr, dzi), dx))) in inputs.zip(outs).enumerate() {
+        let (zr, zi) = pre.row(row, d);
+        grads_row((zr, zi, x), (s, da), k, dzr, dzi, dx, ga, gbr, gbi);
     }
 }
 
 with_avx2! {
     #[allow(clippy::too_many_arguments)]
     fn grads<T: Float>(
-        z: &[T],
-        xc: &[T],
-        s: &[T],
-        da: &[T],
+        pre: Pre<'_, T>,
+        rows: (&[T], &[T], &[T]),
         k: &Consts<T>,
-        dz: &mut [T],
+        dzr: &mut [T],
+        dzi: &mut [T],
         dxc: &mut [T],
         sums: &mut [T],
     ) = grads_impl;
 }
 
-pub(crate) fn forward<T: Float>(dims: Dims, z: &[T], xc: &[T], p: &[T], h0: Option<&[T]>, c: f64) -> Vec<T> {
+/// `h (B*L, D)` from the gates `pre`, `xc` and `p`, from `h0 (B, D)` (zeros when `None`).
+pub(crate) fn forward<T: Float>(
+    dims: Dims,
+    pre: Pre<'_, T>,
+    xc: &[T],
+    p: &[T],
+    h0: Option<&[T]>,
+    c: f64,
+) -> Vec<T> {
     let Dims { b, l, d } = dims;
     let k = consts(p, d, c);
     let mut a = vec![T::default(); b * l * d];
@@ -234,29 +276,24 @@ pub(crate) fn forward<T: Float>(dims: Dims, z: &[T], xc: &[T], p: &[T], h0: Opti
     for_rows(b * l, d, |r0, n| {
         // SAFETY: rows r0..r0+n of `a` and `u` belong to this task only.
         let (a, u) = unsafe { (pa.slice(r0 * d, n * d), pu.slice(r0 * d, n * d)) };
-        coeffs(
-            &z[r0 * 2 * d..(r0 + n) * 2 * d],
-            &xc[r0 * d..(r0 + n) * d],
-            &k,
-            a,
-            u,
-        );
+        coeffs(pre.skip_rows(r0), &xc[r0 * d..(r0 + n) * d], &k, a, u);
     });
-    scan(dims.scan(), &u, &a, h0, false)
+    scan_in_place(dims.scan(), &mut u, &a, h0, false);
+    u
 }
 
-/// Gradients `(dz, dxc, dp)` from `gh = dL/dh`.
-#[allow(clippy::too_many_arguments)]
+/// Gradients `(dzr, dzi, dxc, dp)` from `gh = dL/dh`; `dzr` and `dzi` are `(B*L, D)` each.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(crate) fn backward<T: Float>(
     dims: Dims,
-    z: &[T],
+    pre: Pre<'_, T>,
     xc: &[T],
     p: &[T],
     h: &[T],
     h0: Option<&[T]>,
     gh: &[T],
     c: f64,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+) -> (Vec<T>, Vec<T>, Vec<T>, Vec<T>) {
     let Dims { b, l, d } = dims;
     let k = consts(p, d, c);
     let rows = b * l;
@@ -265,40 +302,35 @@ pub(crate) fn backward<T: Float>(
     for_rows(rows, d, |r0, n| {
         // SAFETY: rows r0..r0+n of `a` belong to this task only.
         let a = unsafe { pa.slice(r0 * d, n * d) };
-        decay(&z[r0 * 2 * d..(r0 + n) * 2 * d], &k, a);
+        decay(pre.skip_rows(r0), &k, a);
     });
     let (s, da, _) = scan_bwd(dims.scan(), &a, h, h0, gh, false);
     drop(a);
-    let mut dz = vec![T::default(); rows * 2 * d];
+    let mut dzr = vec![T::default(); rows * d];
+    let mut dzi = vec![T::default(); rows * d];
     let mut dxc = vec![T::default(); rows * d];
     let tasks = rows.div_ceil(ROWS_PER_TASK);
     let mut sums = vec![T::default(); tasks * 3 * d];
-    let (pz, px, ps) = (
-        Rows::new(&mut dz),
+    let (pr, pi, px, ps) = (
+        Rows::new(&mut dzr),
+        Rows::new(&mut dzi),
         Rows::new(&mut dxc),
         Rows::new(&mut sums),
     );
     for_rows(rows, d, |r0, n| {
         let task = r0 / ROWS_PER_TASK;
         // SAFETY: rows r0..r0+n and this task's partial sums belong to it only.
-        let (dz, dx, sums) = unsafe {
+        let (dzr, dzi, dx, sums) = unsafe {
             (
-                pz.slice(r0 * 2 * d, n * 2 * d),
+                pr.slice(r0 * d, n * d),
+                pi.slice(r0 * d, n * d),
                 px.slice(r0 * d, n * d),
                 ps.slice(task * 3 * d, 3 * d),
             )
         };
         let rd = r0 * d..(r0 + n) * d;
-        grads(
-            &z[r0 * 2 * d..(r0 + n) * 2 * d],
-            &xc[rd.clone()],
-            &s[rd.clone()],
-            &da[rd],
-            &k,
-            dz,
-            dx,
-            sums,
-        );
+        let inputs = (&xc[rd.clone()], &s[rd.clone()], &da[rd]);
+        grads(pre.skip_rows(r0), inputs, &k, dzr, dzi, dx, sums);
     });
     let mut dp = vec![T::default(); 3 * d];
     for part in sums.chunks(3 * d) {
@@ -310,7 +342,7 @@ pub(crate) fn backward<T: Float>(
     for j in 0..d {
         dp[j] = dp[j] * T::of(c) * sigmoid(-p[j]);
     }
-    (dz, dxc, dp)
+    (dzr, dzi, dxc, dp)
 }
 
 impl GateScan {
@@ -335,9 +367,23 @@ impl GateScan {
                 let h0 = h0.contiguous()?;
                 let (s, l) = h0.storage_and_layout();
                 let h0 = cpu_slice::<T>(&s, l, "h0")?;
-                Ok(forward(dims, z, xc, p, Some(h0), self.c))
+                Ok(forward(
+                    dims,
+                    Pre::interleaved(z, dims.d),
+                    xc,
+                    p,
+                    Some(h0),
+                    self.c,
+                ))
             }
-            None => Ok(forward(dims, z, xc, p, None, self.c)),
+            None => Ok(forward(
+                dims,
+                Pre::interleaved(z, dims.d),
+                xc,
+                p,
+                None,
+                self.c,
+            )),
         }
     }
 
@@ -364,9 +410,9 @@ impl GateScan {
             Some((s, l)) => Some(cpu_slice::<T>(s, l, "h0")?),
             None => None,
         };
-        let (dz, dxc, dp) = backward(
+        let (dzr, dzi, dxc, dp) = backward(
             dims,
-            cpu_slice::<T>(&sz, lz, "z")?,
+            Pre::interleaved(cpu_slice::<T>(&sz, lz, "z")?, dims.d),
             cpu_slice::<T>(&sx, lx, "xc")?,
             cpu_slice::<T>(&sp, lp, "p")?,
             cpu_slice::<T>(&sh, lh, "h")?,
@@ -374,6 +420,13 @@ impl GateScan {
             cpu_slice::<T>(&sg, lg, "the gradient")?,
             self.c,
         );
+        // Back to the (rows, 2D) layout of z.
+        let d = dims.d;
+        let mut dz = Vec::with_capacity(2 * dzr.len());
+        for (r, i) in dzr.chunks_exact(d).zip(dzi.chunks_exact(d)) {
+            dz.extend_from_slice(r);
+            dz.extend_from_slice(i);
+        }
         Ok((
             tensor(dz, z.shape())?,
             tensor(dxc, xc.shape())?,

@@ -1,10 +1,12 @@
 //! CPU ops of the S7 layer, each a candle custom op with its backward.
 
 pub mod bilinear;
+pub mod gate;
 pub mod gelu;
 pub mod quad;
 pub mod small;
 pub mod util;
 
 pub use bilinear::{b_input, c_output};
+pub use gate::gate_residual;
 pub use gelu::gelu;

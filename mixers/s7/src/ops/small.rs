@@ -38,7 +38,7 @@ fn block<T: Float>(x: &[T], k: usize, w: &[T], yt: &mut [T]) {
     }
 }
 
-/// [`block`] for f32 with AVX2 + FMA. Up to four input rows share each load
+/// The product of [`matmul_t`] for f32 with AVX2 + FMA. Up to four input rows share each load
 /// of a weight row; each row keeps two 8-wide accumulators.
 ///
 /// # Safety
