@@ -2,6 +2,8 @@
 //!
 //! What the mixer crates share below the framework:
 //!
+//! - [`cpu`]: the float trait, vectorizable math, slice access and AVX2
+//!   dispatch shared by the fused CPU kernels of RG-LRU and S7;
 //! - [`scan`]: the diagonal complex linear recurrence `h_t = lambda * h_{t-1} + u_t`
 //!   as a candle custom op with CPU (parallel over batch and channels),
 //!   CUDA (feature `cuda`) and backward passes;
@@ -11,6 +13,7 @@
 //! - `build_support.rs`: the nvcc-to-PTX helper that mixers' `build.rs`
 //!   include (a file, not a dependency, so build scripts stay light).
 
+pub mod cpu;
 pub mod fft_conv;
 pub mod scan;
 pub mod scan_cpu;

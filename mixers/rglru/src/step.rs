@@ -4,9 +4,9 @@
 use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::Result;
 
-use crate::ops::small::matmul_t;
-use crate::ops::util::{cpu_slice, gelu, log_sigmoid, sigmoid, with_avx2, Float};
 use crate::RgLru;
+use lrnnx_kernels::cpu::matmul_t;
+use lrnnx_kernels::cpu::{cpu_slice, gelu, log_sigmoid, sigmoid, with_avx2, Float};
 
 /// Binds `$name` to the contiguous CPU slice of `$t` (the guard lives as long as the slice).
 macro_rules! slice_of {

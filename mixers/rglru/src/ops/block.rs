@@ -19,8 +19,8 @@ use std::sync::Mutex;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::util::{cpu_slice, tensor, Float};
 use super::{conv, gate_scan, gelu_mul};
+use lrnnx_kernels::cpu::{cpu_slice, tensor, Float};
 
 /// A dense layer's weight `(out, in)` and optional bias `(out)`.
 #[derive(Debug, Clone)]

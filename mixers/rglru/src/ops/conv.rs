@@ -5,7 +5,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::util::{contiguous, cpu_slice, for_rows, tensor, with_avx2, Float, Rows, ROWS_PER_TASK};
+use lrnnx_kernels::cpu::{
+    contiguous, cpu_slice, for_rows, tensor, with_avx2, Float, Rows, ROWS_PER_TASK,
+};
 
 /// The convolution op on `(x (B, L, D), w (D, W), bias (D))`; `x` may also
 /// be `(B*L, D)`, rows batch-major, with `B = batch`.
@@ -24,7 +26,7 @@ pub(crate) struct Dims {
 }
 
 fn dims_of(x: &Shape, w: &Shape, bias: &Shape, batch: usize) -> Result<Dims> {
-    let (b, l, d) = super::util::batch_dims(x, batch, "depthwise conv input")?;
+    let (b, l, d) = lrnnx_kernels::cpu::batch_dims(x, batch, "depthwise conv input")?;
     match (w.dims(), bias.dims()) {
         (&[wd, taps], &[bd]) if wd == d && bd == d && taps > 0 => Ok(Dims { b, l, d, w: taps }),
         _ => candle_core::bail!(

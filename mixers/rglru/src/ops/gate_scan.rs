@@ -21,8 +21,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use lrnnx_kernels::scan_real_tv::{scan_bwd, scan_in_place, TvDims};
 
-use super::util::{contiguous, cpu_slice, for_rows, log_sigmoid, sigmoid, tensor, with_avx2};
-use super::util::{Float, Rows, ROWS_PER_TASK};
+use lrnnx_kernels::cpu::{
+    contiguous, cpu_slice, for_rows, log_sigmoid, sigmoid, tensor, with_avx2,
+};
+use lrnnx_kernels::cpu::{Float, Rows, ROWS_PER_TASK};
 
 /// The fused gate + scan op; see the module docs.
 #[derive(Debug, Clone)]
@@ -53,7 +55,7 @@ impl Dims {
 }
 
 fn dims_of(z: &Shape, xc: &Shape, p: &Shape, batch: usize) -> Result<Dims> {
-    let (b, l, d) = super::util::batch_dims(xc, batch, "RG-LRU gate scan input")?;
+    let (b, l, d) = lrnnx_kernels::cpu::batch_dims(xc, batch, "RG-LRU gate scan input")?;
     let mut zdims = xc.dims().to_vec();
     if let Some(last) = zdims.last_mut() {
         *last = 2 * d;

@@ -4,8 +4,6 @@ pub mod block;
 pub mod conv;
 pub mod gate_scan;
 pub mod gelu_mul;
-pub mod small;
-pub mod util;
 
 pub use conv::depthwise_conv;
 pub use gate_scan::gate_scan;

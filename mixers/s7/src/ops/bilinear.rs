@@ -14,7 +14,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::util::{contiguous, cpu_slice, tensor, Float};
+use lrnnx_kernels::cpu::{contiguous, cpu_slice, tensor, Float};
 
 /// Tokens per GEMM chunk: a `(CHUNK, H*N)` buffer of a few MB.
 const CHUNK: usize = 512;

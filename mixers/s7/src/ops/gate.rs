@@ -5,7 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::util::{contiguous, cpu_slice, tensor, with_avx2, Float};
+use lrnnx_kernels::cpu::{contiguous, cpu_slice, tensor, with_avx2, Float};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;

@@ -6,7 +6,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::util::{self, contiguous, cpu_slice, gelu_and_grad, tensor, with_avx2, Float};
+use lrnnx_kernels::cpu::{
+    self as util, contiguous, cpu_slice, gelu_and_grad, tensor, with_avx2, Float,
+};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;

@@ -4,8 +4,6 @@ pub mod bilinear;
 pub mod gate;
 pub mod gelu;
 pub mod quad;
-pub mod small;
-pub mod util;
 
 pub use bilinear::{b_input, c_output};
 pub use gate::gate_residual;

@@ -17,7 +17,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::util::{contiguous, cpu_slice, tensor, Float};
+use lrnnx_kernels::cpu::{contiguous, cpu_slice, tensor, Float};
 
 /// Coordinates per block.
 pub const BLOCK: usize = 64;

@@ -1,11 +1,8 @@
-//! What the CPU kernels of this crate share: the float trait, slice access and
-//! disjoint parallel writes.
-
-use candle_core::{Layout, Result, Storage, Tensor};
-use rayon::prelude::*;
+//! The float trait of the CPU kernels, with branch-free f32 `exp`/`erf` so
+//! that loops over them vectorize, and the activations built on them.
 
 /// f32 / f64 with the transcendental functions the kernels need.
-pub trait Float: lrnnx_kernels::Real + std::ops::Div<Output = Self> + PartialOrd {
+pub trait Float: crate::Real + std::ops::Div<Output = Self> + PartialOrd {
     /// `e^x`.
     fn exp(self) -> Self;
     /// Square root.
@@ -53,7 +50,7 @@ impl Float for f32 {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the kernel was compiled for.
-            unsafe { super::small::block_f32_avx2(x, k, w, yt) };
+            unsafe { super::small_matmul::block_f32_avx2(x, k, w, yt) };
             return true;
         }
         let _ = (x, k, w, yt);
@@ -178,116 +175,6 @@ pub fn gelu_and_grad<T: Float>(x: T) -> (T, T) {
     let pdf = T::of(0.398_942_280_401_432_7) * (T::of(-0.5) * x * x).exp();
     (x * cdf, cdf + x * pdf)
 }
-
-/// `(B, L, D)` of a `(B, L, D)` shape, or of a `(B*L, D)` one with `B = batch`.
-pub fn batch_dims(
-    s: &candle_core::Shape,
-    batch: usize,
-    what: &str,
-) -> Result<(usize, usize, usize)> {
-    match *s.dims() {
-        [b, l, d] => Ok((b, l, d)),
-        [t, d] if batch > 0 && t % batch == 0 => Ok((batch, t / batch, d)),
-        _ => candle_core::bail!(
-            "{what}: expected (B, L, D), or (B*L, D) with B = {batch}; found {:?}",
-            s.dims()
-        ),
-    }
-}
-
-/// The contiguous part of `s` that `l` describes.
-pub fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("{what} must be contiguous"),
-    }
-}
-
-/// The contiguous CPU slice of a tensor's storage.
-pub fn cpu_slice<'a, T: candle_core::WithDType>(
-    s: &'a Storage,
-    l: &Layout,
-    what: &str,
-) -> Result<&'a [T]> {
-    match s {
-        Storage::Cpu(c) => contiguous(c.as_slice::<T>()?, l, what),
-        _ => candle_core::bail!("{what}: the RG-LRU kernels run on the CPU only"),
-    }
-}
-
-/// A CPU tensor from a vector.
-pub fn tensor<T: candle_core::WithDType>(
-    v: Vec<T>,
-    shape: impl Into<candle_core::Shape>,
-) -> Result<Tensor> {
-    Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
-}
-
-/// Rows `(b, t)` per parallel task of the elementwise passes.
-pub const ROWS_PER_TASK: usize = 64;
-
-/// Below this many elements the elementwise passes run on the calling thread.
-const PARALLEL_THRESHOLD: usize = 1 << 15;
-
-/// Splits `rows` rows of width `d` into parallel tasks of [`ROWS_PER_TASK`]
-/// rows: `f(first row, rows)`.
-pub fn for_rows(rows: usize, d: usize, f: impl Fn(usize, usize) + Sync + Send) {
-    let tasks = rows.div_ceil(ROWS_PER_TASK);
-    let run = |k: usize| {
-        let r0 = k * ROWS_PER_TASK;
-        f(r0, ROWS_PER_TASK.min(rows - r0));
-    };
-    if rows * d < PARALLEL_THRESHOLD {
-        (0..tasks).for_each(run);
-    } else {
-        (0..tasks).into_par_iter().for_each(run);
-    }
-}
-
-/// Lets rayon tasks write disjoint row ranges of one buffer.
-pub struct Rows<T>(*mut T);
-// SAFETY: only used to hand disjoint row ranges of one live buffer to rayon tasks.
-unsafe impl<T> Sync for Rows<T> {}
-unsafe impl<T> Send for Rows<T> {}
-
-impl<T> Rows<T> {
-    pub fn new(v: &mut [T]) -> Self {
-        Self(v.as_mut_ptr())
-    }
-
-    /// Elements `start..start + len`.
-    ///
-    /// # Safety
-    /// The range lies inside the buffer and no other task uses it meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
-    }
-}
-
-/// Defines `$name`, which runs `$imp` compiled for AVX2 + FMA when the CPU
-/// has them (8-wide vectors for the elementwise loops) and the baseline
-/// build otherwise.
-macro_rules! with_avx2 {
-    ($(#[$m:meta])* fn $name:ident<T: Float>($($arg:ident: $ty:ty),* $(,)?) = $imp:ident;) => {
-        $(#[$m])*
-        fn $name<T: Float>($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2<T: Float>($($arg: $ty),*) {
-                    $imp::<T>($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has the features `avx2` was compiled for.
-                    return unsafe { avx2::<T>($($arg),*) };
-                }
-            }
-            $imp::<T>($($arg),*)
-        }
-    };
-}
-pub(crate) use with_avx2;
 
 #[cfg(test)]
 mod tests {

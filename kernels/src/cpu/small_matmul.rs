@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::util::Float;
+use super::float::Float;
 
 /// Output columns per parallel task.
 const COLS_PER_TASK: usize = 64;

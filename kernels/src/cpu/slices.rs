@@ -1,0 +1,94 @@
+//! Raw access to CPU tensors for the kernels: contiguous slices, shapes, and
+//! parallel writes to disjoint row ranges of one buffer.
+
+use candle_core::{Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// `(B, L, D)` of a `(B, L, D)` shape, or of a `(B*L, D)` one with `B = batch`.
+pub fn batch_dims(
+    s: &candle_core::Shape,
+    batch: usize,
+    what: &str,
+) -> Result<(usize, usize, usize)> {
+    match *s.dims() {
+        [b, l, d] => Ok((b, l, d)),
+        [t, d] if batch > 0 && t % batch == 0 => Ok((batch, t / batch, d)),
+        _ => candle_core::bail!(
+            "{what}: expected (B, L, D), or (B*L, D) with B = {batch}; found {:?}",
+            s.dims()
+        ),
+    }
+}
+
+/// The contiguous part of `s` that `l` describes.
+pub fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// The contiguous CPU slice of a tensor's storage.
+pub fn cpu_slice<'a, T: candle_core::WithDType>(
+    s: &'a Storage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    match s {
+        Storage::Cpu(c) => contiguous(c.as_slice::<T>()?, l, what),
+        _ => candle_core::bail!(
+            "{what}: this kernel runs on the CPU only; found a tensor on {:?}",
+            s.device().location()
+        ),
+    }
+}
+
+/// A CPU tensor from a vector.
+pub fn tensor<T: candle_core::WithDType>(
+    v: Vec<T>,
+    shape: impl Into<candle_core::Shape>,
+) -> Result<Tensor> {
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
+}
+
+/// Rows `(b, t)` per parallel task of the elementwise passes.
+pub const ROWS_PER_TASK: usize = 64;
+
+/// Below this many elements the elementwise passes run on the calling thread.
+const PARALLEL_THRESHOLD: usize = 1 << 15;
+
+/// Splits `rows` rows of width `d` into parallel tasks of [`ROWS_PER_TASK`]
+/// rows: `f(first row, rows)`.
+pub fn for_rows(rows: usize, d: usize, f: impl Fn(usize, usize) + Sync + Send) {
+    let tasks = rows.div_ceil(ROWS_PER_TASK);
+    let run = |k: usize| {
+        let r0 = k * ROWS_PER_TASK;
+        f(r0, ROWS_PER_TASK.min(rows - r0));
+    };
+    if rows * d < PARALLEL_THRESHOLD {
+        (0..tasks).for_each(run);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
+}
+
+/// Lets rayon tasks write disjoint row ranges of one buffer.
+pub struct Rows<T>(*mut T);
+// SAFETY: only used to hand disjoint row ranges of one live buffer to rayon tasks.
+unsafe impl<T> Sync for Rows<T> {}
+unsafe impl<T> Send for Rows<T> {}
+
+impl<T> Rows<T> {
+    pub fn new(v: &mut [T]) -> Self {
+        Self(v.as_mut_ptr())
+    }
+
+    /// Elements `start..start + len`.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer and no other task uses it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
