@@ -398,3 +398,32 @@ fn mlstm_mixes_with_attention_and_mamba_and_round_trips() {
         0.0
     );
 }
+
+#[test]
+fn fresh_models_get_lrnnx_init_weights() {
+    let c = LmConfig::new(16, 4, 40, &["Mamba", "LRU"]);
+    let m = LRNNLMHeadModel::init(c, 3, &Device::Cpu).expect("model");
+    let vars = m.store().vars();
+    let abs_max = |name: &str| -> f32 {
+        let v = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("no parameter {name}"));
+        let t = v.as_tensor().abs().expect("abs");
+        t.max_all().and_then(|t| t.to_scalar::<f32>()).expect("max")
+    };
+    // Zeroed: dtA_proj.bias (lrnnx does not mark it _no_reinit).
+    assert_eq!(abs_max("backbone.layers.0.mixer.dtA_proj.bias"), 0.0);
+    // Kept: dt_proj.bias (inverse softplus of dt in [1e-3, 0.1], all < 0).
+    assert!(abs_max("backbone.layers.0.mixer.dt_proj.bias") > 2.0);
+    // Redrawn from U(±1/sqrt(fan_in)) / sqrt(n_layer).
+    let fan_in = vars["backbone.layers.0.mixer.out_proj.weight"]
+        .as_tensor()
+        .dim(1)
+        .expect("dim");
+    let bound = 1.0 / (fan_in as f32).sqrt() / 2f32.sqrt();
+    let w = abs_max("backbone.layers.0.mixer.out_proj.weight");
+    assert!(
+        w <= bound && w > 0.9 * bound,
+        "out_proj max {w}, bound {bound}"
+    );
+}

@@ -141,8 +141,9 @@ impl LRNNLMHeadModel {
     }
 
     /// lrnnx's `_init_weights` (GPT-2 style), applied after the layers drew
-    /// their own inits: linear biases zeroed (not `dt_proj.bias`, not convs,
-    /// not norms), and `out_proj.weight` / `fc2.weight` redrawn from
+    /// their own inits: linear biases zeroed (not `dt_proj.bias`, which lrnnx
+    /// marks `_no_reinit`, not convs, not norms; Mamba's `dtA_proj.bias` is
+    /// zeroed, as lrnnx leaves it unmarked), and `out_proj.weight` / `fc2.weight` redrawn from
     /// `U(±1/sqrt(fan_in))` and divided by `sqrt(n_layer)`.
     fn reinit_like_lrnnx(&self) -> Result<()> {
         let n_layer = self.config.n_layer.max(1) as f64;
@@ -156,8 +157,7 @@ impl LRNNLMHeadModel {
             let is_linear_bias = name.ends_with(".bias")
                 && !is_norm
                 && !name.contains("conv1d")
-                && !name.ends_with("dt_proj.bias")
-                && !name.ends_with("dtA_proj.bias");
+                && !name.ends_with("dt_proj.bias");
             if is_linear_bias && name.contains(".mixer.")
                 || name.contains(".mlp.") && name.ends_with(".bias")
             {
