@@ -11,6 +11,7 @@
 //! Registered as `"attn"`.
 
 mod config;
+mod decode;
 mod mha;
 mod rotary;
 

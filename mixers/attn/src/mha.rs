@@ -7,6 +7,7 @@ use lrnnx_framework::{
     MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 
+use crate::decode::decode_tensors;
 use crate::{MhaConfig, Rotary};
 
 /// Multi-head attention with lrnnx's parameter names: `in_proj` (`[Q|K|V|mlp]`),
@@ -263,11 +264,26 @@ impl Mixer for Mha {
         let (k, v) = (k.transpose(1, 2)?, v.transpose(1, 2)?);
         self.cache_write(state, &k, &v, offset)?;
         let t = offset + l;
-        let kc = state.get("k")?.narrow(2, 0, t)?;
-        let vc = state.get("v")?.narrow(2, 0, t)?;
-        let ctx = self.attend(&q.transpose(1, 2)?.contiguous()?, &kc, &vc)?;
+        let (kc, vc) = (state.get("k")?, state.get("v")?);
+        let fused = match l {
+            1 => decode_tensors(
+                &q.reshape((b, self.heads, self.head_dim))?,
+                kc,
+                vc,
+                t,
+                self.scale,
+            )?,
+            _ => None,
+        };
+        let ctx = match fused {
+            Some(ctx) => ctx,
+            None => self.attend(
+                &q.transpose(1, 2)?.contiguous()?,
+                &kc.narrow(2, 0, t)?,
+                &vc.narrow(2, 0, t)?,
+            )?,
+        };
         state.seqlen_offset = t;
-        let _ = b;
         self.output(ctx, mlp)
     }
 
