@@ -35,13 +35,25 @@
 //! them (picked at run time; `LRNNX_NO_AVX512=1` / `LRNNX_NO_SIMD=1` turn
 //! them off), otherwise portable code; f64 always takes the portable path.
 //! The f32 `exp` is a Cephes-style polynomial, within about 1 ulp.
-//! There is no CUDA path: with feature `cuda`, Mamba still runs on the CPU only.
+//!
+//! ## How it runs (GPU, feature `cuda`)
+//!
+//! `device_path`: candle ops for `in_proj`, the conv, `x_proj`,
+//! `dt_proj` + softplus and `out_proj`, and one CUDA kernel
+//! (`cuda/selective_scan.cu`) for the discretization, the recurrence, the
+//! read-out, the skip and the gate, chunked over `L` inside each block.
+//! Forward, prefill and step run there (step = forward); there is no GPU
+//! backward yet, so training Mamba runs on the CPU. `d_state` up to 64.
 
 pub mod config;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod device_path;
 mod exec;
 mod mamba;
 pub mod math;
+pub mod reference_scan;
 pub mod scan;
 pub mod scan_kernel;
 mod simd;

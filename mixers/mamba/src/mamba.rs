@@ -42,21 +42,21 @@ use crate::MambaConfig;
 ///   so that a step needs no transposes; [`Mamba::ssm_state`] gives lrnnx's `(B, D, N)`.
 #[derive(Debug)]
 pub struct Mamba {
-    cfg: MambaConfig,
+    pub(crate) cfg: MambaConfig,
     d_model: usize,
-    d_inner: usize,
-    rank: usize,
-    rule: Rule,
-    a_log: Tensor,
-    d: Tensor,
-    in_proj: Linear,
-    conv_w: Tensor,
-    conv_b: Option<Tensor>,
-    x_proj: Tensor,
-    dt_w: Tensor,
-    dt_b: Tensor,
-    dta_b: Tensor,
-    out_proj: Linear,
+    pub(crate) d_inner: usize,
+    pub(crate) rank: usize,
+    pub(crate) rule: Rule,
+    pub(crate) a_log: Tensor,
+    pub(crate) d: Tensor,
+    pub(crate) in_proj: Linear,
+    pub(crate) conv_w: Tensor,
+    pub(crate) conv_b: Option<Tensor>,
+    pub(crate) x_proj: Tensor,
+    pub(crate) dt_w: Tensor,
+    pub(crate) dt_b: Tensor,
+    pub(crate) dta_b: Tensor,
+    pub(crate) out_proj: Linear,
 }
 
 fn rule_of(d: Discretization) -> Result<Rule> {
@@ -77,7 +77,7 @@ fn tensor(v: Vec<f64>, shape: &[usize]) -> Result<Tensor> {
 }
 
 /// `x (.., in) @ w^T (+ b)` as one 2-D matmul (`x` may be a strided view).
-fn project(x: &Tensor, lin: &Linear) -> Result<Tensor> {
+pub(crate) fn project(x: &Tensor, lin: &Linear) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let inner = dims.pop().unwrap_or(0);
     let rows = x.elem_count() / inner.max(1);
@@ -191,7 +191,7 @@ impl Mamba {
             .contiguous()?)
     }
 
-    fn dtype(&self) -> DType {
+    pub(crate) fn dtype(&self) -> DType {
         self.a_log.dtype()
     }
 
@@ -292,6 +292,13 @@ impl Mixer for Mamba {
         let (b, l) = check_sequence(x, self.d_model, "Mamba input")?;
         let its = self.timesteps(opts.integration_timesteps.as_ref(), b, l)?;
         let dtype = x.dtype();
+        if !x.device().is_cpu() {
+            if l == 0 {
+                return Ok(x.zeros_like()?);
+            }
+            let run = self.run_on_device(x, its.as_ref(), None)?;
+            return Ok(run.out.to_dtype(dtype)?);
+        }
         let x = x.to_dtype(self.dtype())?;
         let (_, uz) = self.front(&x)?;
         let y = selective_scan(
@@ -308,6 +315,17 @@ impl Mixer for Mamba {
     fn prefill(&self, x: &Tensor, state: &mut MixerState, opts: &ForwardOpts) -> Result<Tensor> {
         let (b, l) = check_sequence(x, self.d_model, "Mamba input")?;
         let its = self.timesteps(opts.integration_timesteps.as_ref(), b, l)?;
+        if !x.device().is_cpu() && l > 0 {
+            let from = match state.seqlen_offset {
+                0 => None,
+                _ => Some((state.get("conv_state")?, state.get("lrnn_state")?)),
+            };
+            let run = self.run_on_device(x, its.as_ref(), from)?;
+            state.set("conv_state", run.conv_state);
+            state.set("lrnn_state", run.h);
+            state.seqlen_offset += l;
+            return Ok(run.out.to_dtype(x.dtype())?);
+        }
         if state.seqlen_offset == 0 {
             return self.prefill_fresh(x, state, its.as_ref());
         }
@@ -345,6 +363,15 @@ impl Mixer for Mamba {
             }
         };
         let dtype = x.dtype();
+        if !x.device().is_cpu() {
+            let from = (state.get("conv_state")?, state.get("lrnn_state")?);
+            let its = its.map(|t| t.reshape((b, 1))).transpose()?;
+            let run = self.run_on_device(&x2.unsqueeze(1)?, its.as_ref(), Some(from))?;
+            state.set("conv_state", run.conv_state);
+            state.set("lrnn_state", run.h);
+            state.seqlen_offset += 1;
+            return match_step_rank(run.out.squeeze(1)?.to_dtype(dtype)?, x);
+        }
         let wts = StepWeights {
             in_w: self.in_proj.weight(),
             in_b: self.in_proj.bias(),
