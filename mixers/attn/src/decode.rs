@@ -163,6 +163,46 @@ pub(crate) fn decode_tensors(
     }
 }
 
+/// `lin(x)` for the few rows of a decoding step, reading the weight in place
+/// (candle's GEMM repacks the whole weight on every call); `None` where it
+/// does not apply (not the CPU, not f32/f64), so that the caller takes candle's.
+pub(crate) fn step_linear(x: &Tensor, lin: &candle_nn::Linear) -> Result<Option<Tensor>> {
+    let w = lin.weight();
+    if !x.device().is_cpu() || x.dtype() != w.dtype() || !w.is_contiguous() {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    let mut dims = x.dims().to_vec();
+    if dims.last() != Some(&k) {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    fn run<T: Float>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, k: usize) -> Result<Vec<T>> {
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let bias = b.map(|b| b.contiguous()).transpose()?;
+        let guard = bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = match &guard {
+            Some((s, l)) => Some(cpu_slice::<T>(s, l, "projection bias")?),
+            None => None,
+        };
+        Ok(lrnnx_kernels::cpu::matmul_t(
+            cpu_slice::<T>(&xs, xl, "step input")?,
+            k,
+            cpu_slice::<T>(&ws, wl, "projection weight")?,
+            bias,
+        ))
+    }
+    dims.pop();
+    dims.push(n);
+    let y = match x.dtype() {
+        candle_core::DType::F32 => tensor(run::<f32>(&x, w, lin.bias(), k)?, dims)?,
+        candle_core::DType::F64 => tensor(run::<f64>(&x, w, lin.bias(), k)?, dims)?,
+        _ => return Ok(None),
+    };
+    Ok(Some(y))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +292,33 @@ mod tests {
                 .map(|(a, &b)| (a - b as f64).abs())
                 .fold(0.0, f64::max);
             assert!(err32 < 2e-6, "shape {i}: f32 error {err32:e}");
+        }
+    }
+
+    #[test]
+    fn step_linear_equals_candle_linear() {
+        use candle_core::{Device, Module};
+        let dev = Device::Cpu;
+        for (rows, k, n, bias) in [
+            (1, 1, 1, false),
+            (3, 7, 5, true),
+            (8, 256, 768, true),
+            (2, 33, 130, false),
+        ] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).expect("w");
+            let b = bias.then(|| Tensor::randn(0f32, 1.0, n, &dev).expect("b"));
+            let lin = candle_nn::Linear::new(w, b);
+            let x = Tensor::randn(0f32, 1.0, (rows, 1, k), &dev).expect("x");
+            let want = lin.forward(&x).expect("candle");
+            let got = step_linear(&x, &lin).expect("ok").expect("CPU f32 applies");
+            assert_eq!(got.dims(), want.dims());
+            let err = (got - &want)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.flatten_all())
+                .and_then(|d| d.max(0))
+                .and_then(|d| d.to_scalar::<f32>())
+                .expect("error");
+            assert!(err < 1e-4, "rows {rows} k {k} n {n}: {err}");
         }
     }
 }

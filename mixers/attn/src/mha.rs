@@ -7,7 +7,7 @@ use lrnnx_framework::{
     MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 
-use crate::decode::decode_tensors;
+use crate::decode::{decode_tensors, step_linear};
 use crate::{MhaConfig, Rotary};
 
 /// Multi-head attention with lrnnx's parameter names: `in_proj` (`[Q|K|V|mlp]`),
@@ -85,7 +85,14 @@ impl Mha {
 
     /// `in_proj`, then the MLP branch split off: `(qkv (B, L, qkv_dim), mlp (B, L, mlp_dim/2))`.
     fn project(&self, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
-        let p = self.in_proj.forward(x)?;
+        let p = match x.dim(1)? {
+            1 => step_linear(x, &self.in_proj)?,
+            _ => None,
+        };
+        let p = match p {
+            Some(p) => p,
+            None => self.in_proj.forward(x)?,
+        };
         let q = self.qkv_dim();
         if self.cfg.mlp_dim == 0 {
             return Ok((p, None));
@@ -183,6 +190,11 @@ impl Mha {
             Some(m) => Tensor::cat(&[ctx, m], D::Minus1)?,
             None => ctx,
         };
+        if ctx.dim(1)? == 1 {
+            if let Some(y) = step_linear(&ctx, &self.out_proj)? {
+                return Ok(y);
+            }
+        }
         Ok(self.out_proj.forward(&ctx)?)
     }
 

@@ -156,9 +156,9 @@ __device__ void scan_block(const T* __restrict__ uz, const T* __restrict__ delta
                         PRODUCT ? prod[(k * NP + n) * W + x] : Math<T>::exp(a[n] * prod[k * W + x]);
                     acc = decay * acc + e;
                 }
-                // W == 16: the block's threads are exactly one lane group of the
-                // state, so threads past D write its padding lanes (as zeros).
-                hlast[state_at + (size_t)n * 16] = active ? acc : T(0);
+                // Blocks cover whole lane groups of the state (W is a multiple
+                // of 16): threads past D zero the padding lanes of the last group.
+                if (d < (s.D + 15) / 16 * 16) hlast[state_at + (size_t)n * 16] = active ? acc : T(0);
             }
         }
     }

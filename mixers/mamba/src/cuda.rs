@@ -40,11 +40,27 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     };
     module.load_function(name).w()
 }
-/// Channels per block: one lane group of the state layout (the kernel
-/// relies on it to zero the padding lanes).
-const WIDTH: usize = LANES;
+/// Channels per block (a multiple of the state layout's 16 lanes; a warp shares its B and C loads).
+const WIDTH: usize = 2 * LANES;
 /// Most chunks of L per block.
 const MAX_CHUNKS: usize = 32;
+
+/// `(channels per block, most chunks)`; `LRNNX_MAMBA_WIDTH` (16 or 32) and
+/// `LRNNX_MAMBA_CHUNKS` override them, for tuning runs.
+fn block_limits() -> (usize, usize) {
+    static LIMITS: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *LIMITS.get_or_init(|| {
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        let width = match env("LRNNX_MAMBA_WIDTH") {
+            Some(16) => 16,
+            _ => WIDTH,
+        };
+        let chunks = env("LRNNX_MAMBA_CHUNKS")
+            .unwrap_or(MAX_CHUNKS)
+            .clamp(1, 1024 / width);
+        (width, chunks)
+    })
+}
 /// Shortest chunk worth a thread.
 const MIN_CHUNK: usize = 8;
 /// Shared memory a block may use without opting in.
@@ -84,26 +100,27 @@ fn rule_code(rule: Rule) -> i32 {
 
 /// Shared memory per chunk of a block: the end states, plus the chunk decay
 /// (one sum of dtA per channel for the exp rules, a product per state for bilinear).
-fn shared_per_chunk(np: usize, rule: Rule, elem: usize) -> usize {
+fn shared_per_chunk(np: usize, rule: Rule, elem: usize, width: usize) -> usize {
     let decay = if rule == Rule::Bilinear { np } else { 1 };
-    (np + decay) * WIDTH * elem
+    (np + decay) * width * elem
 }
 
-/// `(compiled state size, chunks)` for a scan of `l` positions (before the
+/// `(compiled state size, channels per block, chunks)` for a scan of `l` positions (before the
 /// kernel's own thread limit).
-fn launch_shape(n: usize, l: usize, rule: Rule, elem: usize) -> Result<(usize, usize)> {
+fn launch_shape(n: usize, l: usize, rule: Rule, elem: usize) -> Result<(usize, usize, usize)> {
     let Some(&np) = STATE_SIZES.iter().find(|&&s| s >= n) else {
         candle_core::bail!(
             "Mamba selective scan on CUDA: d_state must be at most {}, found {n}",
             STATE_SIZES[STATE_SIZES.len() - 1]
         )
     };
+    let (width, max_chunks) = block_limits();
     let chunks = l
         .div_ceil(MIN_CHUNK)
-        .min(MAX_CHUNKS)
-        .min(SHARED_LIMIT / shared_per_chunk(np, rule, elem))
+        .min(max_chunks)
+        .min(SHARED_LIMIT / shared_per_chunk(np, rule, elem, width))
         .max(1);
-    Ok((np, chunks))
+    Ok((np, width, chunks))
 }
 
 impl GpuScan {
@@ -142,17 +159,17 @@ impl GpuScan {
         let out = unsafe { dev.alloc::<T>(b * l * d + state_len)? };
         if b * l * d > 0 {
             let elem = std::mem::size_of::<T>();
-            let (np, chunks) = launch_shape(n, l, self.rule, elem)?;
+            let (np, width, chunks) = launch_shape(n, l, self.rule, elem)?;
             let rule = rule_code(self.rule);
             let name = format!("selective_scan_{prec}_n{np}_r{rule}");
             let func = function(&dev, &name)?;
             // The registers the compiled kernel uses bound the threads of a block.
             let max_threads = func.max_threads_per_block().w()? as usize;
-            let chunks = chunks.min(max_threads / WIDTH).max(1);
-            let shared = chunks * shared_per_chunk(np, self.rule, elem);
+            let chunks = chunks.min(max_threads / width).max(1);
+            let shared = chunks * shared_per_chunk(np, self.rule, elem, width);
             let cfg = lrnnx_kernels::cuda::config(
-                (d.div_ceil(WIDTH) as u32, b as u32, 1),
-                (WIDTH as u32, chunks as u32, 1),
+                (d.div_ceil(width) as u32, b as u32, 1),
+                (width as u32, chunks as u32, 1),
                 shared as u32,
             );
             let (y, hlast) = (out.slice(..b * l * d), out.slice(b * l * d..));
