@@ -210,16 +210,16 @@ fn mamba_scan_kernel(dev: &Device, a: &Args, copy_gbs: f64) -> anyhow::Result<se
     let skip = Tensor::ones(d, DType::F32, dev)?;
     let h0 = Tensor::zeros((b, d.div_ceil(16), n, 16), DType::F32, dev)?;
     let t = time(dev, a.reps, || {
-        let _ = lrnnx_mamba::cuda::selective_scan_gpu(
-            &uz,
-            &delta,
-            &delta,
-            &xdbl,
-            &a_mat,
-            &skip,
-            &h0,
-            lrnnx_mamba::Rule::Mamba,
-        )?;
+        let _ = lrnnx_mamba::cuda::selective_scan_gpu(&lrnnx_mamba::ScanArgs {
+            uz: &uz,
+            delta: &delta,
+            dta: &delta,
+            xdbl: &xdbl,
+            a: &a_mat,
+            skip: &skip,
+            h0: &h0,
+            rule: lrnnx_mamba::Rule::Mamba,
+        })?;
         Ok(())
     })?;
     let bytes = 4.0 * (uz.elem_count() + 2 * delta.elem_count() + xdbl.elem_count()) as f64;

@@ -17,6 +17,7 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor,
 };
 
+use crate::scan_args::{ScanArgs, ScanSizes};
 use crate::scan_kernel::{Rule, LANES};
 
 /// SASS for the build's GPU (sm_90 by default) and PTX for later ones.
@@ -222,42 +223,20 @@ impl CustomOp1 for GpuScan {
 }
 
 /// The scan on the GPU: `(y (B, L, D), last state (B, ceil(D/16), N, 16))`
-/// from `uz (B, L, 2D)`, `delta`, `dta (B, L, D)`, `xdbl (B, L, R + 2N)`,
-/// `a (D, N)`, `skip (D)` and `h0` in the state layout. No backward: training
-/// Mamba runs on the CPU.
-#[allow(clippy::too_many_arguments)]
-pub fn selective_scan_gpu(
-    uz: &Tensor,
-    delta: &Tensor,
-    dta: &Tensor,
-    xdbl: &Tensor,
-    a: &Tensor,
-    skip: &Tensor,
-    h0: &Tensor,
-    rule: Rule,
-) -> Result<(Tensor, Tensor)> {
-    let (b, l, d2) = uz.dims3()?;
-    let (d, n) = a.dims2()?;
-    let r = xdbl.dim(2)?.saturating_sub(2 * n);
-    let state = [b, d.div_ceil(LANES), n, LANES];
-    if d2 != 2 * d
-        || delta.dims() != [b, l, d]
-        || dta.dims() != [b, l, d]
-        || xdbl.dims() != [b, l, r + 2 * n]
-        || skip.dims() != [d]
-        || h0.dims() != state
-    {
-        candle_core::bail!(
-            "Mamba selective scan: expected uz (B, L, 2D), delta and dtA (B, L, D), xdbl (B, L, R + 2N), A (D, N), D (D), h0 {state:?}; found uz {:?}, delta {:?}, dtA {:?}, xdbl {:?}, A {:?}, D {:?}, h0 {:?}",
-            uz.dims(),
-            delta.dims(),
-            dta.dims(),
-            xdbl.dims(),
-            a.dims(),
-            skip.dims(),
-            h0.dims()
-        );
-    }
+/// (lanes past `D` zero). No backward: training Mamba runs on the CPU.
+pub fn selective_scan_gpu(args: &ScanArgs) -> Result<(Tensor, Tensor)> {
+    let sizes = args.sizes()?;
+    let (state, ScanSizes { b, l, d, n, r }) = (sizes.state(), sizes);
+    let ScanArgs {
+        uz,
+        delta,
+        dta,
+        xdbl,
+        a,
+        skip,
+        h0,
+        rule,
+    } = *args;
     let op = GpuScan {
         delta: delta.contiguous()?,
         dta: dta.contiguous()?,

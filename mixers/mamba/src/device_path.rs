@@ -10,6 +10,7 @@ use lrnnx_framework::{Error, Result};
 
 use crate::mamba::project;
 use crate::reference_scan::selective_scan_reference;
+use crate::scan_args::ScanArgs;
 use crate::scan_kernel::LANES;
 use crate::Mamba;
 
@@ -87,7 +88,16 @@ impl Mamba {
             Some((_, h)) => h.clone(),
             None => Tensor::zeros((b, d.div_ceil(LANES), n, LANES), dtype, dev)?,
         };
-        let (y, h) = scan(&uz, &delta, &dta, &xdbl, &a, &self.d, &h0, self)?;
+        let (y, h) = scan(&ScanArgs {
+            uz: &uz,
+            delta: &delta,
+            dta: &dta,
+            xdbl: &xdbl,
+            a: &a,
+            skip: &self.d,
+            h0: &h0,
+            rule: self.rule,
+        })?;
         Ok(DeviceRun {
             out: project(&y, &self.out_proj)?,
             conv_state,
@@ -97,32 +107,15 @@ impl Mamba {
 }
 
 /// The scan on the tensors' device: the CUDA kernel, or the plain reference on the CPU.
-#[allow(clippy::too_many_arguments)]
-fn scan(
-    uz: &Tensor,
-    delta: &Tensor,
-    dta: &Tensor,
-    xdbl: &Tensor,
-    a: &Tensor,
-    skip: &Tensor,
-    h0: &Tensor,
-    m: &Mamba,
-) -> Result<(Tensor, Tensor)> {
-    let args = (uz, delta, dta, xdbl, a, skip, h0, m.rule);
-    if uz.device().is_cpu() {
-        let (uz, delta, dta, xdbl, a, skip, h0, rule) = args;
-        return Ok(selective_scan_reference(
-            uz, delta, dta, xdbl, a, skip, h0, rule,
-        )?);
+fn scan(args: &ScanArgs) -> Result<(Tensor, Tensor)> {
+    if args.uz.device().is_cpu() {
+        return Ok(selective_scan_reference(args)?);
     }
     #[cfg(feature = "cuda")]
-    if uz.device().is_cuda() {
-        let (uz, delta, dta, xdbl, a, skip, h0, rule) = args;
-        return Ok(crate::cuda::selective_scan_gpu(
-            uz, delta, dta, xdbl, a, skip, h0, rule,
-        )?);
+    if args.uz.device().is_cuda() {
+        return Ok(crate::cuda::selective_scan_gpu(args)?);
     }
-    Err(unsupported(uz))
+    Err(unsupported(args.uz))
 }
 
 fn unsupported(t: &Tensor) -> Error {

@@ -55,6 +55,7 @@ mod mamba;
 pub mod math;
 pub mod reference_scan;
 pub mod scan;
+pub mod scan_args;
 pub mod scan_kernel;
 mod simd;
 mod step;
@@ -62,6 +63,7 @@ mod xproj;
 
 pub use config::{DtRank, MambaConfig};
 pub use mamba::Mamba;
+pub use scan_args::ScanArgs;
 pub use scan_kernel::Rule;
 
 use lrnnx_framework::{BuildArgs, Family, Mixer, MixerSpec, Result};

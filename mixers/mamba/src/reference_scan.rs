@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use crate::scan_args::{ScanArgs, ScanSizes};
 use crate::scan_kernel::{Rule, LANES};
 
 fn values(t: &Tensor) -> Result<Vec<f64>> {
@@ -24,24 +25,22 @@ fn discretize(rule: Rule, dta: f64, delta: f64, a: f64) -> (f64, f64) {
     }
 }
 
-/// Same contract as [`crate::cuda::selective_scan_gpu`] (when built with
-/// `cuda`): `(y (B, L, D), last state (B, ceil(D/16), N, 16))` (lanes past `D`
-/// zero), in `uz`'s dtype.
-#[allow(clippy::too_many_arguments)]
-pub fn selective_scan_reference(
-    uz: &Tensor,
-    delta: &Tensor,
-    dta: &Tensor,
-    xdbl: &Tensor,
-    a: &Tensor,
-    skip: &Tensor,
-    h0: &Tensor,
-    rule: Rule,
-) -> Result<(Tensor, Tensor)> {
-    let (b, l, d2) = uz.dims3()?;
-    let (d, n) = a.dims2()?;
-    let k = xdbl.dim(2)?;
-    let r = k - 2 * n;
+/// Same contract as `crate::cuda::selective_scan_gpu` (feature `cuda`):
+/// `(y (B, L, D), last state (B, ceil(D/16), N, 16))` (lanes past `D` zero),
+/// in `uz`'s dtype.
+pub fn selective_scan_reference(args: &ScanArgs) -> Result<(Tensor, Tensor)> {
+    let ScanSizes { b, l, d, n, r } = args.sizes()?;
+    let ScanArgs {
+        uz,
+        delta,
+        dta,
+        xdbl,
+        a,
+        skip,
+        h0,
+        rule,
+    } = *args;
+    let (d2, k) = (2 * d, r + 2 * n);
     let (uzv, dl, da, xd, av, sk) = (
         values(uz)?,
         values(delta)?,

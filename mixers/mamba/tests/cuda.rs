@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::{Discretization, ForwardOpts, Init, Mixer, ParamStore, StepOpts};
 use lrnnx_mamba::reference_scan::selective_scan_reference;
-use lrnnx_mamba::{cuda::selective_scan_gpu, Mamba, MambaConfig, Rule};
+use lrnnx_mamba::{cuda::selective_scan_gpu, Mamba, MambaConfig, Rule, ScanArgs};
 
 /// `max |a - b| / max(1, max |b|)`, on the CPU in f64.
 fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
@@ -31,6 +31,21 @@ fn draw(shape: &[usize], seed: u64, init: Init, dtype: DType, dev: &Device) -> T
         .builder()
         .get(shape, "x", init)
         .expect("random tensor")
+}
+
+/// The scan's arguments from `[uz, delta, dta, xdbl, a, skip, h0]`.
+fn args<'a>(t: [&'a Tensor; 7], rule: Rule) -> ScanArgs<'a> {
+    let [uz, delta, dta, xdbl, a, skip, h0] = t;
+    ScanArgs {
+        uz,
+        delta,
+        dta,
+        xdbl,
+        a,
+        skip,
+        h0,
+        rule,
+    }
 }
 
 const RULES: [(Discretization, Rule); 4] = [
@@ -99,20 +114,10 @@ fn scan_kernel_matches_reference() {
                     dtype,
                     &Device::Cpu,
                 );
-                let want = selective_scan_reference(&uz, &delta, &dta, &xdbl, &a, &skip, &h0, rule)
-                    .expect("reference");
-                let on = |t: &Tensor| t.to_device(&gpu).expect("to GPU");
-                let got = selective_scan_gpu(
-                    &on(&uz),
-                    &on(&delta),
-                    &on(&dta),
-                    &on(&xdbl),
-                    &on(&a),
-                    &on(&skip),
-                    &on(&h0),
-                    rule,
-                )
-                .expect("GPU scan");
+                let cpu = [&uz, &delta, &dta, &xdbl, &a, &skip, &h0];
+                let want = selective_scan_reference(&args(cpu, rule)).expect("reference");
+                let on_gpu = cpu.map(|t| t.to_device(&gpu).expect("to GPU"));
+                let got = selective_scan_gpu(&args(on_gpu.each_ref(), rule)).expect("GPU scan");
                 let (ey, eh) = (max_rel(&got.0, &want.0), max_rel(&got.1, &want.1));
                 println!("scan {dtype:?} B={b} L={l} D={d} N={n} {rule:?}: y {ey:.1e}, last state {eh:.1e}");
                 let tol = if dtype == DType::F64 { 1e-11 } else { 2e-5 };
