@@ -4,12 +4,12 @@ mod block;
 mod linear;
 mod mlp;
 mod norm;
-mod ssm_wrapper;
+mod ssm;
 
 pub use block::Block;
 pub use linear::{linear, linear_maybe_bias, linear_no_bias, Linear};
 pub use mlp::GatedMlp;
 pub use norm::{Norm, NormKind};
-pub use ssm_wrapper::{
+pub use ssm::{
     hippo, mask_lengths, GateStyle, SsmParams, SsmSpec, SsmWrapper, SsmWrapperOpts, Transform,
 };
