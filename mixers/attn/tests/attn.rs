@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use lrnnx_attn::{Mha, MhaConfig, Rotary};
 use lrnnx_framework::{ForwardOpts, Mixer, ParamStore, StepOpts};
+use lrnnx_testing::{max_err, vec1};
 
 fn cfg(json: &str) -> MhaConfig {
     serde_json::from_str(json).unwrap()
@@ -20,23 +21,6 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
             },
         )
         .unwrap()
-}
-
-fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 /// NeoX-style rotary on one head vector at position `pos`.

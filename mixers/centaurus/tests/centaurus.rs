@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_centaurus::{Centaurus, CentaurusConfig, ForwardMode, Mode};
 use lrnnx_framework::{BuildArgs, Family, ForwardOpts, Init, Lti, Mixer, ParamStore, StepOpts};
+use lrnnx_testing::{max_err, vec1};
 
 const MODES: [Mode; 4] = [Mode::Neck, Mode::Pw, Mode::Dws, Mode::Full];
 
@@ -88,23 +89,6 @@ fn build(
     let layer = Centaurus::new(h, config(n, m, mode, fm), &store.builder()).unwrap();
     randomize(&store, 3);
     (layer, store)
-}
-
-fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 fn max_abs(a: &[f64]) -> f64 {

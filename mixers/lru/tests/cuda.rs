@@ -4,39 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::{ForwardOpts, Mixer, ParamStore, StepOpts};
 use lrnnx_lru::{Lru, LruConfig};
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let err = (&a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    err / b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-        .max(1.0)
-}
+use lrnnx_testing::max_rel;
 
 #[test]
 fn forward_and_step_match_cpu() {

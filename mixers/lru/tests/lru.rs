@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
 use lrnnx_lru::{Lru, LruConfig};
+use lrnnx_testing::{max_err, randn, vec1};
 
 fn config(n: usize) -> LruConfig {
     LruConfig {
@@ -17,30 +18,6 @@ fn build(h: usize, n: usize, seed: u64, dtype: DType) -> (Lru, std::sync::Arc<Pa
     let store = ParamStore::init(seed, dtype, &Device::Cpu);
     let lru = Lru::new(h, config(n), &store.builder()).unwrap();
     (lru, store)
-}
-
-fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let store = ParamStore::init(seed, dtype, &Device::Cpu);
-    store
-        .builder()
-        .get(
-            shape,
-            "x",
-            lrnnx_framework::Init::Normal {
-                mean: 0.0,
-                std: 1.0,
-            },
-        )
-        .unwrap()
-}
-
-fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Per-token recurrence in f64 with the complex numbers spelled out.
@@ -78,14 +55,6 @@ fn reference(store: &ParamStore, x: &Tensor) -> Vec<f64> {
         }
     }
     y
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 #[test]

@@ -131,21 +131,7 @@ mod tests {
     use lrnnx_framework::{Discretization, ForwardOpts, Init, Mixer, ParamStore};
 
     use crate::{Mamba, MambaConfig};
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-        let v = |t: &Tensor| -> Vec<f64> {
-            let t = t.to_dtype(DType::F64).and_then(|t| t.flatten_all());
-            t.and_then(|t| t.to_vec1()).expect("values")
-        };
-        let (a, b) = (v(a), v(b));
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
-            / scale
-    }
+    use lrnnx_testing::max_rel;
 
     /// The device path (candle ops + plain scan, here on the CPU) against the
     /// fused CPU kernels: whole sequences, a split prefill and single steps,

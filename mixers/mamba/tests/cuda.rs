@@ -6,25 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::{Discretization, ForwardOpts, Init, Mixer, ParamStore, StepOpts};
 use lrnnx_mamba::reference_scan::selective_scan_reference;
 use lrnnx_mamba::{cuda::selective_scan_gpu, Mamba, MambaConfig, Rule, ScanArgs};
-
-/// `max |a - b| / max(1, max |b|)`, on the CPU in f64.
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let v = |t: &Tensor| -> Vec<f64> {
-        t.to_device(&Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F64))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1())
-            .expect("values")
-    };
-    let (a, b) = (v(a), v(b));
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
+use lrnnx_testing::max_rel;
 
 fn draw(shape: &[usize], seed: u64, init: Init, dtype: DType, dev: &Device) -> Tensor {
     ParamStore::init(seed, dtype, dev)

@@ -9,6 +9,7 @@ use lrnnx_framework::{
     BuildArgs, Discretization, ForwardOpts, Mixer, ParamStore, Registry, StepOpts,
 };
 use lrnnx_mamba::{DtRank, Mamba, MambaConfig};
+use lrnnx_testing::{max_err, randn, vec1};
 
 const RULES: [Discretization; 4] = [
     Discretization::Mamba,
@@ -77,21 +78,6 @@ fn build(
     (m, store)
 }
 
-fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let store = ParamStore::init(seed, dtype, &Device::Cpu);
-    store
-        .builder()
-        .get(
-            shape,
-            "x",
-            lrnnx_framework::Init::Normal {
-                mean: 0.0,
-                std: 1.0,
-            },
-        )
-        .unwrap()
-}
-
 /// Positive timesteps in [0.2, 2.2).
 fn timesteps(b: usize, l: usize, seed: u64, dtype: DType) -> Tensor {
     let store = ParamStore::init(seed, dtype, &Device::Cpu);
@@ -103,23 +89,6 @@ fn timesteps(b: usize, l: usize, seed: u64, dtype: DType) -> Tensor {
             lrnnx_framework::Init::Uniform { lo: 0.2, hi: 2.2 },
         )
         .unwrap()
-}
-
-fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 fn softplus(x: f64) -> f64 {

@@ -8,6 +8,7 @@ use lrnnx_framework::{
     StepOpts,
 };
 use lrnnx_rglru::{RgLru, RgLruConfig};
+use lrnnx_testing::{max_err, randn, vec1};
 
 fn config(d_conv: usize, expand: f64, bias: bool) -> RgLruConfig {
     RgLruConfig {
@@ -22,38 +23,6 @@ fn build(h: usize, cfg: RgLruConfig, seed: u64, dtype: DType) -> (RgLru, Arc<Par
     let store = ParamStore::init(seed, dtype, &Device::Cpu);
     let m = RgLru::new(h, cfg, &store.builder()).unwrap();
     (m, store)
-}
-
-fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let store = ParamStore::init(seed, dtype, &Device::Cpu);
-    store
-        .builder()
-        .get(
-            shape,
-            "x",
-            lrnnx_framework::Init::Normal {
-                mean: 0.0,
-                std: 1.0,
-            },
-        )
-        .unwrap()
-}
-
-fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 fn sigmoid(x: f64) -> f64 {

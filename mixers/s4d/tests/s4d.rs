@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
 use lrnnx_s4d::{ForwardMode, S4d, S4dConfig};
+use lrnnx_testing::{max_err, randn, vec1};
 use serde_json::{json, Value};
 
 fn config(kw: Value) -> S4dConfig {
@@ -20,38 +21,6 @@ fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (S4d, std::sync::Arc<P
     let store = ParamStore::init(seed, dtype, &Device::Cpu);
     let m = S4d::new(h, config(kw), &store.builder()).unwrap();
     (m, store)
-}
-
-fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let store = ParamStore::init(seed, dtype, &Device::Cpu);
-    store
-        .builder()
-        .get(
-            shape,
-            "x",
-            lrnnx_framework::Init::Normal {
-                mean: 0.0,
-                std: 1.0,
-            },
-        )
-        .unwrap()
-}
-
-fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 type Cx = (f64, f64);

@@ -9,6 +9,7 @@ use lrnnx_framework::{
     config_to_json, BuildArgs, Discretization, Family, ForwardOpts, Mixer, ParamStore, Registry,
     StepOpts,
 };
+use lrnnx_testing::vec1;
 
 // ---------------------------------------------------------------- helpers
 
@@ -28,15 +29,6 @@ fn rand(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f64> {
 
 fn t(v: Vec<f64>, shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// `max |a - b| / max(1, max |b|)`.

@@ -8,6 +8,7 @@ use lrnnx_framework::{
     StepOpts,
 };
 use lrnnx_s7::{S7Config, S7};
+use lrnnx_testing::{max_err, randn, vec1};
 
 /// The layer with x_proj scaled up from its tiny N(0, 0.02) init, so that
 /// `B`, `C`, `D` and the decay all matter.
@@ -17,38 +18,6 @@ fn build(h: usize, n: usize, seed: u64, dtype: DType) -> (S7, Arc<ParamStore>) {
     let xp = &store.vars()["x_proj.weight"];
     xp.set(&(xp.as_tensor() * 15.0).unwrap()).unwrap();
     (m, store)
-}
-
-fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let store = ParamStore::init(seed, dtype, &Device::Cpu);
-    store
-        .builder()
-        .get(
-            shape,
-            "x",
-            lrnnx_framework::Init::Normal {
-                mean: 0.0,
-                std: 1.0,
-            },
-        )
-        .unwrap()
-}
-
-fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 fn gelu(x: f64) -> f64 {

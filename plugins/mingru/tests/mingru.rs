@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_framework::plugin::{Registrar, STATUS_OK};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Mixer, MixerSpec, ParamStore, StepOpts};
 use lrnnx_mingru::{MinGru, MinGruConfig};
+use lrnnx_testing::{max_err, randn, vec1};
 
 fn config(expansion_factor: f64, proj_out: Option<bool>) -> MinGruConfig {
     MinGruConfig {
@@ -24,24 +25,6 @@ fn build(
     let store = ParamStore::init(seed, dtype, &Device::Cpu);
     let m = MinGru::new(h, cfg, &store.builder()).unwrap();
     (m, store)
-}
-
-fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let store = ParamStore::init(seed, dtype, &Device::Cpu);
-    let init = lrnnx_framework::Init::Normal {
-        mean: 0.0,
-        std: 1.0,
-    };
-    store.builder().get(shape, "x", init).unwrap()
-}
-
-fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 fn sigmoid(v: f64) -> f64 {
@@ -83,14 +66,6 @@ fn reference(store: &ParamStore, x: &Tensor, d: usize) -> Vec<f64> {
         }
     }
     y
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 #[test]
