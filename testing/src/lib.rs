@@ -5,7 +5,7 @@
 //! as `f64`, and the two error measures the tests assert on. Test code: it
 //! panics on failure instead of returning errors.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_framework::{Init, ParamStore};
 
 /// A `N(0, 1)` tensor on the CPU, reproducible from `seed`.
@@ -58,4 +58,37 @@ pub fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (vec1(a), vec1(b));
     let scale = b.iter().fold(1.0f64, |m, x| m.max(x.abs()));
     max_err(&a, &b) / scale
+}
+
+/// The central difference `(loss(v + eps e_idx) - loss(v - eps e_idx)) / 2 eps`
+/// of `loss` in element `idx` of `var` (any shape; set through `f64`, so use
+/// f64 variables for tight checks). `var` holds its old values afterwards.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// let v = Var::new(&[1.0f64, 2.0, 3.0], &Device::Cpu).unwrap();
+/// let square_sum = || v.as_tensor().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+/// let d = lrnnx_testing::central_difference(&v, 1, 1e-6, square_sum);
+/// assert!((d - 4.0).abs() < 1e-6);
+/// assert_eq!(lrnnx_testing::vec1(v.as_tensor()), vec![1.0, 2.0, 3.0]);
+/// ```
+pub fn central_difference(var: &Var, idx: usize, eps: f64, mut loss: impl FnMut() -> f64) -> f64 {
+    let base = vec1(var.as_tensor());
+    let (shape, dtype, device) = (var.shape().clone(), var.dtype(), var.device().clone());
+    let set = |values: Vec<f64>| {
+        let t = Tensor::from_vec(values, shape.clone(), &Device::Cpu)
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_device(&device))
+            .expect("a bumped copy of the variable");
+        var.set(&t).expect("same shape and dtype");
+    };
+    let mut at = |delta: f64| {
+        let mut bumped = base.clone();
+        bumped[idx] += delta;
+        set(bumped);
+        let out = loss();
+        set(base.clone());
+        out
+    };
+    (at(eps) - at(-eps)) / (2.0 * eps)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_centaurus::{Centaurus, CentaurusConfig, ForwardMode, Mode};
 use lrnnx_framework::{BuildArgs, Family, ForwardOpts, Init, Lti, Mixer, ParamStore, StepOpts};
-use lrnnx_testing::{max_err, vec1};
+use lrnnx_testing::{central_difference, max_err, vec1};
 
 const MODES: [Mode; 4] = [Mode::Neck, Mode::Pw, Mode::Dws, Mode::Full];
 
@@ -345,18 +345,9 @@ fn gradients_match_finite_differences() {
                 let len = base.len();
                 // A: real and imaginary parts of the first and last sub-state.
                 for idx in [0, 1, len / 2, len - 2, len - 1] {
-                    let bump = |delta: f64| {
-                        let mut v = base.clone();
-                        v[idx] += delta;
-                        let shape = var.as_tensor().shape().clone();
-                        var.set(&Tensor::from_vec(v, shape.clone(), &Device::Cpu).unwrap())
-                            .unwrap();
-                        let out = loss(x.as_tensor()).to_scalar::<f64>().unwrap();
-                        var.set(&Tensor::from_vec(base.clone(), shape, &Device::Cpu).unwrap())
-                            .unwrap();
-                        out
-                    };
-                    let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+                    let fd = central_difference(&var, idx, eps, || {
+                        loss(x.as_tensor()).to_scalar::<f64>().unwrap()
+                    });
                     let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
                     assert!(
                         err < 1e-6,

@@ -9,7 +9,7 @@ use lrnnx_framework::{
     BuildArgs, Discretization, ForwardOpts, Mixer, ParamStore, Registry, StepOpts,
 };
 use lrnnx_mamba::{DtRank, Mamba, MambaConfig};
-use lrnnx_testing::{max_err, randn, vec1};
+use lrnnx_testing::{central_difference, max_err, randn, vec1};
 
 const RULES: [Discretization; 4] = [
     Discretization::Mamba,
@@ -481,19 +481,9 @@ fn check_gradients(
             .chain([n - 1])
             .collect();
         for idx in picks {
-            let bump = |delta: f64| {
-                let mut v = base.clone();
-                v[idx] += delta;
-                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let out = loss(x.as_tensor()).to_scalar::<f64>().unwrap();
-                var.set(
-                    &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
-                )
-                .unwrap();
-                out
-            };
-            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let fd = central_difference(&var, idx, eps, || {
+                loss(x.as_tensor()).to_scalar::<f64>().unwrap()
+            });
             let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
             assert!(
                 err < 1e-6,

@@ -6,6 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{max_abs, max_err, randn, vec1, CellRef};
 use lrnnx_mlstm::cell::{self, CellState};
+use lrnnx_testing::central_difference;
 
 const EPS: f64 = 1e-6;
 
@@ -278,19 +279,7 @@ fn check_gradients(form: &str) {
             .map(vec1)
             .unwrap_or(vec![0.0; base.len()]);
         for idx in [0, base.len() / 3, base.len() / 2, base.len() - 1] {
-            let bump = |delta: f64| {
-                let mut v = base.clone();
-                v[idx] += delta;
-                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let out = loss().to_scalar::<f64>().unwrap();
-                var.set(
-                    &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
-                )
-                .unwrap();
-                out
-            };
-            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let fd = central_difference(&var, idx, eps, || loss().to_scalar::<f64>().unwrap());
             let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
             assert!(
                 err < 1e-6,

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::{max_abs, max_err, randn, vec1, CellRef};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Mixer, ParamStore, Registry, StepOpts};
 use lrnnx_mlstm::{Mlstm, MlstmConfig};
+use lrnnx_testing::central_difference;
 
 fn config(heads: usize, blocksize: usize, taps: usize, chunk: usize, bias: bool) -> MlstmConfig {
     MlstmConfig {
@@ -331,19 +332,9 @@ fn gradients_match_finite_differences() {
         );
         let base = vec1(var.as_tensor());
         for idx in [0, base.len() / 2, base.len() - 1] {
-            let bump = |delta: f64| {
-                let mut v = base.clone();
-                v[idx] += delta;
-                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let out = loss(x.as_tensor()).to_scalar::<f64>().unwrap();
-                var.set(
-                    &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
-                )
-                .unwrap();
-                out
-            };
-            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let fd = central_difference(&var, idx, eps, || {
+                loss(x.as_tensor()).to_scalar::<f64>().unwrap()
+            });
             let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
             assert!(
                 err < 1e-6,

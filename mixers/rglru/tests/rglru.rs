@@ -8,7 +8,7 @@ use lrnnx_framework::{
     StepOpts,
 };
 use lrnnx_rglru::{RgLru, RgLruConfig};
-use lrnnx_testing::{max_err, randn, vec1};
+use lrnnx_testing::{central_difference, max_err, randn, vec1};
 
 fn config(d_conv: usize, expand: f64, bias: bool) -> RgLruConfig {
     RgLruConfig {
@@ -216,19 +216,9 @@ fn gradients_match_finite_differences() {
         );
         let base = vec1(var.as_tensor());
         for idx in [0, base.len() / 2, base.len() - 1] {
-            let bump = |delta: f64| {
-                let mut v = base.clone();
-                v[idx] += delta;
-                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let out = loss(x.as_tensor()).to_scalar::<f64>().unwrap();
-                var.set(
-                    &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
-                )
-                .unwrap();
-                out
-            };
-            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let fd = central_difference(&var, idx, eps, || {
+                loss(x.as_tensor()).to_scalar::<f64>().unwrap()
+            });
             let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
             assert!(
                 err < 1e-7,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
 use lrnnx_s4::{ForwardMode, S4Config, S4};
-use lrnnx_testing::{max_err, randn, vec1};
+use lrnnx_testing::{central_difference, max_err, randn, vec1};
 use serde_json::{json, Value};
 
 fn config(kw: Value) -> S4Config {
@@ -583,20 +583,7 @@ fn gradients_match_finite_differences() {
             let base = vec1(var.as_tensor());
             for idx in [0, base.len() / 2, base.len() - 1] {
                 let eps = 1e-6;
-                let bump = |delta: f64| {
-                    let mut v = base.clone();
-                    v[idx] += delta;
-                    var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                        .unwrap();
-                    let out = loss(&m);
-                    var.set(
-                        &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu)
-                            .unwrap(),
-                    )
-                    .unwrap();
-                    out
-                };
-                let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+                let fd = central_difference(&var, idx, eps, || loss(&m));
                 let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
                 assert!(
                     err < 1e-6,

@@ -9,7 +9,7 @@ use lrnnx_framework::{
     config_to_json, BuildArgs, Discretization, Family, ForwardOpts, Mixer, ParamStore, Registry,
     StepOpts,
 };
-use lrnnx_testing::vec1;
+use lrnnx_testing::{central_difference, vec1};
 
 // ---------------------------------------------------------------- helpers
 
@@ -593,17 +593,11 @@ fn check_gradients(
         };
         for idx in [0, 1, len / 3, len / 2, len - 1] {
             let idx = idx.min(len - 1);
-            let bump = |delta: f64| {
-                let mut v = base.clone();
-                v[idx] += delta;
-                var.set(&t(v, var.dims())).unwrap();
-                let out = loss(x.as_tensor(), tau.as_ref().map(|v| v.as_tensor()))
+            let fd = central_difference(&var, idx, eps, || {
+                loss(x.as_tensor(), tau.as_ref().map(|v| v.as_tensor()))
                     .to_scalar::<f64>()
-                    .unwrap();
-                var.set(&t(base.clone(), var.dims())).unwrap();
-                out
-            };
-            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+                    .unwrap()
+            });
             let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
             assert!(
                 err < 1e-6,

@@ -8,7 +8,7 @@ use lrnnx_framework::{
     StepOpts,
 };
 use lrnnx_s7::{S7Config, S7};
-use lrnnx_testing::{max_err, randn, vec1};
+use lrnnx_testing::{central_difference, max_err, randn, vec1};
 
 /// The layer with x_proj scaled up from its tiny N(0, 0.02) init, so that
 /// `B`, `C`, `D` and the decay all matter.
@@ -189,19 +189,9 @@ fn check_gradients(b: usize, l: usize, h: usize, n: usize, seed: u64) {
         };
         for idx in idx {
             let eps = 1e-6;
-            let bump = |delta: f64| {
-                let mut v = base.clone();
-                v[idx] += delta;
-                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let out = loss(x.as_tensor()).to_scalar::<f64>().unwrap();
-                var.set(
-                    &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
-                )
-                .unwrap();
-                out
-            };
-            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let fd = central_difference(&var, idx, eps, || {
+                loss(x.as_tensor()).to_scalar::<f64>().unwrap()
+            });
             let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
             assert!(
                 err < 1e-7,

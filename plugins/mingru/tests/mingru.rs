@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_framework::plugin::{Registrar, STATUS_OK};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Mixer, MixerSpec, ParamStore, StepOpts};
 use lrnnx_mingru::{MinGru, MinGruConfig};
-use lrnnx_testing::{max_err, randn, vec1};
+use lrnnx_testing::{central_difference, max_err, randn, vec1};
 
 fn config(expansion_factor: f64, proj_out: Option<bool>) -> MinGruConfig {
     MinGruConfig {
@@ -156,19 +156,9 @@ fn gradients_match_finite_differences() {
         );
         let base = vec1(var.as_tensor());
         for idx in [0, base.len() / 3, base.len() / 2, base.len() - 1] {
-            let bump = |delta: f64| {
-                let mut v = base.clone();
-                v[idx] += delta;
-                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let out = loss(&m, x.as_tensor()).to_scalar::<f64>().unwrap();
-                var.set(
-                    &Tensor::from_vec(base.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
-                )
-                .unwrap();
-                out
-            };
-            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let fd = central_difference(&var, idx, eps, || {
+                loss(&m, x.as_tensor()).to_scalar::<f64>().unwrap()
+            });
             let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
             assert!(
                 err < 1e-6,
