@@ -279,7 +279,7 @@ fn check_gradients(form: &str) {
             .map(vec1)
             .unwrap_or(vec![0.0; base.len()]);
         for idx in [0, base.len() / 3, base.len() / 2, base.len() - 1] {
-            let fd = central_difference(&var, idx, eps, || loss().to_scalar::<f64>().unwrap());
+            let fd = central_difference(var, idx, eps, || loss().to_scalar::<f64>().unwrap());
             let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
             assert!(
                 err < 1e-6,

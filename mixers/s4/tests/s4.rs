@@ -583,7 +583,7 @@ fn gradients_match_finite_differences() {
             let base = vec1(var.as_tensor());
             for idx in [0, base.len() / 2, base.len() - 1] {
                 let eps = 1e-6;
-                let fd = central_difference(&var, idx, eps, || loss(&m));
+                let fd = central_difference(var, idx, eps, || loss(&m));
                 let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
                 assert!(
                     err < 1e-6,

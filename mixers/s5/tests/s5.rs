@@ -593,7 +593,7 @@ fn check_gradients(
         };
         for idx in [0, 1, len / 3, len / 2, len - 1] {
             let idx = idx.min(len - 1);
-            let fd = central_difference(&var, idx, eps, || {
+            let fd = central_difference(var, idx, eps, || {
                 loss(x.as_tensor(), tau.as_ref().map(|v| v.as_tensor()))
                     .to_scalar::<f64>()
                     .unwrap()
