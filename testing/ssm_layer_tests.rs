@@ -1,0 +1,137 @@
+// Tests shared by the S4 and S4D layers (the same wrapper around two SSMs),
+// `include!`d by `mixers/s4/tests/s4.rs` and `mixers/s4d/tests/s4d.rs`.
+// The including file provides `Layer`, `GRADIENT_PARAMS` and the helpers
+// `build`, `config`, `reference` and `forward_with` with the same signatures.
+
+#[test]
+fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
+    let (b, l, h) = (2, 40, 4);
+    let (m, store) = build(h, json!({}), 6, DType::F64);
+    let x = randn(&[b, l, h], 2, DType::F64);
+    let opts = ForwardOpts {
+        lengths: Some(Tensor::new(&[40i64, 23], &Device::Cpu).unwrap()),
+        ..Default::default()
+    };
+    let got = vec1(&m.forward(&x, &opts).unwrap());
+    let want = reference(&store, &config(json!({})), &x, Some(&[40, 23]));
+    assert!(max_err(&got, &want) < 1e-10);
+    // A length equal to L everywhere changes nothing; a (1,) length broadcasts.
+    let opts1 = ForwardOpts {
+        lengths: Some(Tensor::new(&[23u32], &Device::Cpu).unwrap()),
+        ..Default::default()
+    };
+    let got = vec1(&m.forward(&x, &opts1).unwrap());
+    assert!(
+        max_err(
+            &got,
+            &reference(&store, &config(json!({})), &x, Some(&[23, 23]))
+        ) < 1e-10
+    );
+    let bad = ForwardOpts {
+        lengths: Some(Tensor::new(&[1i64, 2, 3], &Device::Cpu).unwrap()),
+        ..Default::default()
+    };
+    let e = m.forward(&x, &bad).unwrap_err().to_string();
+    assert!(e.contains("lengths") && e.contains("[3]"), "{e}");
+
+    // l_max = 10 < L: the taps past 10 are dropped (as lrnnx); prefix outputs agree.
+    let (mut ml, _) = build(h, json!({"l_max": 10}), 6, DType::F64);
+    let full = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
+    let cut = vec1(&ml.forward(&x, &ForwardOpts::default()).unwrap());
+    for bi in 0..b {
+        for t in 0..l {
+            for i in 0..h {
+                let at = (bi * l + t) * h + i;
+                if t < 10 {
+                    assert!((full[at] - cut[at]).abs() < 1e-12);
+                }
+            }
+        }
+    }
+    assert!(max_err(&full, &cut) > 1e-6);
+    ml.set_forward_mode(ForwardMode::Scan);
+    let e = ml
+        .forward(&x, &ForwardOpts::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("l_max"), "{e}");
+}
+
+/// Central finite differences of `sum(forward(x) * w)` against autograd, in f64,
+/// for every parameter (gate and bottleneck included) and the input, in both modes.
+#[test]
+fn gradients_match_finite_differences() {
+    let (b, l, h) = (2, 6, 3);
+    let kw = json!({"d_state": 6, "gate": 2, "bottleneck": 1, "dt_tie": false});
+    let (mut m, store) = build(h, kw, 8, DType::F64);
+    let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
+    let w = randn(&[b, l, h], 4, DType::F64);
+    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
+    params.push(("x".into(), x.clone()));
+    assert_eq!(params.len(), GRADIENT_PARAMS);
+    for mode in [ForwardMode::Scan, ForwardMode::Conv] {
+        m.set_forward_mode(mode);
+        let loss = |m: &Layer| -> f64 {
+            (m.forward(x.as_tensor(), &ForwardOpts::default()).unwrap() * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let grads = (m.forward(x.as_tensor(), &ForwardOpts::default()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, var) in &params {
+            let g = vec1(
+                grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {name}")),
+            );
+            let base = vec1(var.as_tensor());
+            for idx in [0, base.len() / 2, base.len() - 1] {
+                let eps = 1e-6;
+                let fd = central_difference(var, idx, eps, || loss(&m));
+                let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
+                assert!(
+                    err < 1e-6,
+                    "{mode:?} {name}[{idx}]: autograd {} vs finite differences {fd}",
+                    g[idx]
+                );
+            }
+        }
+    }
+}
+
+/// L = 100000 in both modes: finite, and the last positions equal stepping
+/// the recurrence on from the state a prefill of the first L - 8 positions reaches.
+#[test]
+fn long_sequence_stays_finite_and_matches_stepping() {
+    let (l, h) = (100_000, 4);
+    let (mut m, _) = build(h, json!({"d_state": 4}), 1, DType::F32);
+    let x = randn(&[1, l, h], 5, DType::F32);
+    let mut st = m.init_state(1, l, DType::F32, &Device::Cpu).unwrap();
+    m.prefill(
+        &x.narrow(1, 0, l - 8).unwrap(),
+        &mut st,
+        &ForwardOpts::default(),
+    )
+    .unwrap();
+    let mut stepped = Vec::new();
+    for t in l - 8..l {
+        stepped.extend(vec1(
+            &m.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
+                .unwrap(),
+        ));
+    }
+    for mode in [ForwardMode::Scan, ForwardMode::Conv] {
+        m.set_forward_mode(mode);
+        let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
+        assert!(y.iter().all(|v| v.is_finite()), "{mode:?}");
+        let err = max_err(&y[(l - 8) * h..], &stepped);
+        assert!(err < 1e-4, "{mode:?}: last 8 positions vs stepping: {err}");
+    }
+}
