@@ -1,6 +1,6 @@
 // Tests shared by the S4 and S4D layers (the same wrapper around two SSMs),
 // `include!`d by `mixers/s4/tests/s4.rs` and `mixers/s4d/tests/s4d.rs`.
-// The including file provides `Layer`, `GRADIENT_PARAMS` and the helpers
+// The including file provides `Layer`, `GRADIENT_PARAMS`, `step_cases` and the helpers
 // `build`, `config`, `reference` and `forward_with` with the same signatures.
 
 #[test]
@@ -133,5 +133,78 @@ fn long_sequence_stays_finite_and_matches_stepping() {
         assert!(y.iter().all(|v| v.is_finite()), "{mode:?}");
         let err = max_err(&y[(l - 8) * h..], &stepped);
         assert!(err < 1e-4, "{mode:?}: last 8 positions vs stepping: {err}");
+    }
+}
+
+#[test]
+fn scan_equals_convolution_at_length() {
+    let (mut m, _) = build(8, json!({"d_state": 16}), 5, DType::F32);
+    let x = randn(&[3, 300, 8], 1, DType::F32);
+    let a = forward_with(&mut m, ForwardMode::Scan, &x, &ForwardOpts::default());
+    let b = forward_with(&mut m, ForwardMode::Conv, &x, &ForwardOpts::default());
+    let err = max_err(&a, &b);
+    assert!(err < 2e-5, "scan vs conv: {err}");
+}
+
+#[test]
+fn step_and_prefill_equal_forward() {
+    for kw in step_cases() {
+        let (b, l, h) = (3, 40, 6);
+        let (m, _) = build(h, kw.clone(), 2, DType::F32);
+        let x = randn(&[b, l, h], 9, DType::F32);
+        let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
+        let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+        let mut ys = Vec::new();
+        for t in 0..l {
+            let xt = x.narrow(1, t, 1).unwrap();
+            let xt = if t % 2 == 0 {
+                xt.squeeze(1).unwrap()
+            } else {
+                xt
+            };
+            let yt = m.step(&xt, &mut st, &StepOpts::default()).unwrap();
+            assert_eq!(yt.rank(), xt.rank());
+            ys.push(yt.reshape((b, 1, ())).unwrap());
+        }
+        let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &y);
+        assert!(err < 1e-5, "{kw} step vs forward: {err}");
+        // Prefill (convolution path at 35 positions, scan at 5), then steps.
+        for split in [35, 5] {
+            let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+            let mut parts = vec![m
+                .prefill(
+                    &x.narrow(1, 0, split).unwrap(),
+                    &mut st,
+                    &ForwardOpts::default(),
+                )
+                .unwrap()];
+            for t in split..l {
+                parts.push(
+                    m.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
+                        .unwrap(),
+                );
+            }
+            let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &y);
+            assert!(err < 1e-5, "{kw} prefill {split} + step vs forward: {err}");
+            assert_eq!(st.seqlen_offset, l);
+        }
+        // Two prefills in a row (the second starts from a state).
+        let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+        let p1 = m
+            .prefill(
+                &x.narrow(1, 0, 20).unwrap(),
+                &mut st,
+                &ForwardOpts::default(),
+            )
+            .unwrap();
+        let p2 = m
+            .prefill(
+                &x.narrow(1, 20, l - 20).unwrap(),
+                &mut st,
+                &ForwardOpts::default(),
+            )
+            .unwrap();
+        let err = max_err(&vec1(&Tensor::cat(&[p1, p2], 1).unwrap()), &y);
+        assert!(err < 1e-5, "{kw} prefill + prefill: {err}");
     }
 }
