@@ -208,6 +208,12 @@ impl CustomOp1 for GpuScan {
         )
     }
 
+    fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
+        candle_core::bail!(
+            "Mamba's selective scan has no CUDA backward yet: train Mamba on the CPU (its fused ops have backward passes), or use the GPU for inference"
+        )
+    }
+
     fn cuda_fwd(&self, uz: &CudaStorage, lu: &Layout) -> Result<(CudaStorage, Shape)> {
         if !lu.is_contiguous() {
             candle_core::bail!("Mamba selective scan: uz must be contiguous");
@@ -248,7 +254,9 @@ pub fn selective_scan_gpu(args: &ScanArgs) -> Result<(Tensor, Tensor)> {
         n,
         rule,
     };
-    let out = uz.contiguous()?.detach().apply_op1_no_bwd(&op)?;
+    // Recorded in the graph, so that a backward through it reaches `bwd` and
+    // fails loudly instead of treating the scan as a constant.
+    let out = uz.contiguous()?.apply_op1(op)?;
     let y = out.narrow(0, 0, b * l * d)?.reshape((b, l, d))?;
     let h = out
         .narrow(0, b * l * d, state.iter().product())?

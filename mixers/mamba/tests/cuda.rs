@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::{Discretization, ForwardOpts, Init, Mixer, ParamStore, StepOpts};
 use lrnnx_mamba::reference_scan::selective_scan_reference;
 use lrnnx_mamba::{cuda::selective_scan_gpu, Mamba, MambaConfig, Rule, ScanArgs};
-use lrnnx_testing::max_rel;
+use lrnnx_testing::{max_rel, randn};
 
 fn draw(shape: &[usize], seed: u64, init: Init, dtype: DType, dev: &Device) -> Tensor {
     ParamStore::init(seed, dtype, dev)
@@ -202,4 +202,22 @@ fn layer_on_gpu_matches_cpu() {
             }
         }
     }
+}
+
+/// Backward through the GPU scan is refused with an error naming the way
+/// out, never silently treated as a constant.
+#[test]
+fn backward_on_gpu_is_a_clear_error() {
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    let store = ParamStore::init(0, DType::F32, &gpu);
+    let m = Mamba::new(8, MambaConfig::new(4), &store.builder()).expect("layer");
+    let x = randn(&[2, 5, 8], 1, DType::F32).to_device(&gpu).expect("x");
+    let y = m.forward(&x, &ForwardOpts::default()).expect("forward");
+    let e = y
+        .sqr()
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect_err("backward must fail")
+        .to_string();
+    assert!(e.contains("no CUDA backward") && e.contains("CPU"), "{e}");
 }
