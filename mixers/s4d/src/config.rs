@@ -1,40 +1,13 @@
 //! S4D constructor arguments.
 
+use lrnnx_framework::layers::ssm_defaults::{
+    auto, b_clip, dt_max, dt_min, exp, glu, legs, none, one, yes,
+};
 use lrnnx_framework::layers::{GateStyle, SsmSpec, SsmWrapperOpts, Transform};
 use serde::{Deserialize, Serialize};
 
-fn glu() -> Option<String> {
-    Some("glu".into())
-}
-fn one() -> usize {
-    1
-}
-fn yes() -> bool {
-    true
-}
-fn dt_min() -> f64 {
-    0.001
-}
-fn dt_max() -> f64 {
-    0.1
-}
-fn exp() -> String {
-    "exp".into()
-}
-fn none() -> String {
-    "none".into()
-}
-fn legs() -> String {
-    "legs".into()
-}
 fn zoh() -> String {
     "zoh".into()
-}
-fn auto() -> String {
-    "auto".into()
-}
-fn b_clip() -> Option<f64> {
-    Some(2.0)
 }
 
 /// Arguments of lrnnx's `S4D(d_model, ...)`, same names and defaults, plus
