@@ -6,7 +6,7 @@
 //! panics on failure instead of returning errors.
 
 use candle_core::{DType, Device, Tensor, Var};
-use lrnnx_framework::{Init, ParamStore};
+use lrnnx_framework::{ForwardOpts, Init, Mixer, MixerState, ParamStore, StepOpts};
 
 /// A `N(0, 1)` tensor on the CPU, reproducible from `seed`.
 ///
@@ -91,4 +91,60 @@ pub fn central_difference(var: &Var, idx: usize, eps: f64, mut loss: impl FnMut(
         out
     };
     (at(eps) - at(-eps)) / (2.0 * eps)
+}
+
+/// Checks a mixer's decoding against its parallel forward on `x (B, L, H)`:
+/// every position stepped from a fresh state (alternating `(B, H)` and
+/// `(B, 1, H)` inputs, whose rank the output must keep), then prefills of
+/// `prefills` positions each followed by steps for the rest. Each must equal
+/// the forward to `tol` (max abs error); the state must count the positions.
+pub fn assert_decoding_matches_forward(
+    m: &dyn Mixer,
+    x: &Tensor,
+    prefills: &[usize],
+    tol: f64,
+    what: &str,
+) {
+    let (b, l, h) = x.dims3().expect("x is (B, L, H)");
+    let (dtype, dev) = (x.dtype(), x.device());
+    let want = vec1(&m.forward(x, &ForwardOpts::default()).expect("forward"));
+    let position = |t: usize| x.narrow(1, t, 1).expect("position");
+    let step =
+        |st: &mut MixerState, xt: &Tensor| m.step(xt, st, &StepOpts::default()).expect("step");
+
+    let mut st = m.init_state(b, l, dtype, dev).expect("state");
+    let mut ys = Vec::with_capacity(l);
+    for t in 0..l {
+        let xt = match t % 2 {
+            0 => position(t).squeeze(1).expect("(B, H) step input"),
+            _ => position(t),
+        };
+        let yt = step(&mut st, &xt);
+        assert_eq!(yt.rank(), xt.rank(), "{what}: step keeps the input's rank");
+        ys.push(yt.reshape((b, 1, h)).expect("(B, 1, H)"));
+    }
+    assert_eq!(st.seqlen_offset, l, "{what}: positions counted by steps");
+    let err = max_err(&vec1(&Tensor::cat(&ys, 1).expect("cat")), &want);
+    assert!(err < tol, "{what}: step vs forward: {err:e}");
+
+    let mut st = m.init_state(b, l, dtype, dev).expect("state");
+    let mut parts = Vec::new();
+    let mut t = 0;
+    for &n in prefills {
+        let part = x.narrow(1, t, n).expect("prefill part");
+        parts.push(
+            m.prefill(&part, &mut st, &ForwardOpts::default())
+                .expect("prefill"),
+        );
+        t += n;
+    }
+    assert_eq!(st.seqlen_offset, t, "{what}: positions counted by prefill");
+    for t in t..l {
+        parts.push(step(&mut st, &position(t)));
+    }
+    let err = max_err(&vec1(&Tensor::cat(&parts, 1).expect("cat")), &want);
+    assert!(
+        err < tol,
+        "{what}: prefill {prefills:?} + steps vs forward: {err:e}"
+    );
 }

@@ -1,9 +1,9 @@
 //! LRU against a slow, obviously right reference; step, prefill, kernel and gradients.
 
 use candle_core::{DType, Device, Tensor, Var};
-use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
+use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore};
 use lrnnx_lru::{Lru, LruConfig};
-use lrnnx_testing::{central_difference, max_err, randn, vec1};
+use lrnnx_testing::{assert_decoding_matches_forward, central_difference, max_err, randn, vec1};
 
 fn config(n: usize) -> LruConfig {
     LruConfig {
@@ -70,43 +70,9 @@ fn forward_matches_reference_at_odd_shapes() {
 
 #[test]
 fn step_and_prefill_equal_forward() {
-    let (b, l, h, n) = (3, 21, 6, 10);
-    let (lru, _) = build(h, n, 2, DType::F32);
-    let x = randn(&[b, l, h], 9, DType::F32);
-    let y = lru.forward(&x, &ForwardOpts::default()).unwrap();
-    let mut st = lru.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-    let mut ys = Vec::new();
-    for t in 0..l {
-        // Alternate the two accepted step shapes.
-        let xt = x.narrow(1, t, 1).unwrap();
-        let xt = if t % 2 == 0 {
-            xt.squeeze(1).unwrap()
-        } else {
-            xt
-        };
-        let yt = lru.step(&xt, &mut st, &StepOpts::default()).unwrap();
-        assert_eq!(yt.rank(), xt.rank());
-        ys.push(yt.reshape((b, 1, h)).unwrap());
-    }
-    let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &vec1(&y));
-    assert!(err < 1e-5, "step vs forward: {err}");
-    // Prefill 13 positions in parallel, then step the rest.
-    let mut st = lru.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-    let mut parts = vec![lru
-        .prefill(
-            &x.narrow(1, 0, 13).unwrap(),
-            &mut st,
-            &ForwardOpts::default(),
-        )
-        .unwrap()];
-    for t in 13..l {
-        parts.push(
-            lru.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
-                .unwrap(),
-        );
-    }
-    let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &vec1(&y));
-    assert!(err < 1e-5, "prefill+step vs forward: {err}");
+    let (lru, _) = build(6, 10, 2, DType::F32);
+    let x = randn(&[3, 21, 6], 9, DType::F32);
+    assert_decoding_matches_forward(&lru, &x, &[13], 1e-5, "LRU");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use lrnnx_framework::{
     StepOpts,
 };
 use lrnnx_s7::{S7Config, S7};
-use lrnnx_testing::{central_difference, max_err, randn, vec1};
+use lrnnx_testing::{assert_decoding_matches_forward, central_difference, max_err, randn, vec1};
 
 /// The layer with x_proj scaled up from its tiny N(0, 0.02) init, so that
 /// `B`, `C`, `D` and the decay all matter.
@@ -103,43 +103,9 @@ fn forward_matches_reference_at_odd_shapes() {
 
 #[test]
 fn step_and_prefill_equal_forward() {
-    let (b, l, h, n) = (3, 21, 6, 5);
-    let (m, _) = build(h, n, 2, DType::F32);
-    let x = randn(&[b, l, h], 9, DType::F32);
-    let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
-    let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-    let mut ys = Vec::new();
-    for t in 0..l {
-        let xt = x.narrow(1, t, 1).unwrap();
-        let xt = if t % 2 == 0 {
-            xt.squeeze(1).unwrap()
-        } else {
-            xt
-        };
-        let yt = m.step(&xt, &mut st, &StepOpts::default()).unwrap();
-        assert_eq!(yt.rank(), xt.rank());
-        ys.push(yt.reshape((b, 1, h)).unwrap());
-    }
-    assert_eq!(st.seqlen_offset, l);
-    let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &y);
-    assert!(err < 1e-5, "step vs forward: {err}");
-    let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-    let opts = ForwardOpts::default();
-    let mut parts = vec![
-        m.prefill(&x.narrow(1, 0, 9).unwrap(), &mut st, &opts)
-            .unwrap(),
-        m.prefill(&x.narrow(1, 9, 4).unwrap(), &mut st, &opts)
-            .unwrap(),
-    ];
-    assert_eq!(st.seqlen_offset, 13);
-    for t in 13..l {
-        parts.push(
-            m.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
-                .unwrap(),
-        );
-    }
-    let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &y);
-    assert!(err < 1e-5, "prefill+step vs forward: {err}");
+    let (m, _) = build(6, 5, 2, DType::F32);
+    let x = randn(&[3, 21, 6], 9, DType::F32);
+    assert_decoding_matches_forward(&m, &x, &[9, 4], 1e-5, "S7");
 }
 
 #[test]

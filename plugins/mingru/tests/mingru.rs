@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_framework::plugin::{Registrar, STATUS_OK};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Mixer, MixerSpec, ParamStore, StepOpts};
 use lrnnx_mingru::{MinGru, MinGruConfig};
-use lrnnx_testing::{central_difference, max_err, randn, vec1};
+use lrnnx_testing::{assert_decoding_matches_forward, central_difference, max_err, randn, vec1};
 
 fn config(expansion_factor: f64, proj_out: Option<bool>) -> MinGruConfig {
     MinGruConfig {
@@ -88,46 +88,9 @@ fn forward_matches_reference_at_odd_shapes() {
 
 #[test]
 fn step_and_prefill_equal_forward() {
-    let (b, l, h) = (3, 13, 6);
-    let (m, _) = build(h, config(1.5, None), 3, DType::F32);
-    let x = randn(&[b, l, h], 5, DType::F32);
-    let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
-
-    let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-    let mut ys = Vec::new();
-    for t in 0..l {
-        let xt = x.narrow(1, t, 1).unwrap();
-        let step_in = if t % 2 == 0 {
-            xt.squeeze(1).unwrap()
-        } else {
-            xt.clone()
-        };
-        let yt = m.step(&step_in, &mut st, &StepOpts::default()).unwrap();
-        assert_eq!(yt.rank(), step_in.rank());
-        ys.push(yt.reshape((b, 1, h)).unwrap());
-    }
-    assert_eq!(st.seqlen_offset, l);
-    let stepped = vec1(&Tensor::cat(&ys, 1).unwrap());
-    assert!(max_err(&y, &stepped) < 1e-5, "step != forward");
-
-    let k = 8;
-    let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-    let head = m
-        .prefill(
-            &x.narrow(1, 0, k).unwrap(),
-            &mut st,
-            &ForwardOpts::default(),
-        )
-        .unwrap();
-    let mut parts = vec![head];
-    for t in k..l {
-        parts.push(
-            m.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
-                .unwrap(),
-        );
-    }
-    let joined = vec1(&Tensor::cat(&parts, 1).unwrap());
-    assert!(max_err(&y, &joined) < 1e-5, "prefill + step != forward");
+    let (m, _) = build(6, config(1.5, None), 3, DType::F32);
+    let x = randn(&[3, 13, 6], 5, DType::F32);
+    assert_decoding_matches_forward(&m, &x, &[8], 1e-5, "minGRU");
 }
 
 /// Central finite differences of `sum(forward(x) * w)` against autograd, in f64.
