@@ -1,7 +1,102 @@
 // Tests shared by the S4 and S4D layers (the same wrapper around two SSMs),
 // `include!`d by `mixers/s4/tests/s4.rs` and `mixers/s4d/tests/s4d.rs`.
 // The including file provides `Layer`, `GRADIENT_PARAMS`, `step_cases` and the helpers
-// `build`, `config`, `reference` and `forward_with` with the same signatures.
+// `build`, `config` and `reference` with the same signatures; this file
+// provides the shared reference helpers and `forward_with`.
+
+// Reference helpers (plain f64 loops) both layers' references use.
+
+/// A complex number `(re, im)`.
+type Cx = (f64, f64);
+
+fn cmul(a: Cx, b: Cx) -> Cx {
+    (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0)
+}
+
+fn cdiv(a: Cx, b: Cx) -> Cx {
+    let d = b.0 * b.0 + b.1 * b.1;
+    cmul(a, (b.0 / d, -b.1 / d))
+}
+
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x / 2f64.sqrt()))
+}
+
+/// `x (rows, din) W^T + b` with `W (dout, din)`.
+fn linear(p: &BTreeMap<String, Vec<f64>>, key: &str, x: &[f64], din: usize) -> Vec<f64> {
+    let w = &p[&format!("{key}.weight")];
+    let b = &p[&format!("{key}.bias")];
+    let dout = b.len();
+    let rows = x.len() / din;
+    let mut y = vec![0.0; rows * dout];
+    for r in 0..rows {
+        for o in 0..dout {
+            let mut acc = b[o];
+            for i in 0..din {
+                acc += w[o * din + i] * x[r * din + i];
+            }
+            y[r * dout + o] = acc;
+        }
+    }
+    y
+}
+
+fn params(store: &ParamStore) -> BTreeMap<String, Vec<f64>> {
+    store
+        .tensors()
+        .into_iter()
+        .map(|(k, t)| (k, vec1(&t)))
+        .collect()
+}
+
+/// The wrapper after the SSM on plain values: `D` skip, GELUs, gates and the
+/// output linear, as the layers compute them.
+#[allow(clippy::too_many_arguments)]
+fn post(
+    p: &BTreeMap<String, Vec<f64>>,
+    gate: Option<usize>,
+    swap: bool,
+    ys: &[f64],
+    xs: &[f64],
+    v: Option<&[f64]>,
+    rows: usize,
+    h: usize,
+    c: usize,
+) -> Vec<f64> {
+    let mut y = vec![0.0; rows * c * h];
+    for r in 0..rows {
+        for ci in 0..c {
+            for hi in 0..h {
+                let val = ys[(r * c + ci) * h + hi] + xs[r * h + hi] * p["D"][ci * h + hi];
+                let col = if swap { hi * c + ci } else { ci * h + hi };
+                y[r * c * h + col] = gelu(val);
+            }
+        }
+    }
+    let mut width = c * h;
+    if let (Some(g), Some(v)) = (gate, v) {
+        if p.contains_key("output_gate.weight") {
+            y = linear(p, "output_gate", &y, width);
+        }
+        width = h * g;
+        y = y.iter().zip(v).map(|(a, b)| a * b).collect();
+    }
+    let y: Vec<f64> = y.into_iter().map(gelu).collect();
+    if p.contains_key("output_linear.0.weight") {
+        linear(p, "output_linear.0", &y, width)
+            .into_iter()
+            .map(gelu)
+            .collect()
+    } else {
+        y
+    }
+}
+
+/// The layer's forward in `mode`, as `f64` values.
+fn forward_with(m: &mut Layer, mode: ForwardMode, x: &Tensor, opts: &ForwardOpts) -> Vec<f64> {
+    m.set_forward_mode(mode);
+    vec1(&m.forward(x, opts).unwrap())
+}
 
 #[test]
 fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {

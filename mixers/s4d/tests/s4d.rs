@@ -23,41 +23,10 @@ fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (S4d, std::sync::Arc<P
     (m, store)
 }
 
-type Cx = (f64, f64);
-fn cmul(a: Cx, b: Cx) -> Cx {
-    (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0)
-}
-fn cdiv(a: Cx, b: Cx) -> Cx {
-    let d = b.0 * b.0 + b.1 * b.1;
-    cmul(a, (b.0 / d, -b.1 / d))
-}
 fn cexp(a: Cx) -> Cx {
     let m = a.0.exp();
     (m * a.1.cos(), m * a.1.sin())
 }
-fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x / 2f64.sqrt()))
-}
-
-/// `x (rows, din) W^T + b` with `W (dout, din)`.
-fn linear(p: &BTreeMap<String, Vec<f64>>, key: &str, x: &[f64], din: usize) -> Vec<f64> {
-    let w = &p[&format!("{key}.weight")];
-    let b = &p[&format!("{key}.bias")];
-    let dout = b.len();
-    let rows = x.len() / din;
-    let mut y = vec![0.0; rows * dout];
-    for r in 0..rows {
-        for o in 0..dout {
-            let mut acc = b[o];
-            for i in 0..din {
-                acc += w[o * din + i] * x[r * din + i];
-            }
-            y[r * dout + o] = acc;
-        }
-    }
-    y
-}
-
 /// lrnnx's `param_transform`.
 fn transform(name: &str, x: f64) -> f64 {
     match name {
@@ -68,14 +37,6 @@ fn transform(name: &str, x: f64) -> f64 {
         "softplus" => x.exp().ln_1p(),
         other => panic!("{other}"),
     }
-}
-
-fn params(store: &ParamStore) -> BTreeMap<String, Vec<f64>> {
-    store
-        .tensors()
-        .into_iter()
-        .map(|(k, t)| (k, vec1(&t)))
-        .collect()
 }
 
 /// The whole layer in f64 loops: mask, gate, bottleneck, recurrence, D, two
@@ -159,52 +120,6 @@ fn reference(
         h,
         c,
     )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn post(
-    p: &BTreeMap<String, Vec<f64>>,
-    gate: Option<usize>,
-    swap: bool,
-    ys: &[f64],
-    xs: &[f64],
-    v: Option<&[f64]>,
-    rows: usize,
-    h: usize,
-    c: usize,
-) -> Vec<f64> {
-    let mut y = vec![0.0; rows * c * h];
-    for r in 0..rows {
-        for ci in 0..c {
-            for hi in 0..h {
-                let val = ys[(r * c + ci) * h + hi] + xs[r * h + hi] * p["D"][ci * h + hi];
-                let col = if swap { hi * c + ci } else { ci * h + hi };
-                y[r * c * h + col] = gelu(val);
-            }
-        }
-    }
-    let mut width = c * h;
-    if let (Some(g), Some(v)) = (gate, v) {
-        if p.contains_key("output_gate.weight") {
-            y = linear(p, "output_gate", &y, width);
-        }
-        width = h * g;
-        y = y.iter().zip(v).map(|(a, b)| a * b).collect();
-    }
-    let y: Vec<f64> = y.into_iter().map(gelu).collect();
-    if p.contains_key("output_linear.0.weight") {
-        linear(p, "output_linear.0", &y, width)
-            .into_iter()
-            .map(gelu)
-            .collect()
-    } else {
-        y
-    }
-}
-
-fn forward_with(m: &mut S4d, mode: ForwardMode, x: &Tensor, opts: &ForwardOpts) -> Vec<f64> {
-    m.set_forward_mode(mode);
-    vec1(&m.forward(x, opts).unwrap())
 }
 
 #[test]
