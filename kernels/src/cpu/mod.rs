@@ -10,5 +10,7 @@ pub mod small_matmul;
 
 pub use crate::with_avx2;
 pub use float::{erf_f32, exp_f32, gelu, gelu_and_grad, log_sigmoid, sigmoid, Float};
-pub use slices::{batch_dims, contiguous, cpu_slice, for_rows, tensor, Rows, ROWS_PER_TASK};
+pub use slices::{
+    batch_dims, contiguous, cpu_slice, for_rows, tensor, with_cpu_slice, Rows, ROWS_PER_TASK,
+};
 pub use small_matmul::matmul_t;

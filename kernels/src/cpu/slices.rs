@@ -43,6 +43,18 @@ pub fn cpu_slice<'a, T: candle_core::WithDType>(
     }
 }
 
+/// Runs `f` on the contiguous CPU slice of `t` (copied first if `t` is a
+/// strided view); `what` names the tensor in errors.
+pub fn with_cpu_slice<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[T]) -> Result<R>,
+) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    f(cpu_slice::<T>(&s, l, what)?)
+}
+
 /// A CPU tensor from a vector.
 pub fn tensor<T: candle_core::WithDType>(
     v: Vec<T>,

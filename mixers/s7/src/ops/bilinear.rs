@@ -14,7 +14,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use lrnnx_kernels::cpu::{contiguous, cpu_slice, tensor, Float};
+use lrnnx_kernels::cpu::{contiguous, tensor, with_cpu_slice, Float};
 
 /// Tokens per GEMM chunk: a `(CHUNK, H*N)` buffer of a few MB.
 const CHUNK: usize = 512;
@@ -29,11 +29,9 @@ fn gemm_nt<T: Float>(a: &[T], m: usize, k: usize, w: &Tensor) -> Result<Tensor> 
     Tensor::from_slice(a, (m, k), &Device::Cpu)?.matmul(&w.t()?)
 }
 
-/// Reads a CPU tensor's contiguous slice inside `f`.
+/// Runs `f` on a CPU tensor's contiguous slice.
 fn with_slice<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (s, l) = t.storage_and_layout();
-    f(cpu_slice::<T>(&s, l, "S7 bilinear buffer")?)
+    with_cpu_slice(t, "S7 bilinear buffer", f)
 }
 
 /// Checks `u (T, H)` and `w (H*N, H)` and returns `(T, H)`.

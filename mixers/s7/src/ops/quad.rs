@@ -17,7 +17,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use lrnnx_kernels::cpu::{contiguous, cpu_slice, tensor, Float};
+use lrnnx_kernels::cpu::{contiguous, tensor, with_cpu_slice, Float};
 
 /// Coordinates per block.
 pub const BLOCK: usize = 64;
@@ -40,11 +40,9 @@ pub struct BQuad {
     blocks: Vec<Folded>,
 }
 
-/// Reads a CPU tensor's contiguous slice inside `f`.
+/// Runs `f` on a CPU tensor's contiguous slice.
 fn with_slice<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (s, l) = t.storage_and_layout();
-    f(cpu_slice::<T>(&s, l, "S7 quadratic form buffer")?)
+    with_cpu_slice(t, "S7 quadratic form buffer", f)
 }
 
 /// The blocks `(start, width)` of `0..h`.
