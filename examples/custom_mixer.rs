@@ -1,6 +1,6 @@
 //! A mixer defined outside the built-in crates, registered exactly as they
-//! are (`inventory::submit!` of a `MixerSpec`), then mixed by name with
-//! built-ins in a language model, which is saved and loaded back.
+//! are (one `lrnnx::mixers!` declaration), then mixed by name with built-ins
+//! in a language model, which is saved and loaded back.
 //!
 //!     cargo run --release --example custom_mixer
 //!
@@ -18,27 +18,39 @@
 
 use candle_core::{DType, Device, Tensor};
 use lrnnx::{
-    check_sequence, check_step_input, match_step_rank, BuildArgs, Error, Family, ForwardOpts, Init,
-    LRNNLMHeadModel, LmConfig, LmForwardOpts, Mixer, MixerConfig, MixerSpec, MixerState,
-    ParamBuilder, Registry, Result, StepOpts,
+    check_sequence, check_step_input, match_step_rank, Error, Family, ForwardOpts, Init,
+    LRNNLMHeadModel, LmConfig, LmForwardOpts, Mixer, MixerConfig, MixerState, ParamBuilder,
+    Registry, Result, StepOpts,
 };
 use serde::{Deserialize, Serialize};
-// typetag's attribute names the crate `typetag`; the framework re-exports it.
-use lrnnx::typetag;
 
-/// The registered name.
-const NAME: &str = "MyGLR";
+// The registration: the declaration every built-in crate uses. It defines
+// `NAME`, tags `GlrConfig` as the config of "MyGLR", builds from kwargs
+// (filling `d_state` from the model), and submits the registry entry.
+lrnnx::mixers! {
+    /// The registered name.
+    NAME = "MyGLR" {
+        aliases: ["my_glr"],
+        family: Ltv,
+        summary: "minimal gated linear recurrence (examples/custom_mixer.rs)",
+        config: GlrConfig,
+        new: Glr::new,
+    }
+}
 
-/// Constructor kwargs: every field has a default, unknown keys are errors.
+/// Constructor kwargs: defaults in `impl Default`, unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct GlrConfig {
-    /// State width `D` (defaults to the model's `d_state`).
+    /// State width `D` (built by name: the model's `d_state` unless given).
     d_state: usize,
 }
 
-#[typetag::serde(name = "MyGLR")]
-impl MixerConfig for GlrConfig {}
+impl Default for GlrConfig {
+    fn default() -> Self {
+        Self { d_state: 64 }
+    }
+}
 
 /// The layer. Parameter names are what `model.safetensors` stores.
 #[derive(Debug)]
@@ -62,6 +74,9 @@ fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 impl Glr {
     fn new(d_model: usize, cfg: GlrConfig, pb: &ParamBuilder) -> Result<Self> {
+        if cfg.d_state == 0 {
+            return Err(Error::Config("d_state must be positive, found 0".into()));
+        }
         let (h, d) = (d_model, cfg.d_state);
         let linear = Init::TorchDefault { fan_in: h };
         Ok(Self {
@@ -147,27 +162,6 @@ impl Mixer for Glr {
 
     fn family(&self) -> Family {
         Family::Ltv
-    }
-}
-
-fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
-    let cfg: GlrConfig = args.parse(NAME, &[("d_state", args.d_state.into())])?;
-    if cfg.d_state == 0 {
-        return Err(args.bad(NAME, "d_state must be positive, found 0"));
-    }
-    Ok(Box::new(Glr::new(args.d_model, cfg, &args.params)?))
-}
-
-// The registration: the same mechanism every built-in crate uses.
-lrnnx::inventory::submit! {
-    MixerSpec {
-        name: NAME,
-        aliases: &["my_glr"],
-        family: Family::Ltv,
-        summary: "minimal gated linear recurrence (examples/custom_mixer.rs)",
-        build,
-        default_config: || serde_json::json!({"d_state": null}),
-        source: "examples/custom_mixer",
     }
 }
 

@@ -39,12 +39,12 @@ pub mod mixers {
 }
 
 /// Names of the built-in mixers; calling it also guarantees that the linker
-/// keeps every built-in crate (and so its `inventory` registration).
+/// keeps every built-in crate (and so its `inventory` registrations).
 pub fn builtin_mixers() -> Vec<&'static str> {
-    vec![
+    [
         lrnnx_lru::link(),
-        lrnnx_s4::link(),
-        lrnnx_s4d::link(),
+        &[lrnnx_s4::link()],
+        &[lrnnx_s4d::link()],
         lrnnx_s5::link(),
         lrnnx_centaurus::link(),
         lrnnx_mamba::link(),
@@ -53,6 +53,7 @@ pub fn builtin_mixers() -> Vec<&'static str> {
         lrnnx_mlstm::link(),
         lrnnx_attn::link(),
     ]
+    .concat()
 }
 
 /// Makes sure the built-in mixers are registered. Cheap; call it once at start-up.

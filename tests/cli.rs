@@ -103,3 +103,20 @@ fn default_job_runs_small() {
         "{out}"
     );
 }
+
+#[test]
+fn mixers_name_shows_the_default_kwargs() {
+    let (ok, out) = lrnnx(&["mixers", "mamba"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("name:     Mamba")
+            && out.contains("\"d_conv\": 4")
+            && !out.contains("d_state"),
+        "{out}"
+    );
+    let (ok, out) = lrnnx(&["mixers", "LRUU"]);
+    assert!(
+        !ok && out.contains("unknown mixer `LRUU`") && out.contains("LRU"),
+        "{out}"
+    );
+}

@@ -24,6 +24,14 @@ pub enum Error {
         registered: Vec<String>,
     },
 
+    /// A mixer looked up before any mixer crate registered: the linker drops
+    /// crates nothing references, so their registrations never ran.
+    #[error(
+        "no linked mixers are registered (looking up `{0}`): call lrnnx::init() at start-up \
+         (or call `link()` of each mixer crate you depend on directly)"
+    )]
+    NoMixersLinked(String),
+
     /// A constructor argument a mixer does not accept, or a bad value for one.
     #[error("layer {layer} ({mixer}): {message}")]
     BadKwargs {

@@ -11,6 +11,7 @@
 
 pub mod complex;
 pub mod conformance;
+pub mod declare;
 pub mod discretization;
 pub mod error;
 pub mod io;

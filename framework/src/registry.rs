@@ -151,6 +151,9 @@ impl Registry {
     /// Looks a mixer up by name or alias; the error lists every registered name.
     pub fn get(name: &str) -> Result<Registered> {
         let reg = global().read().unwrap_or_else(|e| e.into_inner());
+        if reg.entries.is_empty() {
+            return Err(Error::NoMixersLinked(name.to_string()));
+        }
         reg.find(name).cloned().ok_or_else(|| Error::UnknownMixer {
             name: name.to_string(),
             registered: reg

@@ -4,9 +4,16 @@ use lrnnx::{Origin, Registry};
 
 /// Plugins to list come from the global `--plugin PATH` option and `LRNNX_PLUGIN_PATH`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Show one mixer (name or alias): its aliases, family, source and every
+    /// default kwarg, as JSON for `mixer_kwargs`.
+    pub name: Option<String>,
+}
 
-pub fn run(_: Args) -> anyhow::Result<()> {
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(name) = args.name {
+        return show(&name);
+    }
     let rows: Vec<[String; 4]> = Registry::all()
         .into_iter()
         .map(|r| {
@@ -34,5 +41,21 @@ pub fn run(_: Args) -> anyhow::Result<()> {
     for r in std::iter::once(&header).chain(&rows) {
         println!("{:<w0$} {:<w1$} {:<w2$} {}", r[0], r[1], r[2], r[3]);
     }
+    Ok(())
+}
+
+/// Prints one registry entry with its default kwargs (`d_state` and the
+/// required kwargs are not among them: the model and the user give those).
+fn show(name: &str) -> anyhow::Result<()> {
+    let r = Registry::get(name)?;
+    println!("name:     {}", r.spec.name);
+    println!("aliases:  {}", r.spec.aliases.join(", "));
+    println!("family:   {}", r.spec.family);
+    println!("source:   {}", r.spec.source);
+    println!("summary:  {}", r.spec.summary);
+    println!(
+        "defaults: {}",
+        serde_json::to_string_pretty(&(r.spec.default_config)())?
+    );
     Ok(())
 }

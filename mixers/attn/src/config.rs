@@ -2,57 +2,57 @@
 
 use serde::{Deserialize, Serialize};
 
-fn yes() -> bool {
-    true
-}
-fn base() -> f64 {
-    10000.0
-}
-
 /// Arguments of lrnnx's `MHA(embed_dim, num_heads, ...)`. As there, `causal`
 /// defaults to `false`: a language model wants `"causal": true`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MhaConfig {
     /// Query heads (required).
     pub num_heads: usize,
     /// Key/value heads (grouped-query attention); defaults to `num_heads`.
-    #[serde(default)]
     pub num_heads_kv: Option<usize>,
     /// Width of a head; defaults to `d_model / num_heads`.
-    #[serde(default)]
     pub head_dim: Option<usize>,
     /// Width of the gated MLP branch, rounded up to a multiple of 256 (0: none).
-    #[serde(default)]
     pub mlp_dim: usize,
     /// Bias in `in_proj`.
-    #[serde(default = "yes")]
     pub qkv_proj_bias: bool,
     /// Bias in `out_proj`.
-    #[serde(default = "yes")]
     pub out_proj_bias: bool,
     /// Score scale; defaults to `1/sqrt(head_dim)`.
-    #[serde(default)]
     pub softmax_scale: Option<f64>,
     /// Causal masking.
-    #[serde(default)]
     pub causal: bool,
     /// Width of the depthwise causal conv on `qkv` (0: none).
-    #[serde(default)]
     pub d_conv: usize,
     /// Rotary dimensions per head (0: none).
-    #[serde(default)]
     pub rotary_emb_dim: usize,
     /// Rotary base.
-    #[serde(default = "base")]
     pub rotary_emb_base: f64,
     /// GPT-J interleaved pairs instead of GPT-NeoX halves.
-    #[serde(default)]
     pub rotary_emb_interleaved: bool,
 }
 
-#[typetag::serde(name = "attn")]
-impl lrnnx_framework::MixerConfig for MhaConfig {}
+impl Default for MhaConfig {
+    /// lrnnx's defaults; `num_heads` has none there (it is required when
+    /// built by name), `1` here.
+    fn default() -> Self {
+        Self {
+            num_heads: 1,
+            num_heads_kv: None,
+            head_dim: None,
+            mlp_dim: 0,
+            qkv_proj_bias: true,
+            out_proj_bias: true,
+            softmax_scale: None,
+            causal: false,
+            d_conv: 0,
+            rotary_emb_dim: 0,
+            rotary_emb_base: 10000.0,
+            rotary_emb_interleaved: false,
+        }
+    }
+}
 
 impl MhaConfig {
     /// Resolves defaults that depend on `d_model` and checks consistency.

@@ -5,10 +5,6 @@ use serde::{Deserialize, Serialize};
 /// The names lrnnx's `DISCRETIZE_FNS` holds; `discretization` must be one of them.
 pub const DISCRETIZATIONS: &[&str] = &["zoh", "bilinear", "dirac", "async", "no_discretization"];
 
-fn zoh() -> String {
-    "zoh".into()
-}
-
 /// How the input channels reach the states and the states reach the outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
@@ -46,29 +42,33 @@ pub enum ForwardMode {
 /// in lrnnx: Centaurus always discretizes with `exp(δA)` on the state and the
 /// Euler step `δB` on the input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CentaurusConfig {
     /// Number of states `N`.
     pub d_state: usize,
     /// Complex sub-states `M` per state (required, as in lrnnx).
     pub sub_state_dim: usize,
     /// One of lrnnx's discretization names; accepted and unused.
-    #[serde(default = "zoh")]
     pub discretization: String,
     /// `neck` (default), `pw` (also `pointwise`, `s5`), `dws` or `full`.
-    #[serde(default = "neck")]
     pub mode: Mode,
     /// `auto` (default), `scan` or `conv`.
-    #[serde(default)]
     pub forward_mode: ForwardMode,
 }
 
-fn neck() -> Mode {
-    Mode::Neck
+impl Default for CentaurusConfig {
+    /// lrnnx's defaults; `sub_state_dim` has none there (it is required when
+    /// built by name), `1` here; `d_state = 64` (built by name, the model's).
+    fn default() -> Self {
+        Self {
+            d_state: 64,
+            sub_state_dim: 1,
+            discretization: "zoh".into(),
+            mode: Mode::Neck,
+            forward_mode: ForwardMode::Auto,
+        }
+    }
 }
-
-#[typetag::serde(name = "Centaurus")]
-impl lrnnx_framework::MixerConfig for CentaurusConfig {}
 
 impl CentaurusConfig {
     /// Checks the sizes every mode needs against `d_model`.

@@ -51,39 +51,14 @@ mod system;
 pub use centaurus::{Centaurus, CONV_MIN_LEN, SCAN_MIN_LEN_SINGLE};
 pub use config::{CentaurusConfig, ForwardMode, Mode, DISCRETIZATIONS};
 
-use lrnnx_framework::{BuildArgs, Family, Mixer, MixerSpec, Result};
-
-/// The registered name.
-pub const NAME: &str = "Centaurus";
-
-fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
-    let cfg: CentaurusConfig = args.parse(NAME, &[("d_state", args.d_state.into())])?;
-    Ok(Box::new(
-        Centaurus::new(args.d_model, cfg, &args.params).map_err(|e| match e {
-            lrnnx_framework::Error::Config(m) => args.bad(NAME, m),
-            other => other,
-        })?,
-    ))
-}
-
-/// Every default; `sub_state_dim` has none (lrnnx requires it).
-fn default_config() -> serde_json::Value {
-    serde_json::json!({"discretization": "zoh", "mode": "neck", "forward_mode": "auto"})
-}
-
-inventory::submit! {
-    MixerSpec {
-        name: NAME,
-        aliases: &["centaurus"],
-        family: Family::Lti,
+lrnnx_framework::mixers! {
+    /// The registered name.
+    NAME = "Centaurus" {
+        aliases: ["centaurus"],
+        family: Lti,
         summary: "Centaurus: E-mixed complex diagonal sub-states, neck/pw/dws/full channel maps, scan or FFT conv",
-        build,
-        default_config,
-        source: env!("CARGO_PKG_NAME"),
+        config: CentaurusConfig,
+        new: Centaurus::new,
+        required: ["sub_state_dim"],
     }
-}
-
-/// Referenced by the `lrnnx` facade so that the linker keeps this crate's registration.
-pub fn link() -> &'static str {
-    NAME
 }

@@ -438,7 +438,7 @@ fn build_err(h: usize, n: usize, kw: &str) -> String {
 
 #[test]
 fn registry_modes_aliases_and_config_round_trip() {
-    assert_eq!(lrnnx_centaurus::link(), "Centaurus");
+    assert_eq!(lrnnx_centaurus::link(), ["Centaurus"]);
     let reg = lrnnx_framework::Registry::get("Centaurus").unwrap();
     assert_eq!(reg.spec.family, Family::Lti);
     for (kw, mode, keys) in [

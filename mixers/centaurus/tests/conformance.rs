@@ -6,7 +6,7 @@ use lrnnx_framework::conformance::{run_case, Outcome};
 
 fn case(name: &str) {
     // Link this crate so that its registration is seen by the runner.
-    assert_eq!(lrnnx_centaurus::link(), "Centaurus");
+    assert_eq!(lrnnx_centaurus::link(), ["Centaurus"]);
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/lrnnx")
         .join(format!("{name}.safetensors"));

@@ -2,35 +2,34 @@
 
 use serde::{Deserialize, Serialize};
 
-fn one() -> f64 {
-    1.0
-}
-fn tau() -> f64 {
-    std::f64::consts::TAU
-}
-
 /// Arguments of lrnnx's `LRU(d_model, d_state, r_min=0, r_max=1, max_phase=2*pi)`.
 ///
 /// `r_min`/`r_max` bound the modulus of the eigenvalues at init (sampled
 /// uniformly on the ring between them); `max_phase` bounds their phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LruConfig {
-    /// Number of complex state channels `N`.
+    /// Number of complex state channels `N` (built by name, the model's
+    /// `d_state` unless the kwargs give one).
     pub d_state: usize,
     /// Smallest eigenvalue modulus at init.
-    #[serde(default)]
     pub r_min: f64,
     /// Largest eigenvalue modulus at init.
-    #[serde(default = "one")]
     pub r_max: f64,
     /// Largest eigenvalue phase at init.
-    #[serde(default = "tau")]
     pub max_phase: f64,
 }
 
-#[typetag::serde(name = "LRU")]
-impl lrnnx_framework::MixerConfig for LruConfig {}
+impl Default for LruConfig {
+    fn default() -> Self {
+        Self {
+            d_state: 64,
+            r_min: 0.0,
+            r_max: 1.0,
+            max_phase: std::f64::consts::TAU,
+        }
+    }
+}
 
 impl LruConfig {
     /// Checks the ranges lrnnx's init needs.

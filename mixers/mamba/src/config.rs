@@ -3,34 +3,6 @@
 use lrnnx_framework::Discretization;
 use serde::{Deserialize, Serialize};
 
-fn four() -> usize {
-    4
-}
-fn two() -> f64 {
-    2.0
-}
-fn dt_min() -> f64 {
-    0.001
-}
-fn dt_max() -> f64 {
-    0.1
-}
-fn random() -> String {
-    "random".into()
-}
-fn one() -> f64 {
-    1.0
-}
-fn floor() -> f64 {
-    1e-4
-}
-fn yes() -> bool {
-    true
-}
-fn mamba() -> Discretization {
-    Discretization::Mamba
-}
-
 /// `dt_rank`: `"auto"` (`ceil(d_model / 16)`) or a positive integer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -56,59 +28,50 @@ impl Default for DtRank {
 /// path or placement; they are accepted, kept (so a saved config round-trips)
 /// and otherwise ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MambaConfig {
     /// State size `N` per channel.
     pub d_state: usize,
     /// Width of the causal depthwise convolution.
-    #[serde(default = "four")]
     pub d_conv: usize,
     /// `d_inner = int(expand * d_model)`.
-    #[serde(default = "two")]
     pub expand: f64,
     /// Rank of the step projection.
-    #[serde(default)]
     pub dt_rank: DtRank,
     /// Smallest initial step.
-    #[serde(default = "dt_min")]
     pub dt_min: f64,
     /// Largest initial step.
-    #[serde(default = "dt_max")]
     pub dt_max: f64,
     /// `"random"` or `"constant"` init of `dt_proj.weight`.
-    #[serde(default = "random")]
     pub dt_init: String,
     /// Scale of the `dt_proj.weight` init.
-    #[serde(default = "one")]
     pub dt_scale: f64,
     /// Floor of the initial steps.
-    #[serde(default = "floor")]
     pub dt_init_floor: f64,
     /// Bias in the depthwise convolution.
-    #[serde(default = "yes")]
     pub conv_bias: bool,
     /// Bias in `in_proj` and `out_proj`.
-    #[serde(default)]
     pub bias: bool,
     /// Python fast-path switch (ignored).
-    #[serde(default = "yes")]
     pub use_fast_path: bool,
     /// Python bookkeeping (ignored).
-    #[serde(default)]
     pub layer_idx: Option<usize>,
     /// PyTorch placement (ignored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<serde_json::Value>,
     /// PyTorch dtype (ignored; the parameter store decides).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype: Option<serde_json::Value>,
     /// `mamba` (default), `zoh`, `bilinear` or `dirac`.
-    #[serde(default = "mamba")]
     pub discretization: Discretization,
 }
 
-#[typetag::serde(name = "Mamba")]
-impl lrnnx_framework::MixerConfig for MambaConfig {}
+impl Default for MambaConfig {
+    /// lrnnx's defaults (`d_state = 16`; built by name, the model's `d_state`).
+    fn default() -> Self {
+        Self::new(16)
+    }
+}
 
 impl MambaConfig {
     /// The default config for a state size.
@@ -118,11 +81,11 @@ impl MambaConfig {
             d_conv: 4,
             expand: 2.0,
             dt_rank: DtRank::default(),
-            dt_min: dt_min(),
-            dt_max: dt_max(),
-            dt_init: random(),
+            dt_min: 0.001,
+            dt_max: 0.1,
+            dt_init: "random".into(),
             dt_scale: 1.0,
-            dt_init_floor: floor(),
+            dt_init_floor: 1e-4,
             conv_bias: true,
             bias: false,
             use_fast_path: true,

@@ -66,43 +66,13 @@ pub use mamba::Mamba;
 pub use scan_args::ScanArgs;
 pub use scan_kernel::Rule;
 
-use lrnnx_framework::{BuildArgs, Family, Mixer, MixerSpec, Result};
-
-/// The registered name.
-pub const NAME: &str = "Mamba";
-
-fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
-    let cfg: MambaConfig = args.parse(NAME, &[("d_state", args.d_state.into())])?;
-    Ok(Box::new(
-        Mamba::new(args.d_model, cfg, &args.params).map_err(|e| match e {
-            lrnnx_framework::Error::Config(m) => args.bad(NAME, m),
-            other => other,
-        })?,
-    ))
-}
-
-/// lrnnx's defaults (`d_state` comes from the model when not given).
-fn default_config() -> serde_json::Value {
-    let mut v = serde_json::to_value(MambaConfig::new(16)).unwrap_or_default();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("d_state");
-    }
-    v
-}
-
-inventory::submit! {
-    MixerSpec {
-        name: NAME,
-        aliases: &["mamba", "S6"],
-        family: Family::Ltv,
+lrnnx_framework::mixers! {
+    /// The registered name.
+    NAME = "Mamba" {
+        aliases: ["mamba", "S6"],
+        family: Ltv,
         summary: "Mamba (S6): selective state space, input-dependent dt/B/C, causal conv, silu gate; mamba/zoh/bilinear/dirac, event mode",
-        build,
-        default_config,
-        source: env!("CARGO_PKG_NAME"),
+        config: MambaConfig,
+        new: Mamba::new,
     }
-}
-
-/// Referenced by the `lrnnx` facade so that the linker keeps this crate's registration.
-pub fn link() -> &'static str {
-    NAME
 }

@@ -2,28 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-fn four() -> usize {
-    4
-}
-fn two() -> f64 {
-    2.0
-}
-fn yes() -> bool {
-    true
-}
-fn sixty_four() -> usize {
-    64
-}
-fn minus_one() -> i64 {
-    -1
-}
-fn one() -> usize {
-    1
-}
-fn eps() -> f64 {
-    crate::cell::DEFAULT_EPS
-}
-
 /// The fields of the xLSTM package's `mLSTMLayerConfig` (same names and
 /// defaults), plus the cell's `chunk_size` and `eps`.
 ///
@@ -32,52 +10,38 @@ fn eps() -> f64 {
 /// The inner width is `proj_factor * embedding_dim` rounded to a multiple of
 /// `round_proj_up_to_multiple_of` (up or down per `round_proj_up_dim_up`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MlstmConfig {
     /// Heads of the mLSTM cell; must divide the inner width.
-    #[serde(default = "four")]
     pub num_heads: usize,
     /// Up-projection factor of the inner width.
-    #[serde(default = "two")]
     pub proj_factor: f64,
     /// Round the inner width up (`true`) or down to the multiple below.
-    #[serde(default = "yes")]
     pub round_proj_up_dim_up: bool,
     /// The multiple the inner width is rounded to.
-    #[serde(default = "sixty_four")]
     pub round_proj_up_to_multiple_of: usize,
     /// Taps of the causal depthwise convolution (>= 1).
-    #[serde(default = "four")]
     pub conv1d_kernel_size: usize,
     /// Block size of the head-wise q/k/v projections; must divide the inner width.
-    #[serde(default = "four")]
     pub qkv_proj_blocksize: usize,
     /// Biases on the up, down and q/k/v projections.
-    #[serde(default)]
     pub bias: bool,
     /// Dropout after the down-projection: accepted, not applied (inference and tests).
-    #[serde(default)]
     pub dropout: f64,
     /// xLSTM's causal-mask size; accepted and ignored (any length works).
-    #[serde(default = "minus_one")]
     pub context_length: i64,
     /// The model width, if given: must be -1 or equal `d_model`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding_dim: Option<i64>,
     /// Number of blocks of the model (xLSTM's `_num_blocks`), scales the
     /// init of `proj_down` only.
-    #[serde(rename = "_num_blocks", default = "one")]
+    #[serde(rename = "_num_blocks")]
     pub num_blocks: usize,
     /// Chunk length of the chunkwise forward.
-    #[serde(default = "sixty_four")]
     pub chunk_size: usize,
     /// `eps` of the cell's denominator.
-    #[serde(default = "eps")]
     pub eps: f64,
 }
-
-#[typetag::serde(name = "mLSTM")]
-impl lrnnx_framework::MixerConfig for MlstmConfig {}
 
 impl MlstmConfig {
     /// The inner (up-projected) width for model width `d_model`, as xLSTM's

@@ -24,40 +24,15 @@ pub mod norm;
 pub use config::MlstmConfig;
 pub use mlstm::Mlstm;
 
-use lrnnx_framework::{BuildArgs, Family, Mixer, MixerSpec, Result};
-
-/// The registered name.
-pub const NAME: &str = "mLSTM";
-
-fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
-    let cfg: MlstmConfig = args.parse(NAME, &[])?;
-    Ok(Box::new(
-        Mlstm::new(args.d_model, cfg, &args.params).map_err(|e| match e {
-            lrnnx_framework::Error::Config(m) => args.bad(NAME, m),
-            other => other,
-        })?,
-    ))
-}
-
-fn default_config() -> serde_json::Value {
-    serde_json::to_value(MlstmConfig::default()).unwrap_or(serde_json::Value::Null)
-}
-
-inventory::submit! {
-    MixerSpec {
-        name: NAME,
-        aliases: &["mlstm"],
-        family: Family::Other,
+lrnnx_framework::mixers! {
+    /// The registered name.
+    NAME = "mLSTM" {
+        aliases: ["mlstm"],
+        family: Other,
         summary: "mLSTM (xLSTM): matrix memory with exponential gating, chunkwise-parallel forward",
-        build,
-        default_config,
-        source: env!("CARGO_PKG_NAME"),
+        config: MlstmConfig,
+        new: Mlstm::new,
     }
-}
-
-/// Referenced by the `lrnnx` facade so that the linker keeps this crate's registration.
-pub fn link() -> &'static str {
-    NAME
 }
 
 inventory::submit! {

@@ -19,7 +19,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn lm_with_mlstm_layers_decodes_as_it_forwards_and_round_trips() {
     // Make sure this crate is linked (its registration is what is tested).
-    assert_eq!(lrnnx_mlstm::link(), "mLSTM");
+    assert_eq!(lrnnx_mlstm::link(), ["mLSTM"]);
     let mut cfg = LmConfig::new(16, 8, 50, &["mLSTM", "mLSTM"]);
     cfg.mixer_kwargs = serde_json::from_str(
         r#"{"mLSTM": {"num_heads": 2, "chunk_size": 4, "round_proj_up_to_multiple_of": 8}}"#,

@@ -2,63 +2,39 @@
 
 use serde::{Deserialize, Serialize};
 
-fn four() -> usize {
-    4
-}
-fn one() -> f64 {
-    1.0
-}
-fn eight() -> f64 {
-    8.0
-}
-fn a_range() -> [f64; 2] {
-    [0.9, 0.999]
-}
-fn yes() -> bool {
-    true
-}
-
 /// Arguments of lrnnx's `RGLRU(d_model, d_conv=4, expand=1, c=8.0,
 /// a_init_range=(0.9, 0.999), conv_bias=True, bias=False, use_fast_path=True, layer_idx=None)`.
 ///
 /// There is no `d_state`: the recurrence has one state per channel, and lrnnx
 /// rejects the keyword (a model-wide `d_state` is not passed to this mixer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RgLruConfig {
     /// Width of the depthwise causal convolution `W`.
-    #[serde(default = "four")]
     pub d_conv: usize,
     /// Inner width factor: `d_inner = int(expand * d_model)`.
-    #[serde(default = "one")]
     pub expand: f64,
     /// The constant `c` of `a_bar = a^(c r)`.
-    #[serde(default = "eight")]
     pub c: f64,
     /// `(lo, hi)`: `a_log` starts at `log(U[lo, hi))`.
-    #[serde(default = "a_range")]
     pub a_init_range: [f64; 2],
     /// Whether the convolution has a bias.
-    #[serde(default = "yes")]
     pub conv_bias: bool,
     /// Whether `gate_proj`, `in_proj` and `out_proj` have biases.
-    #[serde(default)]
     pub bias: bool,
     /// lrnnx's switch to its fused CUDA path; no effect here.
-    #[serde(default = "yes")]
     pub use_fast_path: bool,
     /// lrnnx's bookkeeping index; no effect here.
-    #[serde(default)]
     pub layer_idx: Option<i64>,
 }
 
 impl Default for RgLruConfig {
     fn default() -> Self {
         Self {
-            d_conv: four(),
-            expand: one(),
-            c: eight(),
-            a_init_range: a_range(),
+            d_conv: 4,
+            expand: 1.0,
+            c: 8.0,
+            a_init_range: [0.9, 0.999],
             conv_bias: true,
             bias: false,
             use_fast_path: true,
@@ -66,9 +42,6 @@ impl Default for RgLruConfig {
         }
     }
 }
-
-#[typetag::serde(name = "RGLRU")]
-impl lrnnx_framework::MixerConfig for RgLruConfig {}
 
 impl RgLruConfig {
     /// `d_inner = int(expand * d_model)`, as lrnnx truncates it.

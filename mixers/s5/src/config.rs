@@ -48,33 +48,18 @@ pub enum ForwardMode {
 /// Arguments of lrnnx's LTI `S5(d_model, d_state, discretization, conj_sym=False)`
 /// (`lrnnx/models/lti/s5.py`), plus our `forward_mode`.
 ///
-/// `discretization` has no default in lrnnx and none here.
+/// `discretization` has no default in lrnnx; built by name, it is required here too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct S5LtiConfig {
     /// Number of complex state channels `N`.
     pub d_state: usize,
     /// zoh, bilinear (lrnnx's sign-flipped one), dirac or no_discretization.
     pub discretization: LtiDiscretization,
     /// Conjugate-symmetric state; lrnnx raises NotImplementedError for `true`, so do we.
-    #[serde(default)]
     pub conj_sym: bool,
     /// Scan or convolution (ours; not an lrnnx argument).
-    #[serde(default)]
     pub forward_mode: ForwardMode,
-}
-
-fn dt_min() -> f64 {
-    0.001
-}
-fn dt_max() -> f64 {
-    0.1
-}
-fn one() -> f64 {
-    1.0
-}
-fn yes() -> bool {
-    true
 }
 
 /// Arguments of lrnnx's LTV `S5(d_model, d_state, discretization="zoh", conj_sym=False,
@@ -84,32 +69,23 @@ fn yes() -> bool {
 /// same); it is kept so that a saved config round-trips, and because its
 /// presence is what makes the `"S5"` builder pick this class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct S5LtvConfig {
     /// Number of complex state channels `P`.
     pub d_state: usize,
     /// zoh, bilinear (textbook Tustin) or dirac.
-    #[serde(default)]
     pub discretization: LtvDiscretization,
     /// Keep one of each conjugate pair of eigenvalues and read out `2 Re(C h)`.
-    #[serde(default)]
     pub conj_sym: bool,
     /// Smallest `dt` at init.
-    #[serde(default = "dt_min")]
     pub dt_min: f64,
     /// Largest `dt` at init.
-    #[serde(default = "dt_max")]
     pub dt_max: f64,
     /// Multiplies `exp(log_dt)`.
-    #[serde(default = "one")]
     pub step_rescale: f64,
     /// lrnnx's fast-path switch; no effect here.
-    #[serde(default = "yes")]
     pub use_fast_path: bool,
 }
-
-#[typetag::serde(name = "S5LTV")]
-impl lrnnx_framework::MixerConfig for S5LtvConfig {}
 
 /// The config of a mixer built under the name `"S5"`: either class.
 ///
@@ -140,6 +116,19 @@ impl<'de> Deserialize<'de> for S5Config {
 #[typetag::serde(name = "S5")]
 impl lrnnx_framework::MixerConfig for S5Config {}
 
+impl Default for S5LtiConfig {
+    /// `discretization` has no default in lrnnx (built by name it is
+    /// required); `zoh` here. `d_state = 64` (built by name, the model's).
+    fn default() -> Self {
+        Self {
+            d_state: 64,
+            discretization: LtiDiscretization::Zoh,
+            conj_sym: false,
+            forward_mode: ForwardMode::Auto,
+        }
+    }
+}
+
 impl S5LtiConfig {
     /// Checks what lrnnx would refuse.
     pub fn validate(&self) -> Result<(), String> {
@@ -154,6 +143,21 @@ impl S5LtiConfig {
             );
         }
         Ok(())
+    }
+}
+
+impl Default for S5LtvConfig {
+    /// lrnnx's defaults, with `d_state = 64` (built by name, the model's).
+    fn default() -> Self {
+        Self {
+            d_state: 64,
+            discretization: LtvDiscretization::Zoh,
+            conj_sym: false,
+            dt_min: 0.001,
+            dt_max: 0.1,
+            step_rescale: 1.0,
+            use_fast_path: true,
+        }
     }
 }
 

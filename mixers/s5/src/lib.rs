@@ -72,23 +72,37 @@ pub use hippo::make_dplr_hippo;
 pub use lti::S5Lti;
 pub use ltv::S5Ltv;
 
-use lrnnx_framework::{BuildArgs, Error, Family, Mixer, MixerSpec, Result};
+use lrnnx_framework::{BuildArgs, Mixer, Result};
 
-/// The registered name (LTI class; LTV when the kwargs hold `use_fast_path`).
-pub const NAME: &str = "S5";
+lrnnx_framework::mixers! {
+    /// The registered name (LTI class; LTV when the kwargs hold `use_fast_path`).
+    NAME = "S5" {
+        aliases: ["s5"],
+        family: Lti,
+        summary: "S5: MIMO diagonal complex SSM (LTI; kwargs with use_fast_path give the LTV/event class)",
+        config: S5LtiConfig,
+        build: build,
+        required: ["discretization"],
+    }
 
-/// The registered name of the LTV / event class.
-pub const NAME_LTV: &str = "S5LTV";
-
-fn config_err<'a>(args: &'a BuildArgs, name: &str) -> impl Fn(Error) -> Error + 'a {
-    let name = name.to_string();
-    move |e| match e {
-        Error::Config(m) => args.bad(&name, m),
-        other => other,
+    /// The registered name of the LTV / event class.
+    NAME_LTV = "S5LTV" {
+        aliases: ["s5_ltv"],
+        family: Ltv,
+        summary: "S5, LTV class: event-driven (integration_timesteps) diagonal complex SSM",
+        config: S5LtvConfig,
+        new: |d_model, cfg, params: &_| S5Ltv::new(d_model, cfg, params, false),
     }
 }
 
-fn build_lti(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
+/// The `"S5"` builder: lrnnx has two classes under one name, told apart by
+/// `use_fast_path` (only the LTV class takes it).
+fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
+    if args.kwargs.contains_key("use_fast_path") {
+        let cfg: S5LtvConfig = args.config(NAME, &[])?;
+        let m = args.built(NAME, S5Ltv::new(args.d_model, cfg, &args.params, true))?;
+        return Ok(Box::new(m));
+    }
     if !args.kwargs.contains_key("discretization") {
         return Err(args.bad(
             NAME,
@@ -96,66 +110,7 @@ fn build_lti(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
              dirac, no_discretization (kwargs with `use_fast_path` select the LTV class, whose default is zoh)",
         ));
     }
-    let cfg: S5LtiConfig = args.parse(NAME, &[("d_state", args.d_state.into())])?;
-    let m = S5Lti::new(args.d_model, cfg, &args.params).map_err(config_err(args, NAME))?;
+    let cfg: S5LtiConfig = args.config(NAME, &[])?;
+    let m = args.built(NAME, S5Lti::new(args.d_model, cfg, &args.params))?;
     Ok(Box::new(m))
-}
-
-fn build_ltv(args: &BuildArgs, as_s5: bool) -> Result<Box<dyn Mixer>> {
-    let name = if as_s5 { NAME } else { NAME_LTV };
-    let cfg: S5LtvConfig = args.parse(name, &[("d_state", args.d_state.into())])?;
-    let m = S5Ltv::new(args.d_model, cfg, &args.params, as_s5).map_err(config_err(args, name))?;
-    Ok(Box::new(m))
-}
-
-fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
-    if args.kwargs.contains_key("use_fast_path") {
-        build_ltv(args, true)
-    } else {
-        build_lti(args)
-    }
-}
-
-fn build_ltv_named(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
-    build_ltv(args, false)
-}
-
-fn default_config() -> serde_json::Value {
-    serde_json::json!({"conj_sym": false, "forward_mode": "auto"})
-}
-
-fn default_config_ltv() -> serde_json::Value {
-    serde_json::json!({
-        "discretization": "zoh", "conj_sym": false, "dt_min": 0.001, "dt_max": 0.1,
-        "step_rescale": 1.0, "use_fast_path": true
-    })
-}
-
-inventory::submit! {
-    MixerSpec {
-        name: NAME,
-        aliases: &["s5"],
-        family: Family::Lti,
-        summary: "S5: MIMO diagonal complex SSM (LTI; kwargs with use_fast_path give the LTV/event class)",
-        build,
-        default_config,
-        source: env!("CARGO_PKG_NAME"),
-    }
-}
-
-inventory::submit! {
-    MixerSpec {
-        name: NAME_LTV,
-        aliases: &["s5_ltv"],
-        family: Family::Ltv,
-        summary: "S5, LTV class: event-driven (integration_timesteps) diagonal complex SSM",
-        build: build_ltv_named,
-        default_config: default_config_ltv,
-        source: env!("CARGO_PKG_NAME"),
-    }
-}
-
-/// Referenced by the `lrnnx` facade so that the linker keeps this crate's registration.
-pub fn link() -> &'static str {
-    NAME
 }

@@ -2,36 +2,31 @@
 
 use serde::{Deserialize, Serialize};
 
-fn one() -> usize {
-    1
-}
-fn yes() -> bool {
-    true
-}
-
 /// Arguments of lrnnx's `S7(d_model, d_state, J=1, use_fast_path=True, layer_idx=None)`.
 ///
 /// `d_state` is required by lrnnx; here it defaults to the model's `d_state`
 /// (which the LM passes, as lrnnx's does). `J` only splits the HiPPO init of
 /// `base_params` into blocks, and that init is `-0.5` everywhere whatever `J` is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct S7Config {
     /// State size `N`.
     pub d_state: usize,
     /// Number of HiPPO blocks of the init; must divide `d_state`.
-    #[serde(rename = "J", default = "one")]
+    #[serde(rename = "J")]
     pub j: usize,
     /// lrnnx's switch to its fused CUDA path; no effect here.
-    #[serde(default = "yes")]
     pub use_fast_path: bool,
     /// lrnnx's bookkeeping index; no effect here.
-    #[serde(default)]
     pub layer_idx: Option<i64>,
 }
 
-#[typetag::serde(name = "S7")]
-impl lrnnx_framework::MixerConfig for S7Config {}
+impl Default for S7Config {
+    /// lrnnx's defaults, with `d_state = 64` (built by name, the model's `d_state`).
+    fn default() -> Self {
+        Self::new(64)
+    }
+}
 
 impl S7Config {
     /// A config with lrnnx's defaults for everything but `d_state`.

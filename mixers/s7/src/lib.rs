@@ -26,38 +26,13 @@ mod step;
 pub use config::S7Config;
 pub use s7::S7;
 
-use lrnnx_framework::{BuildArgs, Family, Mixer, MixerSpec, Result};
-
-/// The registered name.
-pub const NAME: &str = "S7";
-
-fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
-    let cfg: S7Config = args.parse(NAME, &[("d_state", args.d_state.into())])?;
-    Ok(Box::new(S7::new(args.d_model, cfg, &args.params).map_err(
-        |e| match e {
-            lrnnx_framework::Error::Config(m) => args.bad(NAME, m),
-            other => other,
-        },
-    )?))
-}
-
-fn default_config() -> serde_json::Value {
-    serde_json::json!({"J": 1, "use_fast_path": true, "layer_idx": null})
-}
-
-inventory::submit! {
-    MixerSpec {
-        name: NAME,
-        aliases: &["s7"],
-        family: Family::Ltv,
+lrnnx_framework::mixers! {
+    /// The registered name.
+    NAME = "S7" {
+        aliases: ["s7"],
+        family: Ltv,
         summary: "S7: input-dependent real diagonal recurrence with gated output and inner residual",
-        build,
-        default_config,
-        source: env!("CARGO_PKG_NAME"),
+        config: S7Config,
+        new: S7::new,
     }
-}
-
-/// Referenced by the `lrnnx` facade so that the linker keeps this crate's registration.
-pub fn link() -> &'static str {
-    NAME
 }

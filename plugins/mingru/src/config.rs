@@ -2,23 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 
-fn one() -> f64 {
-    1.0
-}
-
 /// Arguments of minGRU (as in the reference `minGRU(dim, expansion_factor=1., proj_out=None)`).
 ///
 /// The inner width is `floor(d_model * expansion_factor)`; `proj_out`
 /// (default: `expansion_factor != 1`) adds the output projection back to
 /// `d_model`, which an inner width other than `d_model` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MinGruConfig {
     /// Inner width over model width.
-    #[serde(default = "one")]
     pub expansion_factor: f64,
     /// Project the state back to `d_model` (filled in when built).
-    #[serde(default)]
     pub proj_out: Option<bool>,
 }
 
@@ -30,9 +24,6 @@ impl Default for MinGruConfig {
         }
     }
 }
-
-#[typetag::serde(name = "minGRU")]
-impl lrnnx_framework::MixerConfig for MinGruConfig {}
 
 impl MinGruConfig {
     /// `proj_out` with its default applied.

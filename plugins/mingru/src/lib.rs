@@ -28,40 +28,27 @@ pub use mingru::MinGru;
 pub use scan::linear_scan;
 
 use lrnnx_framework::plugin::Registrar;
-use lrnnx_framework::{BuildArgs, Error, Family, Mixer, MixerSpec, Result};
+use lrnnx_framework::{MixerSpec, Result};
 
-/// The registered name.
-pub const NAME: &str = "minGRU";
-
-fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
-    let cfg: MinGruConfig = args.parse(NAME, &[])?;
-    let m = MinGru::new(args.d_model, cfg, &args.params).map_err(|e| match e {
-        Error::Config(m) => args.bad(NAME, m),
-        other => other,
-    })?;
-    Ok(Box::new(m))
-}
-
-fn default_config() -> serde_json::Value {
-    serde_json::json!({"expansion_factor": 1.0, "proj_out": null})
-}
-
-/// The registry entry of minGRU.
-pub fn spec() -> MixerSpec {
-    MixerSpec {
-        name: NAME,
-        aliases: &["mingru"],
-        family: Family::Ltv,
+lrnnx_framework::mixers! {
+    /// The registered name.
+    NAME = "minGRU" {
+        aliases: ["mingru"],
+        family: Ltv,
         summary: "minGRU (Feng et al. 2024): gated linear recurrence, parallel scan (plugin)",
-        build,
-        default_config,
-        source: env!("CARGO_PKG_NAME"),
+        config: MinGruConfig,
+        new: MinGru::new,
     }
+}
+
+/// The registry entry of minGRU (as declared above).
+pub fn spec() -> Result<MixerSpec> {
+    lrnnx_framework::declare::declared_spec(NAME)
 }
 
 /// Registers minGRU with the host (the plugin's entry calls this).
 pub fn register(host: &mut dyn Registrar) -> Result<()> {
-    host.add(spec())
+    lrnnx_framework::declare::register_declared(host, link())
 }
 
 lrnnx_framework::export_plugin!(register);

@@ -167,7 +167,7 @@ fn bad_shapes_and_kwargs_are_named() {
     assert!(e.contains("(batch, 4)") && e.contains("[2, 3]"), "{e}");
 
     let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    let build = lrnnx_mingru::spec().build;
+    let build = lrnnx_mingru::spec().unwrap().build;
     let e = build(&args(r#"{"expansion_factr": 2}"#, &store))
         .unwrap_err()
         .to_string();
@@ -191,7 +191,8 @@ fn bad_shapes_and_kwargs_are_named() {
 #[test]
 fn config_is_saved_with_defaults_filled_in() {
     let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    let m = (lrnnx_mingru::spec().build)(&args(r#"{"expansion_factor": 2}"#, &store)).unwrap();
+    let m =
+        (lrnnx_mingru::spec().unwrap().build)(&args(r#"{"expansion_factor": 2}"#, &store)).unwrap();
     let json = lrnnx_framework::config_to_json(m.config()).unwrap();
     assert_eq!(
         json,
