@@ -24,37 +24,9 @@
 
 pub use lrnnx_framework::*;
 
-/// The built-in mixer crates.
-pub mod mixers {
-    pub use lrnnx_attn as attn;
-    pub use lrnnx_centaurus as centaurus;
-    pub use lrnnx_lru as lru;
-    pub use lrnnx_mamba as mamba;
-    pub use lrnnx_mlstm as mlstm;
-    pub use lrnnx_rglru as rglru;
-    pub use lrnnx_s4 as s4;
-    pub use lrnnx_s4d as s4d;
-    pub use lrnnx_s5 as s5;
-    pub use lrnnx_s7 as s7;
-}
-
-/// Names of the built-in mixers; calling it also guarantees that the linker
-/// keeps every built-in crate (and so its `inventory` registrations).
-pub fn builtin_mixers() -> Vec<&'static str> {
-    [
-        lrnnx_lru::link(),
-        &[lrnnx_s4::link()],
-        &[lrnnx_s4d::link()],
-        lrnnx_s5::link(),
-        lrnnx_centaurus::link(),
-        lrnnx_mamba::link(),
-        lrnnx_rglru::link(),
-        lrnnx_s7::link(),
-        lrnnx_mlstm::link(),
-        lrnnx_attn::link(),
-    ]
-    .concat()
-}
+// `mixers` (the built-in crates, re-exported) and `builtin_mixers()`, from
+// the mixer crates under `mixers/` this package depends on (see build.rs).
+include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
 
 /// Makes sure the built-in mixers are registered. Cheap; call it once at start-up.
 pub fn init() {

@@ -66,6 +66,6 @@ inventory::submit! {
 }
 
 /// Referenced by the `lrnnx` facade so that the linker keeps this crate's registration.
-pub fn link() -> &'static str {
-    NAME
+pub fn link() -> &'static [&'static str] {
+    &[NAME]
 }
