@@ -35,7 +35,7 @@ pub use mixer::{
     check_sequence, check_step_input, match_step_rank, Family, ForwardOpts, Lti, Ltv, Mixer,
     StepOpts,
 };
-pub use params::{Init, ParamBuilder, ParamStore};
+pub use params::{Init, ParamBuilder, ParamStore, Role};
 pub use plugin::{load_plugin, LoadedPlugin, Registrar};
 pub use registry::{
     config_to_json, BuildArgs, BuildFn, MixerConfig, MixerSpec, Origin, Registered, Registry,

@@ -34,6 +34,28 @@ pub enum Init {
     TorchDefault { fan_in: usize },
 }
 
+/// What a parameter is, for initialisation schemes that treat kinds of
+/// parameters differently (lrnnx's GPT-2-style `_init_weights`, which
+/// [`LRNNLMHeadModel::init`](crate::LRNNLMHeadModel::init) applies). A
+/// parameter nobody marks is [`Role::Other`] and keeps its own init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// No scheme touches it.
+    #[default]
+    Other,
+    /// The weight of a dense layer (`nn.Linear`).
+    LinearWeight,
+    /// The bias of a dense layer: zeroed by lrnnx's `_init_weights`.
+    LinearBias,
+    /// The weight of a dense layer whose output joins the residual stream
+    /// (lrnnx's `out_proj.weight`, `fc2.weight`): redrawn from
+    /// `U(±1/sqrt(fan_in))` and divided by `sqrt(n_layer)`.
+    ResidualOutput,
+    /// lrnnx's `_no_reinit`: a bias with a structured init of its own
+    /// (Mamba's `dt_proj.bias`) that no scheme may reset.
+    NoReinit,
+}
+
 struct Inner {
     loaded: Option<HashMap<String, Tensor>>,
     used: HashSet<String>,
@@ -42,6 +64,8 @@ struct Inner {
     buffers: BTreeMap<String, Tensor>,
     /// Second names of parameters (alias -> target), saved under both.
     aliases: BTreeMap<String, String>,
+    /// Roles marked with [`ParamBuilder::mark`]; absent means [`Role::Other`].
+    roles: HashMap<String, Role>,
     rng: StdRng,
 }
 
@@ -75,6 +99,7 @@ impl ParamStore {
                 params: BTreeMap::new(),
                 buffers: BTreeMap::new(),
                 aliases: BTreeMap::new(),
+                roles: HashMap::new(),
                 rng: StdRng::seed_from_u64(seed),
             }),
             device: device.clone(),
@@ -127,6 +152,11 @@ impl ParamStore {
             }
         }
         map
+    }
+
+    /// The role of parameter `key` (full dotted name).
+    pub fn role(&self, key: &str) -> Role {
+        self.lock().roles.get(key).copied().unwrap_or_default()
     }
 
     /// Marks a loaded key as consumed without turning it into a parameter
@@ -236,6 +266,13 @@ impl ParamBuilder {
     /// Dtype parameters are stored in.
     pub fn dtype(&self) -> DType {
         self.store.dtype()
+    }
+
+    /// Records what parameter `name` (relative to this prefix) is, for
+    /// initialisation schemes that go by [`Role`]; the last mark wins.
+    pub fn mark(&self, name: &str, role: Role) {
+        let key = self.key(name);
+        self.store.lock().roles.insert(key, role);
     }
 
     /// Records `alias` as a second name of the parameter `target` (both

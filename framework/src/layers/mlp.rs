@@ -2,7 +2,7 @@
 
 use candle_core::{Module, Tensor, D};
 
-use super::linear::{linear_no_bias, Linear};
+use super::linear::{linear_no_bias, residual_output, Linear};
 use crate::{ParamBuilder, Result};
 
 /// `fc2(y * silu(gate))` where `(y, gate) = fc1(x).chunk(2)`; no biases.
@@ -22,7 +22,7 @@ impl GatedMlp {
         let hidden = d_intermediate.div_ceil(128) * 128;
         Ok(Self {
             fc1: linear_no_bias(d_model, 2 * hidden, &pb.pp("fc1"))?,
-            fc2: linear_no_bias(hidden, d_model, &pb.pp("fc2"))?,
+            fc2: residual_output(hidden, d_model, false, &pb.pp("fc2"))?,
             hidden,
         })
     }

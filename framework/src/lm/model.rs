@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::LmConfig;
 use crate::layers::{Block, GatedMlp, Norm, NormKind};
 use crate::{
-    BuildArgs, Error, ForwardOpts, Init, MixerState, ParamStore, Registry, Result, StepOpts,
+    BuildArgs, Error, ForwardOpts, Init, MixerState, ParamStore, Registry, Result, Role, StepOpts,
 };
 
 /// Options of [`LRNNLMHeadModel::forward`].
@@ -140,11 +140,11 @@ impl LRNNLMHeadModel {
         })
     }
 
-    /// lrnnx's `_init_weights` (GPT-2 style), applied after the layers drew
-    /// their own inits: linear biases zeroed (not `dt_proj.bias`, which lrnnx
-    /// marks `_no_reinit`, not convs, not norms; Mamba's `dtA_proj.bias` is
-    /// zeroed, as lrnnx leaves it unmarked), and `out_proj.weight` / `fc2.weight` redrawn from
-    /// `U(±1/sqrt(fan_in))` and divided by `sqrt(n_layer)`.
+    /// lrnnx's `_init_weights` (GPT-2 style), applied by [`Role`] after the
+    /// layers drew their own inits: every [`Role::LinearBias`] zeroed, every
+    /// [`Role::ResidualOutput`] weight redrawn from `U(±1/sqrt(fan_in))` and
+    /// divided by `sqrt(n_layer)`; everything else (convs, norms,
+    /// [`Role::NoReinit`], unmarked plugin parameters) kept.
     fn reinit_like_lrnnx(&self) -> Result<()> {
         let n_layer = self.config.n_layer.max(1) as f64;
         let builder = ParamStore::init(
@@ -153,24 +153,20 @@ impl LRNNLMHeadModel {
             &Device::Cpu,
         );
         for (name, var) in self.store.vars() {
-            let is_norm = name.contains(".norm") || name.ends_with("norm_f.bias");
-            let is_linear_bias = name.ends_with(".bias")
-                && !is_norm
-                && !name.contains("conv1d")
-                && !name.ends_with("dt_proj.bias");
-            if is_linear_bias && name.contains(".mixer.")
-                || name.contains(".mlp.") && name.ends_with(".bias")
-            {
-                var.set(&var.as_tensor().zeros_like()?)?;
-            } else if name.ends_with("out_proj.weight") || name.ends_with("fc2.weight") {
-                let dims = var.as_tensor().dims().to_vec();
-                let fan_in = dims.get(1).copied().unwrap_or(1);
-                let t =
-                    builder
-                        .builder()
-                        .get(dims.as_slice(), &name, Init::TorchDefault { fan_in })?;
-                let t = (t / n_layer.sqrt())?.to_device(var.as_tensor().device())?;
-                var.set(&t.to_dtype(var.as_tensor().dtype())?)?;
+            match self.store.role(&name) {
+                Role::LinearBias => var.set(&var.as_tensor().zeros_like()?)?,
+                Role::ResidualOutput => {
+                    let dims = var.as_tensor().dims().to_vec();
+                    let fan_in = dims.get(1).copied().unwrap_or(1);
+                    let t = builder.builder().get(
+                        dims.as_slice(),
+                        &name,
+                        Init::TorchDefault { fan_in },
+                    )?;
+                    let t = (t / n_layer.sqrt())?.to_device(var.as_tensor().device())?;
+                    var.set(&t.to_dtype(var.as_tensor().dtype())?)?;
+                }
+                Role::Other | Role::LinearWeight | Role::NoReinit => {}
             }
         }
         Ok(())

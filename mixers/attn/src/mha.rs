@@ -1,7 +1,7 @@
 //! The attention layer: projections, GQA heads, causal mask, KV-cache step.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use lrnnx_framework::layers::{linear_maybe_bias, Linear};
+use lrnnx_framework::layers::{linear_maybe_bias, residual_output, Linear};
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Error, Family, ForwardOpts, Init, Mixer,
     MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
@@ -54,7 +54,7 @@ impl Mha {
         } else {
             None
         };
-        let out_proj = linear_maybe_bias(
+        let out_proj = residual_output(
             out_dim + cfg.mlp_dim / 2,
             d_model,
             cfg.out_proj_bias,

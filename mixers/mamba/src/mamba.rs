@@ -1,8 +1,9 @@
 //! The Mamba layer: parameters, forward through the fused ops, prefill, step.
 
 use candle_core::{DType, Device, Tensor};
-use lrnnx_framework::layers::{linear_maybe_bias, linear_no_bias, Linear};
+use lrnnx_framework::layers::{linear_maybe_bias, linear_no_bias, residual_output, Linear};
 use lrnnx_framework::params::random;
+use lrnnx_framework::Role;
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
     Init, Ltv, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
@@ -146,7 +147,10 @@ impl Mamba {
         // Unused by the computation (as in lrnnx); kept so checkpoints round-trip.
         apb.get((di, rank), "weight", Init::TorchDefault { fan_in: rank })?;
         let dta_b = apb.get(di, "bias", Init::TorchDefault { fan_in: rank })?;
-        let out_proj = linear_maybe_bias(di, h, cfg.bias, &pb.pp("out_proj"))?;
+        // lrnnx marks dt_proj.bias `_no_reinit`, and not dtA_proj.bias.
+        dpb.mark("bias", Role::NoReinit);
+        apb.mark("bias", Role::LinearBias);
+        let out_proj = residual_output(di, h, cfg.bias, &pb.pp("out_proj"))?;
         Ok(Self {
             cfg,
             d_model,

@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use lrnnx_framework::params::random;
-use lrnnx_framework::{Init, ParamBuilder, Result};
+use lrnnx_framework::{Init, ParamBuilder, Result, Role};
 
 /// `y[.., h, o] = sum_d x[.., h, d] W[h, o, d] (+ bias)`, weight `(heads, out/heads, in/heads)`.
 #[derive(Debug, Clone)]
@@ -34,6 +34,7 @@ impl HeadwiseLinear {
             Ok(Tensor::from_vec(v, (heads, block, block), &Device::Cpu)?)
         })?;
         let bias = if bias {
+            pb.mark("bias", Role::LinearBias);
             Some(pb.get(features, "bias", Init::Zeros)?)
         } else {
             None

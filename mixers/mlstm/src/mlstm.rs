@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use lrnnx_framework::layers::Linear;
 use lrnnx_framework::params::random;
+use lrnnx_framework::Role;
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Error, Family, ForwardOpts, Init, Mixer,
     MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
@@ -89,6 +90,7 @@ impl Mlstm {
             pb.pp("proj_up")
                 .get_with((2 * inner, d), "weight", normal(2 * inner, d, small))?,
             if cfg.bias {
+                pb.pp("proj_up").mark("bias", Role::LinearBias);
                 Some(pb.pp("proj_up").get(2 * inner, "bias", Init::Zeros)?)
             } else {
                 None
@@ -104,6 +106,7 @@ impl Mlstm {
             let g = cpb.pp(name);
             let w = g.get((heads, 3 * inner), "weight", Init::Zeros)?;
             let b = g.get(heads, "bias", bias)?;
+            g.mark("bias", Role::LinearBias);
             Ok(Linear::new(w, Some(b)))
         };
         let igate = gate(
@@ -129,6 +132,8 @@ impl Mlstm {
                     .collect();
                 Ok(Tensor::from_vec(v, heads, &Device::Cpu)?)
             })?;
+            // An nn.Linear bias: lrnnx's `_init_weights` zeroes it too.
+            g.mark("bias", Role::LinearBias);
             Linear::new(w, Some(b))
         };
         let outnorm = MultiHeadLayerNorm::new(inner, heads, &cpb.pp("outnorm"))?;
@@ -138,6 +143,7 @@ impl Mlstm {
             let p = pb.pp("proj_down");
             let w = p.get_with((d, inner), "weight", normal(d, inner, wang))?;
             let b = if cfg.bias {
+                p.mark("bias", Role::LinearBias);
                 Some(p.get(d, "bias", Init::Zeros)?)
             } else {
                 None

@@ -1,7 +1,7 @@
 //! The RG-LRU block: parameters, parallel forward, prefill and step.
 
 use candle_core::{DType, Device, Tensor};
-use lrnnx_framework::layers::{linear, linear_maybe_bias};
+use lrnnx_framework::layers::{linear, linear_maybe_bias, residual_output};
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
@@ -108,7 +108,7 @@ impl RgLru {
                 .collect();
             Ok(Tensor::from_vec(v, (d, 1), &Device::Cpu)?)
         })?;
-        let out_proj = Dense::new(linear_maybe_bias(d, h, cfg.bias, &pb.pp("out_proj"))?);
+        let out_proj = Dense::new(residual_output(d, h, cfg.bias, &pb.pp("out_proj"))?);
         Ok(Self {
             cfg,
             d_model,
