@@ -1,10 +1,15 @@
 //! Training language models: AdamW, the learning-rate schedule, gradient
-//! clipping, token batches and the training loop's state.
+//! clipping, token batches, the training loop's state and crash-consistent
+//! checkpoint sets.
 
+mod checkpoint;
 mod data;
 mod optim;
 mod schedule;
 
+pub use checkpoint::{
+    recover_checkpoint, verify_checkpoint, CheckpointWriter, Manifest, ManifestFile, MANIFEST,
+};
 pub use data::{cross_entropy, ByteTokenizer, TokenBatches, Tokenizer};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use schedule::WarmupCosine;
