@@ -72,21 +72,22 @@ pub fn bench_step(
     });
 }
 
-/// Times `forward{seq}` and `forward+backward{seq}` (of `sum(y²)`) of `m` on
-/// `x (B, L, H)` with options `opts`; the throughput is B·L positions.
+/// Times `{prefix}forward{seq}` and `{prefix}forward+backward{seq}` (of
+/// `sum(y²)`) of `m` on `x (B, L, H)` with options `opts`; the throughput is
+/// B·L positions.
 pub fn bench_forward_backward(
     g: &mut BenchmarkGroup<WallTime>,
     m: &dyn Mixer,
     x: &Tensor,
     opts: &ForwardOpts,
-    seq: &str,
+    (prefix, seq): (&str, &str),
 ) {
     let (b, l, _) = x.dims3().expect("x is (B, L, H)");
     g.throughput(Throughput::Elements((b * l) as u64));
-    g.bench_function(format!("forward{seq}"), |bench| {
+    g.bench_function(format!("{prefix}forward{seq}"), |bench| {
         bench.iter(|| m.forward(x, opts).expect("forward"))
     });
-    g.bench_function(format!("forward+backward{seq}"), |bench| {
+    g.bench_function(format!("{prefix}forward+backward{seq}"), |bench| {
         bench.iter(|| backward_of_square_sum(&m.forward(x, opts).expect("forward")))
     });
 }
@@ -100,6 +101,6 @@ pub fn bench_mixer(
     seq: &str,
     token: &str,
 ) {
-    bench_forward_backward(g, m, x, &ForwardOpts::default(), seq);
+    bench_forward_backward(g, m, x, &ForwardOpts::default(), ("", seq));
     bench_step(g, &format!("step{token}"), m, x, &StepOpts::default());
 }
