@@ -62,6 +62,15 @@ pub struct BuildSite {
 }
 
 impl BuildSite {
+    /// Layer `layer_idx` of a model of width `d_model` and state size `d_state`.
+    pub const fn new(d_model: usize, d_state: usize, layer_idx: usize) -> Self {
+        Self {
+            d_model,
+            d_state,
+            layer_idx,
+        }
+    }
+
     /// The build arguments with `kwargs` (a JSON object) and parameters from `store`.
     pub fn args(&self, store: &Arc<ParamStore>, kwargs: &str) -> BuildArgs {
         BuildArgs {

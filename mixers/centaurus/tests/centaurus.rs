@@ -346,21 +346,11 @@ fn lengths_and_timesteps_change_nothing_as_in_lrnnx() {
 }
 
 fn args(store: &Arc<ParamStore>, h: usize, n: usize, kw: &str) -> BuildArgs {
-    let site = BuildSite {
-        d_model: h,
-        d_state: n,
-        layer_idx: 2,
-    };
-    site.args(store, kw)
+    BuildSite::new(h, n, 2).args(store, kw)
 }
 
 fn build_err(h: usize, n: usize, kw: &str) -> String {
-    let site = BuildSite {
-        d_model: h,
-        d_state: n,
-        layer_idx: 2,
-    };
-    site.build_error("Centaurus", kw)
+    BuildSite::new(h, n, 2).build_error("Centaurus", kw)
 }
 
 #[test]

@@ -124,11 +124,7 @@ fn bad_shapes_and_kwargs_are_named() {
     let (lru, _) = build(4, 3, 1, DType::F32);
     assert_wrong_width_is_named(&lru, 4);
     assert_mentions(&forward_error(&lru, &[8, 4]), &["[8, 4]"]);
-    let site = BuildSite {
-        d_model: 4,
-        d_state: 3,
-        layer_idx: 2,
-    };
+    let site = BuildSite::new(4, 3, 2);
     let e = site.build_error("LRU", r#"{"r_mni": 0.1}"#);
     assert_mentions(&e, &["layer 2", "r_mni", "r_min"]);
     let e = site.build_error("LRU", r#"{"r_min": 0.9, "r_max": 0.5}"#);

@@ -274,11 +274,7 @@ fn gradients_match_finite_differences() {
 }
 
 fn site(d: usize) -> BuildSite {
-    BuildSite {
-        d_model: d,
-        d_state: 16,
-        layer_idx: 2,
-    }
+    BuildSite::new(d, 16, 2)
 }
 
 #[test]

@@ -199,11 +199,7 @@ fn bad_shapes_and_kwargs_are_named() {
     let (m, _) = build(4, RgLruConfig::default(), 1, DType::F32);
     assert_wrong_width_is_named(&m, 4);
     assert_mentions(&step_error(&m, &[2, 3, 4]), &["[2, 3, 4]"]);
-    let site = BuildSite {
-        d_model: 4,
-        d_state: 16,
-        layer_idx: 2,
-    };
+    let site = BuildSite::new(4, 16, 2);
     // lrnnx's RGLRU has no d_state parameter.
     let e = site.build_error("RGLRU", r#"{"d_state": 8}"#);
     assert_mentions(&e, &["layer 2", "d_state", "d_conv"]);

@@ -876,11 +876,7 @@ fn init_follows_lrnnx() {
 
 #[test]
 fn bad_kwargs_and_inputs_are_named() {
-    let site = BuildSite {
-        d_model: 4,
-        d_state: 3,
-        layer_idx: 2,
-    };
+    let site = BuildSite::new(4, 3, 2);
     let err = |name: &str, kw: serde_json::Value| site.build_error(name, &kw.to_string());
     let e = err("S5", serde_json::json!({}));
     assert!(

@@ -182,11 +182,7 @@ fn bad_shapes_and_kwargs_are_named() {
     let (m, _) = build(4, 3, 1, DType::F32);
     assert_wrong_width_is_named(&m, 4);
     assert_mentions(&step_error(&m, &[2, 5]), &["[2, 5]"]);
-    let site = BuildSite {
-        d_model: 4,
-        d_state: 6,
-        layer_idx: 1,
-    };
+    let site = BuildSite::new(4, 6, 1);
     let e = site.build_error("S7", r#"{"J": 4}"#);
     assert_mentions(&e, &["layer 1", "divisible by J", "J = 4"]);
     let e = site.build_error("s7", r#"{"d_state": 0}"#);

@@ -111,12 +111,7 @@ fn gradients_match_finite_differences() {
 }
 
 fn args(kw: &str, store: &std::sync::Arc<ParamStore>) -> BuildArgs {
-    let site = BuildSite {
-        d_model: 4,
-        d_state: 3,
-        layer_idx: 2,
-    };
-    site.args(store, kw)
+    BuildSite::new(4, 3, 2).args(store, kw)
 }
 
 #[test]
