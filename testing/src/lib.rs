@@ -2,11 +2,35 @@
 //!
 //! What the tests of the mixer crates share: seeded random inputs drawn the
 //! way parameters are (so a seed means the same numbers everywhere), values
-//! as `f64`, and the two error measures the tests assert on. Test code: it
-//! panics on failure instead of returning errors.
+//! as `f64`, the error measures the tests assert on, and the checks every
+//! mixer's tests make: decoding against the forward ([`decoding`]),
+//! gradients against finite differences ([`gradients`]), the errors of bad
+//! input and kwargs ([`errors`]), options lrnnx ignores ([`options`]),
+//! conformance cases ([`conformance`]) and, with feature `bench`, the
+//! criterion scaffolding of the benches ([`bench`]). Test code: it panics on
+//! failure instead of returning errors.
 
-use candle_core::{DType, Device, Tensor, Var};
-use lrnnx_framework::{ForwardOpts, Init, Mixer, MixerState, ParamStore, StepOpts};
+#[cfg(feature = "bench")]
+pub mod bench;
+pub mod conformance;
+pub mod decoding;
+pub mod errors;
+pub mod gradients;
+pub mod options;
+
+pub use conformance::{assert_case_passes, checks_step, golden_case};
+pub use decoding::{
+    assert_decoding_matches_forward, assert_lm_decoding_matches_forward,
+    assert_prefills_then_steps_match_forward, assert_steps_match_forward,
+};
+pub use errors::{
+    assert_mentions, assert_wrong_width_is_named, forward_error, step_error, BuildSite,
+};
+pub use gradients::{central_difference, first_middle_last, GradientCheck, FD_STEP};
+pub use options::assert_lengths_change_nothing;
+
+use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::{Init, ParamStore};
 
 /// A `N(0, 1)` tensor on the CPU, reproducible from `seed`.
 ///
@@ -17,10 +41,17 @@ use lrnnx_framework::{ForwardOpts, Init, Mixer, MixerState, ParamStore, StepOpts
 /// assert_eq!(lrnnx_testing::vec1(&a), lrnnx_testing::vec1(&b));
 /// ```
 pub fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let init = Init::Normal {
-        mean: 0.0,
-        std: 1.0,
-    };
+    normal(shape, seed, 0.0, 1.0, dtype)
+}
+
+/// A `N(mean, std²)` tensor on the CPU, reproducible from `seed` (the same
+/// numbers as [`randn`]'s, scaled and moved).
+pub fn normal(shape: &[usize], seed: u64, mean: f64, std: f64, dtype: DType) -> Tensor {
+    draw(shape, seed, dtype, Init::Normal { mean, std })
+}
+
+/// A tensor on the CPU drawn from `init` as a parameter seeded `seed` is.
+pub fn draw(shape: &[usize], seed: u64, dtype: DType, init: Init) -> Tensor {
     ParamStore::init(seed, dtype, &Device::Cpu)
         .builder()
         .get(shape, "x", init)
@@ -34,6 +65,11 @@ pub fn vec1(t: &Tensor) -> Vec<f64> {
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1())
         .expect("tensor values")
+}
+
+/// `max |a|` (0 for no elements).
+pub fn max_abs(a: &[f64]) -> f64 {
+    a.iter().fold(0.0, |m, x| m.max(x.abs()))
 }
 
 /// `max |a - b|`; the lengths must agree.
@@ -58,93 +94,4 @@ pub fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (vec1(a), vec1(b));
     let scale = b.iter().fold(1.0f64, |m, x| m.max(x.abs()));
     max_err(&a, &b) / scale
-}
-
-/// The central difference `(loss(v + eps e_idx) - loss(v - eps e_idx)) / 2 eps`
-/// of `loss` in element `idx` of `var` (any shape; set through `f64`, so use
-/// f64 variables for tight checks). `var` holds its old values afterwards.
-///
-/// ```
-/// use candle_core::{Device, Tensor, Var};
-/// let v = Var::new(&[1.0f64, 2.0, 3.0], &Device::Cpu).unwrap();
-/// let square_sum = || v.as_tensor().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-/// let d = lrnnx_testing::central_difference(&v, 1, 1e-6, square_sum);
-/// assert!((d - 4.0).abs() < 1e-6);
-/// assert_eq!(lrnnx_testing::vec1(v.as_tensor()), vec![1.0, 2.0, 3.0]);
-/// ```
-pub fn central_difference(var: &Var, idx: usize, eps: f64, mut loss: impl FnMut() -> f64) -> f64 {
-    let base = vec1(var.as_tensor());
-    let (shape, dtype, device) = (var.shape().clone(), var.dtype(), var.device().clone());
-    let set = |values: Vec<f64>| {
-        let t = Tensor::from_vec(values, shape.clone(), &Device::Cpu)
-            .and_then(|t| t.to_dtype(dtype))
-            .and_then(|t| t.to_device(&device))
-            .expect("a bumped copy of the variable");
-        var.set(&t).expect("same shape and dtype");
-    };
-    let mut at = |delta: f64| {
-        let mut bumped = base.clone();
-        bumped[idx] += delta;
-        set(bumped);
-        let out = loss();
-        set(base.clone());
-        out
-    };
-    (at(eps) - at(-eps)) / (2.0 * eps)
-}
-
-/// Checks a mixer's decoding against its parallel forward on `x (B, L, H)`:
-/// every position stepped from a fresh state (alternating `(B, H)` and
-/// `(B, 1, H)` inputs, whose rank the output must keep), then prefills of
-/// `prefills` positions each followed by steps for the rest. Each must equal
-/// the forward to `tol` (max abs error); the state must count the positions.
-pub fn assert_decoding_matches_forward(
-    m: &dyn Mixer,
-    x: &Tensor,
-    prefills: &[usize],
-    tol: f64,
-    what: &str,
-) {
-    let (b, l, h) = x.dims3().expect("x is (B, L, H)");
-    let (dtype, dev) = (x.dtype(), x.device());
-    let want = vec1(&m.forward(x, &ForwardOpts::default()).expect("forward"));
-    let position = |t: usize| x.narrow(1, t, 1).expect("position");
-    let step =
-        |st: &mut MixerState, xt: &Tensor| m.step(xt, st, &StepOpts::default()).expect("step");
-
-    let mut st = m.init_state(b, l, dtype, dev).expect("state");
-    let mut ys = Vec::with_capacity(l);
-    for t in 0..l {
-        let xt = match t % 2 {
-            0 => position(t).squeeze(1).expect("(B, H) step input"),
-            _ => position(t),
-        };
-        let yt = step(&mut st, &xt);
-        assert_eq!(yt.rank(), xt.rank(), "{what}: step keeps the input's rank");
-        ys.push(yt.reshape((b, 1, h)).expect("(B, 1, H)"));
-    }
-    assert_eq!(st.seqlen_offset, l, "{what}: positions counted by steps");
-    let err = max_err(&vec1(&Tensor::cat(&ys, 1).expect("cat")), &want);
-    assert!(err < tol, "{what}: step vs forward: {err:e}");
-
-    let mut st = m.init_state(b, l, dtype, dev).expect("state");
-    let mut parts = Vec::new();
-    let mut t = 0;
-    for &n in prefills {
-        let part = x.narrow(1, t, n).expect("prefill part");
-        parts.push(
-            m.prefill(&part, &mut st, &ForwardOpts::default())
-                .expect("prefill"),
-        );
-        t += n;
-    }
-    assert_eq!(st.seqlen_offset, t, "{what}: positions counted by prefill");
-    for t in t..l {
-        parts.push(step(&mut st, &position(t)));
-    }
-    let err = max_err(&vec1(&Tensor::cat(&parts, 1).expect("cat")), &want);
-    assert!(
-        err < tol,
-        "{what}: prefill {prefills:?} + steps vs forward: {err:e}"
-    );
 }

@@ -2,25 +2,18 @@
 
 use candle_core::{DType, Device, Tensor};
 use lrnnx_attn::{Mha, MhaConfig, Rotary};
-use lrnnx_framework::{ForwardOpts, Mixer, ParamStore, StepOpts};
-use lrnnx_testing::{max_err, vec1};
+use lrnnx_framework::{ForwardOpts, Mixer, ParamStore};
+use lrnnx_testing::{
+    assert_mentions, assert_prefills_then_steps_match_forward, assert_steps_match_forward, max_err,
+    step_error, vec1,
+};
 
 fn cfg(json: &str) -> MhaConfig {
     serde_json::from_str(json).unwrap()
 }
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
-    ParamStore::init(seed, DType::F32, &Device::Cpu)
-        .builder()
-        .get(
-            shape,
-            "x",
-            lrnnx_framework::Init::Normal {
-                mean: 0.0,
-                std: 1.0,
-            },
-        )
-        .unwrap()
+    lrnnx_testing::randn(shape, seed, DType::F32)
 }
 
 /// NeoX-style rotary on one head vector at position `pos`.
@@ -182,47 +175,9 @@ fn step_and_prefill_equal_forward_position_by_position() {
         let m = Mha::new(*e, cfg(json), &store.builder()).unwrap();
         let (b, l) = (3, 13);
         let x = randn(&[b, l, *e], 99);
-        let y = m.forward(&x, &ForwardOpts::default()).unwrap();
         // Start with a small cache so that it has to grow.
-        let mut st = m.init_state(b, 4, DType::F32, &Device::Cpu).unwrap();
-        let ys: Vec<Tensor> = (0..l)
-            .map(|t| {
-                m.step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
-                    .unwrap()
-            })
-            .collect();
-        let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &vec1(&y));
-        assert!(err < 1e-5, "case {i} step: {err}");
-        let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-        let mut parts = vec![m
-            .prefill(
-                &x.narrow(1, 0, 5).unwrap(),
-                &mut st,
-                &ForwardOpts::default(),
-            )
-            .unwrap()];
-        parts.push(
-            m.prefill(
-                &x.narrow(1, 5, 4).unwrap(),
-                &mut st,
-                &ForwardOpts::default(),
-            )
-            .unwrap(),
-        );
-        for t in 9..l {
-            parts.push(
-                m.step(
-                    &x.narrow(1, t, 1).unwrap().squeeze(1).unwrap(),
-                    &mut st,
-                    &StepOpts::default(),
-                )
-                .unwrap()
-                .unsqueeze(1)
-                .unwrap(),
-            );
-        }
-        let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &vec1(&y));
-        assert!(err < 1e-5, "case {i} prefill+step: {err}");
+        assert_steps_match_forward(&m, &x, 4, 1e-5, &format!("case {i}"));
+        assert_prefills_then_steps_match_forward(&m, &x, &[5, 4], 1e-5, &format!("case {i}"));
     }
 }
 
@@ -266,10 +221,5 @@ fn bad_configs_are_named() {
         &store.builder(),
     )
     .unwrap();
-    let mut st = m.init_state(2, 4, DType::F32, &Device::Cpu).unwrap();
-    let e = m
-        .step(&randn(&[2, 3, 8], 1), &mut st, &StepOpts::default())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("[2, 3, 8]"), "{e}");
+    assert_mentions(&step_error(&m, &[2, 3, 8]), &["[2, 3, 8]"]);
 }

@@ -1,14 +1,11 @@
 //! Centaurus (neck) on the CPU at B=8, L=2048, d_model=256, d_state=64,
 //! sub_state_dim=4: forward by scan and by convolution, step, forward+backward.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lrnnx_centaurus::{Centaurus, CentaurusConfig, ForwardMode, Mode};
 use lrnnx_framework::{ForwardOpts, Mixer, ParamStore, StepOpts};
-
-const B: usize = 8;
-const L: usize = 2048;
-const H: usize = 256;
+use lrnnx_testing::bench::{self, B, D_MODEL as H, L};
 const N: usize = 64;
 const M: usize = 4;
 
@@ -26,9 +23,8 @@ fn layer() -> Centaurus {
 
 fn bench(c: &mut Criterion) {
     let layer = layer();
-    let x = Tensor::randn(0f32, 1.0, (B, L, H), &Device::Cpu).expect("input");
-    let mut g = c.benchmark_group("centaurus");
-    g.sample_size(10);
+    let x = bench::input(&[B, L, H]);
+    let mut g = bench::group(c, "centaurus");
     g.throughput(Throughput::Elements((B * L) as u64));
     for (name, how) in [("scan", ForwardMode::Scan), ("conv", ForwardMode::Conv)] {
         g.bench_function(format!("forward {name} B8 L2048 H256 N64 M4"), |bench| {
@@ -40,30 +36,18 @@ fn bench(c: &mut Criterion) {
             format!("forward+backward {name} B8 L2048 H256 N64 M4"),
             |bench| {
                 bench.iter(|| {
-                    let y = layer.forward_by(&x, how).expect("forward");
-                    y.sqr()
-                        .and_then(|t| t.sum_all())
-                        .and_then(|t| t.backward())
-                        .expect("backward")
+                    bench::backward_of_square_sum(&layer.forward_by(&x, how).expect("forward"))
                 })
             },
         );
     }
-    g.throughput(Throughput::Elements(B as u64));
-    let mut state = layer
-        .init_state(B, L, DType::F32, &Device::Cpu)
-        .expect("state");
-    let xt = x
-        .narrow(1, 0, 1)
-        .and_then(|t| t.squeeze(1))
-        .expect("step input");
-    g.bench_function("step B8 H256 N64 M4", |bench| {
-        bench.iter(|| {
-            layer
-                .step(&xt, &mut state, &StepOpts::default())
-                .expect("step")
-        })
-    });
+    bench::bench_step(
+        &mut g,
+        "step B8 H256 N64 M4",
+        &layer,
+        &x,
+        &StepOpts::default(),
+    );
     g.finish();
     // `forward` through the trait (auto picks the convolution here).
     let _ = layer.forward(&x, &ForwardOpts::default()).expect("forward");

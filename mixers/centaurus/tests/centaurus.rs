@@ -3,10 +3,14 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use lrnnx_centaurus::{Centaurus, CentaurusConfig, ForwardMode, Mode};
 use lrnnx_framework::{BuildArgs, Family, ForwardOpts, Init, Lti, Mixer, ParamStore, StepOpts};
-use lrnnx_testing::{central_difference, max_err, vec1};
+use lrnnx_testing::{
+    assert_decoding_matches_forward, assert_lengths_change_nothing, assert_mentions,
+    assert_wrong_width_is_named, draw, max_abs, max_err, randn, step_error, vec1, BuildSite,
+    GradientCheck,
+};
 
 const MODES: [Mode; 4] = [Mode::Neck, Mode::Pw, Mode::Dws, Mode::Full];
 
@@ -27,23 +31,6 @@ fn states(mode: Mode, h: usize, odd: usize) -> usize {
         Mode::Dws => h,
         Mode::Full => h * h + odd % 2, // sometimes one inert extra state
     }
-}
-
-fn draw(shape: &[usize], seed: u64, dtype: DType, init: Init) -> Tensor {
-    let store = ParamStore::init(seed, dtype, &Device::Cpu);
-    store.builder().get(shape, "x", init).unwrap()
-}
-
-fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    draw(
-        shape,
-        seed,
-        dtype,
-        Init::Normal {
-            mean: 0.0,
-            std: 1.0,
-        },
-    )
 }
 
 /// Replaces every parameter by random values (stable `A`, steps in [0.01, 0.5]),
@@ -89,10 +76,6 @@ fn build(
     let layer = Centaurus::new(h, config(n, m, mode, fm), &store.builder()).unwrap();
     randomize(&store, 3);
     (layer, store)
-}
-
-fn max_abs(a: &[f64]) -> f64 {
-    a.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
 /// Per-token recurrence in f64, complex numbers spelled out, straight from
@@ -214,36 +197,10 @@ fn step_and_prefill_equal_forward_in_every_mode() {
             let x = randn(&[b, l, h], 9, DType::F32);
             let y = layer.forward(&x, &ForwardOpts::default()).unwrap();
             let tol = 1e-5 * max_abs(&vec1(&y)).max(1.0);
-            let mut st = layer.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
+            let st = layer.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
             assert_eq!(st.get("h").unwrap().dims(), &[b, 2, n, m]);
-            let mut ys = Vec::new();
-            for t in 0..l {
-                // Alternate the two accepted step shapes.
-                let xt = x.narrow(1, t, 1).unwrap();
-                let xt = if t % 2 == 0 {
-                    xt.squeeze(1).unwrap()
-                } else {
-                    xt
-                };
-                let yt = layer.step(&xt, &mut st, &StepOpts::default()).unwrap();
-                assert_eq!(yt.rank(), xt.rank());
-                ys.push(yt.reshape((b, 1, h)).unwrap());
-            }
-            assert_eq!(st.seqlen_offset, l);
-            let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &vec1(&y));
-            assert!(err < tol, "{mode:?} {fm:?} step vs forward: {err}");
-            // Prefill 13 positions in parallel, then step the rest.
-            let mut st = layer.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-            let opts = ForwardOpts::default();
-            let mut parts = vec![layer
-                .prefill(&x.narrow(1, 0, 13).unwrap(), &mut st, &opts)
-                .unwrap()];
-            for t in 13..l {
-                let xt = x.narrow(1, t, 1).unwrap();
-                parts.push(layer.step(&xt, &mut st, &StepOpts::default()).unwrap());
-            }
-            let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &vec1(&y));
-            assert!(err < tol, "{mode:?} {fm:?} prefill+step vs forward: {err}");
+            // Every position stepped, then a prefill of 13 positions and steps.
+            assert_decoding_matches_forward(&layer, &x, &[13], tol, &format!("{mode:?} {fm:?}"));
         }
     }
 }
@@ -312,50 +269,25 @@ fn convolution_with_kernel_equals_forward_in_every_mode() {
 #[test]
 fn gradients_match_finite_differences() {
     let (b, l, h, m) = (2, 6, 2, 2);
+    // A: real and imaginary parts of the first and last sub-state.
+    let indices = |_: &str, len: usize| vec![0, 1, len / 2, len - 2, len - 1];
     for mode in MODES {
         for fm in [ForwardMode::Scan, ForwardMode::Conv] {
             let n = states(mode, h, 3);
             let (layer, store) = build(h, n, m, mode, fm, DType::F64);
-            let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
-            let w = randn(&[b, l, h], 4, DType::F64);
-            let loss = |x: &Tensor| -> Tensor {
-                (layer.forward(x, &ForwardOpts::default()).unwrap() * &w)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
+            let what = format!("{mode:?} {fm:?}");
+            let check = GradientCheck {
+                what: &what,
+                indices: &indices,
+                ..GradientCheck::new(1e-6)
             };
-            let grads = loss(x.as_tensor()).backward().unwrap();
-            let eps = 1e-6;
-            let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
-            let names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+            let (names, _) = check.assert_mixer(&layer, &store, &[b, l, h]);
             let want: &[&str] = if mode == Mode::Pw {
-                &["A", "B", "C", "log_delta"]
+                &["A", "B", "C", "log_delta", "x"]
             } else {
-                &["A", "B", "C", "E", "log_delta"]
+                &["A", "B", "C", "E", "log_delta", "x"]
             };
             assert_eq!(names, want);
-            params.push(("x".into(), x.clone()));
-            for (name, var) in params {
-                let g = vec1(
-                    grads
-                        .get(var.as_tensor())
-                        .unwrap_or_else(|| panic!("no gradient for {name}")),
-                );
-                let base = vec1(var.as_tensor());
-                let len = base.len();
-                // A: real and imaginary parts of the first and last sub-state.
-                for idx in [0, 1, len / 2, len - 2, len - 1] {
-                    let fd = central_difference(&var, idx, eps, || {
-                        loss(x.as_tensor()).to_scalar::<f64>().unwrap()
-                    });
-                    let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
-                    assert!(
-                        err < 1e-6,
-                        "{mode:?} {fm:?} {name}[{idx}]: autograd {} vs finite differences {fd}",
-                        g[idx]
-                    );
-                }
-            }
         }
     }
 }
@@ -408,32 +340,17 @@ fn long_sequence_stays_finite_and_matches_prefill_then_step() {
 fn lengths_and_timesteps_change_nothing_as_in_lrnnx() {
     let (layer, _) = build(4, 3, 2, Mode::Neck, ForwardMode::Auto, DType::F32);
     let x = randn(&[2, 8, 4], 2, DType::F32);
-    let a = layer.forward(&x, &ForwardOpts::default()).unwrap();
-    let opts = ForwardOpts {
-        lengths: Some(Tensor::new(&[8i64, 5], &Device::Cpu).unwrap()),
-        integration_timesteps: Some(Tensor::ones((2, 8), DType::F32, &Device::Cpu).unwrap()),
-    };
-    let b = layer.forward(&x, &opts).unwrap();
-    assert_eq!(vec1(&a), vec1(&b));
+    assert_lengths_change_nothing(&layer, &x, true);
     let e = layer.forward(&x.narrow(1, 0, 0).unwrap(), &ForwardOpts::default());
     assert_eq!(e.unwrap().dims(), &[2, 0, 4]);
 }
 
 fn args(store: &Arc<ParamStore>, h: usize, n: usize, kw: &str) -> BuildArgs {
-    BuildArgs {
-        d_model: h,
-        d_state: n,
-        layer_idx: 2,
-        kwargs: serde_json::from_str(kw).unwrap(),
-        params: store.builder(),
-    }
+    BuildSite::new(h, n, 2).args(store, kw)
 }
 
 fn build_err(h: usize, n: usize, kw: &str) -> String {
-    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    lrnnx_framework::Registry::build("Centaurus", &args(&store, h, n, kw))
-        .unwrap_err()
-        .to_string()
+    BuildSite::new(h, n, 2).build_error("Centaurus", kw)
 }
 
 #[test]
@@ -546,22 +463,6 @@ fn bad_kwargs_and_shapes_are_named() {
     );
 
     let (layer, _) = build(4, 3, 2, Mode::Neck, ForwardMode::Auto, DType::F32);
-    let e = layer
-        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
-        "{e}"
-    );
-    let mut st = layer.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
-    let e = layer
-        .step(
-            &randn(&[2, 3], 1, DType::F32),
-            &mut st,
-            &StepOpts::default(),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("(batch, 4)") && e.contains("[2, 3]"), "{e}");
+    assert_wrong_width_is_named(&layer, 4);
+    assert_mentions(&step_error(&layer, &[2, 3]), &["(batch, 4)", "[2, 3]"]);
 }

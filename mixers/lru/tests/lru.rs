@@ -1,9 +1,12 @@
 //! LRU against a slow, obviously right reference; step, prefill, kernel and gradients.
 
-use candle_core::{DType, Device, Tensor, Var};
-use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore};
+use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::{ForwardOpts, Lti, Mixer, ParamStore};
 use lrnnx_lru::{Lru, LruConfig};
-use lrnnx_testing::{assert_decoding_matches_forward, central_difference, max_err, randn, vec1};
+use lrnnx_testing::{
+    assert_decoding_matches_forward, assert_lengths_change_nothing, assert_mentions,
+    assert_wrong_width_is_named, forward_error, max_err, randn, vec1, BuildSite, GradientCheck,
+};
 
 fn config(n: usize) -> LruConfig {
     LruConfig {
@@ -104,14 +107,7 @@ fn convolution_with_kernel_equals_forward() {
 #[test]
 fn lengths_change_nothing_as_in_lrnnx() {
     let (lru, _) = build(4, 3, 1, DType::F32);
-    let x = randn(&[2, 8, 4], 2, DType::F32);
-    let a = lru.forward(&x, &ForwardOpts::default()).unwrap();
-    let opts = ForwardOpts {
-        lengths: Some(Tensor::new(&[8i64, 5], &Device::Cpu).unwrap()),
-        ..Default::default()
-    };
-    let b = lru.forward(&x, &opts).unwrap();
-    assert_eq!(vec1(&a), vec1(&b));
+    assert_lengths_change_nothing(&lru, &randn(&[2, 8, 4], 2, DType::F32), false);
 }
 
 /// Central finite differences of `sum(forward(x) * w)` against autograd, in f64.
@@ -119,75 +115,18 @@ fn lengths_change_nothing_as_in_lrnnx() {
 fn gradients_match_finite_differences() {
     let (b, l, h, n) = (2, 7, 3, 4);
     let (lru, store) = build(h, n, 8, DType::F64);
-    let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
-    let w = randn(&[b, l, h], 4, DType::F64);
-    let loss = |lru: &Lru, x: &Tensor| -> Tensor {
-        (lru.forward(x, &ForwardOpts::default()).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-    };
-    let grads = loss(&lru, x.as_tensor()).backward().unwrap();
-    let eps = 1e-6;
-    let mut checked = 0;
-    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
-    params.push(("x".into(), x.clone()));
-    for (name, var) in params {
-        let g = vec1(
-            grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}")),
-        );
-        let base = vec1(var.as_tensor());
-        for idx in [0, base.len() / 2, base.len() - 1] {
-            let fd = central_difference(&var, idx, eps, || {
-                loss(&lru, x.as_tensor()).to_scalar::<f64>().unwrap()
-            });
-            let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
-            assert!(
-                err < 1e-6,
-                "{name}[{idx}]: autograd {} vs finite differences {fd}",
-                g[idx]
-            );
-            checked += 1;
-        }
-    }
+    let (_, checked) = GradientCheck::new(1e-6).assert_mixer(&lru, &store, &[b, l, h]);
     assert_eq!(checked, 3 * 9, "every parameter and the input were checked");
 }
 
 #[test]
 fn bad_shapes_and_kwargs_are_named() {
     let (lru, _) = build(4, 3, 1, DType::F32);
-    let e = lru
-        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
-        "{e}"
-    );
-    let e = lru
-        .forward(&randn(&[8, 4], 1, DType::F32), &ForwardOpts::default())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("[8, 4]"), "{e}");
-    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    let args = |kw: &str| BuildArgs {
-        d_model: 4,
-        d_state: 3,
-        layer_idx: 2,
-        kwargs: serde_json::from_str(kw).unwrap(),
-        params: store.builder(),
-    };
-    let e = lrnnx_framework::Registry::build("LRU", &args(r#"{"r_mni": 0.1}"#))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("layer 2") && e.contains("r_mni") && e.contains("r_min"),
-        "{e}"
-    );
-    let e = lrnnx_framework::Registry::build("LRU", &args(r#"{"r_min": 0.9, "r_max": 0.5}"#))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("r_min") && e.contains("0.9"), "{e}");
+    assert_wrong_width_is_named(&lru, 4);
+    assert_mentions(&forward_error(&lru, &[8, 4]), &["[8, 4]"]);
+    let site = BuildSite::new(4, 3, 2);
+    let e = site.build_error("LRU", r#"{"r_mni": 0.1}"#);
+    assert_mentions(&e, &["layer 2", "r_mni", "r_min"]);
+    let e = site.build_error("LRU", r#"{"r_min": 0.9, "r_max": 0.5}"#);
+    assert_mentions(&e, &["r_min", "0.9"]);
 }

@@ -5,9 +5,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lrnnx_framework::{ForwardOpts, Mixer, ParamStore, StepOpts};
+use lrnnx_framework::ParamStore;
 use lrnnx_mlstm::cell::{self, CellState};
 use lrnnx_mlstm::{Mlstm, MlstmConfig};
+use lrnnx_testing::bench;
 
 const B: usize = 4;
 const NH: usize = 4;
@@ -26,8 +27,7 @@ fn cell_bench(c: &mut Criterion) {
         randn(&[B, NH, L, DH], 0.0),
     );
     let (i, f) = (randn(&[B, NH, L], 0.0), randn(&[B, NH, L], 3.0));
-    let mut g = c.benchmark_group("mlstm cell B4 NH4 L2048 DH64");
-    g.sample_size(10);
+    let mut g = bench::group(c, "mlstm cell B4 NH4 L2048 DH64");
     g.throughput(Throughput::Elements((B * L) as u64));
     g.bench_function("chunkwise(64) forward", |b| {
         b.iter(|| cell::chunkwise(&q, &k, &v, &i, &f, None, 64, EPS).expect("chunkwise"))
@@ -50,10 +50,7 @@ fn cell_bench(c: &mut Criterion) {
             let t = |j: usize| vars[j].as_tensor();
             let (h, _) =
                 cell::chunkwise(t(0), t(1), t(2), t(3), t(4), None, 64, EPS).expect("chunkwise");
-            h.sqr()
-                .and_then(|x| x.sum_all())
-                .and_then(|x| x.backward())
-                .expect("backward")
+            bench::backward_of_square_sum(&h)
         })
     });
     g.throughput(Throughput::Elements(B as u64));
@@ -71,36 +68,8 @@ fn layer_bench(c: &mut Criterion) {
     let store = ParamStore::init(0, DType::F32, &Device::Cpu);
     let layer = Mlstm::new(d, MlstmConfig::default(), &store.builder()).expect("valid config");
     let x = randn(&[B, L, d], 0.0);
-    let mut g = c.benchmark_group("mlstm layer B4 L2048 d128 (inner 256, NH4)");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements((B * L) as u64));
-    g.bench_function("forward", |b| {
-        b.iter(|| layer.forward(&x, &ForwardOpts::default()).expect("forward"))
-    });
-    g.bench_function("forward+backward", |b| {
-        b.iter(|| {
-            let y = layer.forward(&x, &ForwardOpts::default()).expect("forward");
-            y.sqr()
-                .and_then(|t| t.sum_all())
-                .and_then(|t| t.backward())
-                .expect("backward")
-        })
-    });
-    g.throughput(Throughput::Elements(B as u64));
-    let mut state = layer
-        .init_state(B, L, DType::F32, &Device::Cpu)
-        .expect("state");
-    let xt = x
-        .narrow(1, 0, 1)
-        .and_then(|t| t.squeeze(1))
-        .expect("step input");
-    g.bench_function("step", |b| {
-        b.iter(|| {
-            layer
-                .step(&xt, &mut state, &StepOpts::default())
-                .expect("step")
-        })
-    });
+    let mut g = bench::group(c, "mlstm layer B4 L2048 d128 (inner 256, NH4)");
+    bench::bench_mixer(&mut g, &layer, &x, "", "");
     g.finish();
 }
 

@@ -9,8 +9,7 @@ use lrnnx_framework::io::read_safetensors_file;
 use lrnnx_mlstm::cell;
 
 fn case() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/data/lrnnx/mlstm_cell_S32.safetensors")
+    lrnnx_testing::golden_case("mlstm_cell_S32")
 }
 
 #[test]

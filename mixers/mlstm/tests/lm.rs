@@ -2,19 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use lrnnx_framework::{LRNNLMHeadModel, LmConfig, LmForwardOpts};
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use lrnnx_testing::{assert_lm_decoding_matches_forward, max_err, vec1};
 
 #[test]
 fn lm_with_mlstm_layers_decodes_as_it_forwards_and_round_trips() {
@@ -34,29 +22,13 @@ fn lm_with_mlstm_layers_decodes_as_it_forwards_and_round_trips() {
         &Device::Cpu,
     )
     .unwrap();
+    // A prefill of 6 tokens, then steps.
+    assert_lm_decoding_matches_forward(&model, &ids, 6, 1e-4);
     let logits = model.forward(&ids, &LmForwardOpts::default()).unwrap();
-    let (b, l) = ids.dims2().unwrap();
-    let mut state = model.init_state(b, l).unwrap();
-    let last = model
-        .prefill(
-            &ids.narrow(1, 0, 6).unwrap(),
-            &mut state,
-            &LmForwardOpts::default(),
-        )
-        .unwrap();
-    let want = logits.narrow(1, 5, 1).unwrap().squeeze(1).unwrap();
-    assert!(max_diff(&last, &want) < 1e-4);
-    for t in 6..l {
-        let step = model
-            .step(&ids.narrow(1, t, 1).unwrap(), &mut state, None)
-            .unwrap();
-        let want = logits.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
-        assert!(max_diff(&step, &want) < 1e-4, "position {t}");
-    }
     let dir = std::env::temp_dir().join(format!("lrnnx-mlstm-lm-{}", std::process::id()));
     model.save_pretrained(&dir).unwrap();
     let again = LRNNLMHeadModel::from_pretrained(&dir, None, &Device::Cpu).unwrap();
     let again_logits = again.forward(&ids, &LmForwardOpts::default()).unwrap();
-    assert_eq!(max_diff(&again_logits, &logits), 0.0);
+    assert_eq!(max_err(&vec1(&again_logits), &vec1(&logits)), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,11 +7,14 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use common::{max_abs, max_err, randn, vec1, CellRef};
-use lrnnx_framework::{BuildArgs, ForwardOpts, Mixer, ParamStore, Registry, StepOpts};
+use lrnnx_framework::{ForwardOpts, Mixer, ParamStore};
 use lrnnx_mlstm::{Mlstm, MlstmConfig};
-use lrnnx_testing::central_difference;
+use lrnnx_testing::{
+    assert_decoding_matches_forward, assert_mentions, assert_prefills_then_steps_match_forward,
+    assert_wrong_width_is_named, step_error, BuildSite, GradientCheck,
+};
 
 fn config(heads: usize, blocksize: usize, taps: usize, chunk: usize, bias: bool) -> MlstmConfig {
     MlstmConfig {
@@ -210,56 +213,11 @@ fn step_and_prefill_equal_forward() {
     let x = randn(&[b, l, d], 9, 0.0, 1.0, DType::F32);
     let y = layer.forward(&x, &ForwardOpts::default()).unwrap();
     let tol = 1e-4 * max_abs(&vec1(&y)).max(1.0);
-    let mut st = layer.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-    let mut ys = Vec::new();
-    for t in 0..l {
-        let xt = x.narrow(1, t, 1).unwrap();
-        let xt = if t % 2 == 0 {
-            xt.squeeze(1).unwrap()
-        } else {
-            xt
-        };
-        let yt = layer.step(&xt, &mut st, &StepOpts::default()).unwrap();
-        assert_eq!(yt.rank(), xt.rank());
-        ys.push(yt.reshape((b, 1, d)).unwrap());
-    }
-    assert_eq!(st.seqlen_offset, l);
-    let err = max_err(&vec1(&Tensor::cat(&ys, 1).unwrap()), &vec1(&y));
-    assert!(err < tol, "step vs forward: {err}");
-    // Prefill 8 then 5 positions (chunkwise from the carried state), then step the rest.
-    let mut st = layer.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-    let opts = ForwardOpts::default();
-    let mut parts = vec![
-        layer
-            .prefill(&x.narrow(1, 0, 8).unwrap(), &mut st, &opts)
-            .unwrap(),
-        layer
-            .prefill(&x.narrow(1, 8, 5).unwrap(), &mut st, &opts)
-            .unwrap(),
-    ];
-    for t in 13..l {
-        parts.push(
-            layer
-                .step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
-                .unwrap(),
-        );
-    }
-    let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &vec1(&y));
-    assert!(err < tol, "prefill+step vs forward: {err}");
+    // Every position stepped; a prefill of 8 then 5 positions (chunkwise from
+    // the carried state), then steps for the rest.
+    assert_decoding_matches_forward(&layer, &x, &[8, 5], tol, "mLSTM");
     // A prefill of one position (shorter than the conv window) then steps.
-    let mut st = layer.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
-    let mut parts = vec![layer
-        .prefill(&x.narrow(1, 0, 1).unwrap(), &mut st, &opts)
-        .unwrap()];
-    for t in 1..l {
-        parts.push(
-            layer
-                .step(&x.narrow(1, t, 1).unwrap(), &mut st, &StepOpts::default())
-                .unwrap(),
-        );
-    }
-    let err = max_err(&vec1(&Tensor::cat(&parts, 1).unwrap()), &vec1(&y));
-    assert!(err < tol, "prefill(1)+step vs forward: {err}");
+    assert_prefills_then_steps_match_forward(&layer, &x, &[1], tol, "mLSTM");
 }
 
 #[test]
@@ -311,57 +269,20 @@ fn gradients_match_finite_differences() {
     let (b, l, d) = (2, 7, 4);
     let cfg = config(2, 2, 3, 3, true);
     let (layer, store) = build(d, cfg, 8, DType::F64);
-    let x = Var::from_tensor(&randn(&[b, l, d], 3, 0.0, 1.0, DType::F64)).unwrap();
-    let w = randn(&[b, l, d], 4, 0.0, 1.0, DType::F64);
-    let loss = |x: &Tensor| -> Tensor {
-        (layer.forward(x, &ForwardOpts::default()).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-    };
-    let grads = loss(x.as_tensor()).backward().unwrap();
-    let eps = 1e-6;
-    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
-    assert_eq!(params.len(), 18);
-    params.push(("x".into(), x.clone()));
-    for (name, var) in params {
-        let g = vec1(
-            grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}")),
-        );
-        let base = vec1(var.as_tensor());
-        for idx in [0, base.len() / 2, base.len() - 1] {
-            let fd = central_difference(&var, idx, eps, || {
-                loss(x.as_tensor()).to_scalar::<f64>().unwrap()
-            });
-            let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
-            assert!(
-                err < 1e-6,
-                "{name}[{idx}]: autograd {} vs finite differences {fd}",
-                g[idx]
-            );
-        }
-    }
+    let (checked, _) = GradientCheck::new(1e-6).assert_mixer(&layer, &store, &[b, l, d]);
+    assert_eq!(checked.len(), 18 + 1, "every parameter and the input");
 }
 
-fn args(d: usize, kw: &str, store: &std::sync::Arc<ParamStore>) -> BuildArgs {
-    BuildArgs {
-        d_model: d,
-        d_state: 16,
-        layer_idx: 2,
-        kwargs: serde_json::from_str(kw).unwrap(),
-        params: store.builder(),
-    }
+fn site(d: usize) -> BuildSite {
+    BuildSite::new(d, 16, 2)
 }
 
 #[test]
 fn registry_builds_by_name_and_alias_with_xlstm_kwargs() {
-    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
     let kw = r#"{"num_heads": 2, "proj_factor": 2.0, "conv1d_kernel_size": 4, "qkv_proj_blocksize": 4,
                  "bias": false, "dropout": 0.0, "context_length": 128, "embedding_dim": 32,
                  "chunk_size": 16, "_num_blocks": 2}"#;
-    let m = Registry::build("mLSTM", &args(32, kw, &store)).unwrap();
+    let m = site(32).build("mLSTM", kw).unwrap();
     assert_eq!(m.name(), "mLSTM");
     let json = lrnnx_framework::config_to_json(m.config()).unwrap();
     assert_eq!(json["type"], "mLSTM");
@@ -372,41 +293,16 @@ fn registry_builds_by_name_and_alias_with_xlstm_kwargs() {
         m.forward(&x, &ForwardOpts::default()).unwrap().dims(),
         &[2, 5, 32]
     );
-    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    let m = Registry::build("mlstm", &args(8, "{}", &store)).unwrap();
+    let m = site(8).build("mlstm", "{}").unwrap();
     assert_eq!(m.family(), lrnnx_framework::Family::Other);
 }
 
 #[test]
 fn bad_shapes_and_kwargs_are_named() {
     let (layer, _) = build(4, config(2, 2, 3, 3, false), 1, DType::F32);
-    let e = layer
-        .forward(
-            &randn(&[2, 8, 5], 1, 0.0, 1.0, DType::F32),
-            &ForwardOpts::default(),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
-        "{e}"
-    );
-    let mut st = layer.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
-    let e = layer
-        .step(
-            &randn(&[2, 3], 1, 0.0, 1.0, DType::F32),
-            &mut st,
-            &StepOpts::default(),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("(batch, 4)") && e.contains("[2, 3]"), "{e}");
-    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    let build = |kw: &str| {
-        Registry::build("mLSTM", &args(16, kw, &store))
-            .unwrap_err()
-            .to_string()
-    };
+    assert_wrong_width_is_named(&layer, 4);
+    assert_mentions(&step_error(&layer, &[2, 3]), &["(batch, 4)", "[2, 3]"]);
+    let build = |kw: &str| site(16).build_error("mLSTM", kw);
     let e = build(r#"{"num_head": 4}"#);
     assert!(
         e.contains("layer 2") && e.contains("num_head") && e.contains("num_heads"),

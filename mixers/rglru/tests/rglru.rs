@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var};
-use lrnnx_framework::{
-    BuildArgs, ForwardOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts, Mixer, ParamStore, Registry,
-    StepOpts,
-};
+use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::{ForwardOpts, LRNNLMHeadModel, LmConfig, Mixer, ParamStore};
 use lrnnx_rglru::{RgLru, RgLruConfig};
-use lrnnx_testing::{assert_decoding_matches_forward, central_difference, max_err, randn, vec1};
+use lrnnx_testing::{
+    assert_decoding_matches_forward, assert_lengths_change_nothing,
+    assert_lm_decoding_matches_forward, assert_mentions, assert_wrong_width_is_named, max_err,
+    randn, step_error, vec1, BuildSite, GradientCheck,
+};
 
 fn config(d_conv: usize, expand: f64, bias: bool) -> RgLruConfig {
     RgLruConfig {
@@ -144,14 +145,7 @@ fn step_and_prefill_equal_forward() {
 #[test]
 fn lengths_and_timesteps_change_nothing_as_in_lrnnx() {
     let (m, _) = build(4, RgLruConfig::default(), 1, DType::F32);
-    let x = randn(&[2, 8, 4], 2, DType::F32);
-    let a = m.forward(&x, &ForwardOpts::default()).unwrap();
-    let opts = ForwardOpts {
-        lengths: Some(Tensor::new(&[8i64, 5], &Device::Cpu).unwrap()),
-        integration_timesteps: Some(Tensor::ones((2, 8), DType::F32, &Device::Cpu).unwrap()),
-    };
-    let b = m.forward(&x, &opts).unwrap();
-    assert_eq!(vec1(&a), vec1(&b));
+    assert_lengths_change_nothing(&m, &randn(&[2, 8, 4], 2, DType::F32), true);
 }
 
 /// Central finite differences of `sum(forward(x) * w)` against autograd, in f64,
@@ -160,39 +154,7 @@ fn lengths_and_timesteps_change_nothing_as_in_lrnnx() {
 fn gradients_match_finite_differences() {
     let (b, l, h) = (2, 7, 3);
     let (m, store) = build(h, config(3, 2.0, true), 8, DType::F64);
-    let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
-    let w = randn(&[b, l, h], 4, DType::F64);
-    let loss = |x: &Tensor| -> Tensor {
-        (m.forward(x, &ForwardOpts::default()).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-    };
-    let grads = loss(x.as_tensor()).backward().unwrap();
-    let eps = 1e-6;
-    let mut checked = Vec::new();
-    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
-    params.push(("x".into(), x.clone()));
-    for (name, var) in params {
-        let g = vec1(
-            grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}")),
-        );
-        let base = vec1(var.as_tensor());
-        for idx in [0, base.len() / 2, base.len() - 1] {
-            let fd = central_difference(&var, idx, eps, || {
-                loss(x.as_tensor()).to_scalar::<f64>().unwrap()
-            });
-            let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
-            assert!(
-                err < 1e-7,
-                "{name}[{idx}]: autograd {} vs finite differences {fd}",
-                g[idx]
-            );
-        }
-        checked.push(name);
-    }
+    let (checked, _) = GradientCheck::new(1e-7).assert_mixer(&m, &store, &[b, l, h]);
     // 13 parameters with every bias switched on, plus the input.
     assert_eq!(checked.len(), 14, "{checked:?}");
 }
@@ -235,58 +197,25 @@ fn parameters_have_lrnnx_names_shapes_and_init() {
 #[test]
 fn bad_shapes_and_kwargs_are_named() {
     let (m, _) = build(4, RgLruConfig::default(), 1, DType::F32);
-    let e = m
-        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
-        "{e}"
-    );
-    let mut st = m.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
-    let e = m
-        .step(
-            &randn(&[2, 3, 4], 1, DType::F32),
-            &mut st,
-            &StepOpts::default(),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("[2, 3, 4]"), "{e}");
-    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    let args = |kw: &str| BuildArgs {
-        d_model: 4,
-        d_state: 16,
-        layer_idx: 2,
-        kwargs: serde_json::from_str(kw).unwrap(),
-        params: store.builder(),
-    };
+    assert_wrong_width_is_named(&m, 4);
+    assert_mentions(&step_error(&m, &[2, 3, 4]), &["[2, 3, 4]"]);
+    let site = BuildSite::new(4, 16, 2);
     // lrnnx's RGLRU has no d_state parameter.
-    let e = Registry::build("RGLRU", &args(r#"{"d_state": 8}"#))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("layer 2") && e.contains("d_state") && e.contains("d_conv"),
-        "{e}"
-    );
-    let e = Registry::build("rglru", &args(r#"{"c": 0.0}"#))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("layer 2") && e.contains("c must be"), "{e}");
-    let e = Registry::build("RGLRU", &args(r#"{"a_init_range": [0.0, 0.5]}"#))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("a_init_range"), "{e}");
-    let e = Registry::build("RGLRU", &args(r#"{"d_conv": 0}"#))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("d_conv"), "{e}");
+    let e = site.build_error("RGLRU", r#"{"d_state": 8}"#);
+    assert_mentions(&e, &["layer 2", "d_state", "d_conv"]);
+    let e = site.build_error("rglru", r#"{"c": 0.0}"#);
+    assert_mentions(&e, &["layer 2", "c must be"]);
+    let e = site.build_error("RGLRU", r#"{"a_init_range": [0.0, 0.5]}"#);
+    assert_mentions(&e, &["a_init_range"]);
+    let e = site.build_error("RGLRU", r#"{"d_conv": 0}"#);
+    assert_mentions(&e, &["d_conv"]);
     // Python-only switches are accepted and kept.
-    let ok = Registry::build(
-        "RGLRU",
-        &args(r#"{"use_fast_path": false, "layer_idx": 3, "expand": 2}"#),
-    )
-    .unwrap();
+    let ok = site
+        .build(
+            "RGLRU",
+            r#"{"use_fast_path": false, "layer_idx": 3, "expand": 2}"#,
+        )
+        .unwrap();
     let saved = lrnnx_framework::config_to_json(ok.config()).unwrap();
     assert_eq!(saved["use_fast_path"], false);
     assert_eq!(saved["expand"], 2.0);
@@ -301,18 +230,5 @@ fn builds_and_decodes_inside_an_lm() {
     cfg.d_intermediate = 0;
     let model = LRNNLMHeadModel::init(cfg, 0, &Device::Cpu).unwrap();
     let ids = Tensor::new(&[[1u32, 5, 7, 2, 9, 3], [4, 4, 8, 1, 0, 6]], &Device::Cpu).unwrap();
-    let logits = model.forward(&ids, &LmForwardOpts::default()).unwrap();
-    let mut st = model.init_state(2, 6).unwrap();
-    let mut steps = Vec::new();
-    for t in 0..6 {
-        steps.push(
-            model
-                .step(&ids.narrow(1, t, 1).unwrap(), &mut st, None)
-                .unwrap()
-                .unsqueeze(1)
-                .unwrap(),
-        );
-    }
-    let err = max_err(&vec1(&Tensor::cat(&steps, 1).unwrap()), &vec1(&logits));
-    assert!(err < 1e-4, "{err}");
+    assert_lm_decoding_matches_forward(&model, &ids, 0, 1e-4);
 }

@@ -9,7 +9,10 @@ use lrnnx_framework::{
     config_to_json, BuildArgs, Discretization, Family, ForwardOpts, Mixer, ParamStore, Registry,
     StepOpts,
 };
-use lrnnx_testing::{central_difference, vec1};
+use lrnnx_testing::{
+    assert_lengths_change_nothing, assert_mentions, assert_wrong_width_is_named, step_error, vec1,
+    BuildSite, GradientCheck,
+};
 
 // ---------------------------------------------------------------- helpers
 
@@ -564,48 +567,34 @@ fn check_gradients(
     let x = Var::from_tensor(x).unwrap();
     let tau = tau.map(|t| Var::from_tensor(t).unwrap());
     let w = input(x.dims(), 77, DType::F64);
-    let loss = |x: &Tensor, tau: Option<&Tensor>| -> Tensor {
-        (fwd(m, x, tau) * &w).unwrap().sum_all().unwrap()
+    let loss = || -> Tensor {
+        let tau = tau.as_ref().map(|v| v.as_tensor());
+        (fwd(m, x.as_tensor(), tau) * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
     };
-    let grads = loss(x.as_tensor(), tau.as_ref().map(|v| v.as_tensor()))
-        .backward()
-        .unwrap();
     let mut vars: Vec<(String, Var)> = store.vars().into_iter().collect();
     let n_params = vars.len();
     vars.push(("x".into(), x.clone()));
     if let Some(tv) = &tau {
         vars.push(("integration_timesteps".into(), tv.clone()));
     }
-    let eps = 1e-6;
-    for (name, var) in &vars {
-        let base = vec1(var.as_tensor());
-        let len = base.len();
-        // A parameter the output does not depend on (log_dt under no_discretization) has none.
-        let g = match grads.get(var.as_tensor()) {
-            Some(g) => vec1(g),
-            None => {
-                assert!(
-                    what.contains("no_discretization") && name == "log_dt",
-                    "{what}: no gradient for {name}"
-                );
-                vec![0.0; len]
-            }
-        };
-        for idx in [0, 1, len / 3, len / 2, len - 1] {
-            let idx = idx.min(len - 1);
-            let fd = central_difference(var, idx, eps, || {
-                loss(x.as_tensor(), tau.as_ref().map(|v| v.as_tensor()))
-                    .to_scalar::<f64>()
-                    .unwrap()
-            });
-            let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
-            assert!(
-                err < 1e-6,
-                "{what} {name}[{idx}]: autograd {} vs finite differences {fd}",
-                g[idx]
-            );
-        }
-    }
+    let indices = |_: &str, len: usize| -> Vec<usize> {
+        [0, 1, len / 3, len / 2, len - 1]
+            .iter()
+            .map(|&idx| idx.min(len - 1))
+            .collect()
+    };
+    // A parameter the output does not depend on (log_dt under no_discretization) has none.
+    let may_lack_gradient = |name: &str| what.contains("no_discretization") && name == "log_dt";
+    let check = GradientCheck {
+        what,
+        indices: &indices,
+        may_lack_gradient: &may_lack_gradient,
+        ..GradientCheck::new(1e-6)
+    };
+    check.assert(&vars, loss);
     assert_eq!(n_params, 5, "{what}: A, B, C, D, log_dt");
 }
 
@@ -887,17 +876,8 @@ fn init_follows_lrnnx() {
 
 #[test]
 fn bad_kwargs_and_inputs_are_named() {
-    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    let args = |kw: serde_json::Value| BuildArgs {
-        d_model: 4,
-        d_state: 3,
-        layer_idx: 2,
-        kwargs: kw.as_object().unwrap().clone(),
-        params: store.builder(),
-    };
-    let err = |name: &str, kw: serde_json::Value| {
-        Registry::build(name, &args(kw)).unwrap_err().to_string()
-    };
+    let site = BuildSite::new(4, 3, 2);
+    let err = |name: &str, kw: serde_json::Value| site.build_error(name, &kw.to_string());
     let e = err("S5", serde_json::json!({}));
     assert!(
         e.contains("layer 2") && e.contains("discretization") && e.contains("no_discretization"),
@@ -954,24 +934,8 @@ fn bad_kwargs_and_inputs_are_named() {
         None,
         DType::F32,
     );
-    let e = m
-        .forward(&input(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
-        "{e}"
-    );
-    let mut st = m.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
-    let e = m
-        .step(
-            &input(&[2, 5], 1, DType::F32),
-            &mut st,
-            &StepOpts::default(),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("(batch, 4)") && e.contains("[2, 5]"), "{e}");
+    assert_wrong_width_is_named(m.as_ref(), 4);
+    assert_mentions(&step_error(m.as_ref(), &[2, 5]), &["(batch, 4)", "[2, 5]"]);
 
     let (m, _) = build("S5LTV", 4, serde_json::json!({}), None, DType::F32);
     let x = input(&[2, 8, 4], 1, DType::F32);
@@ -1012,11 +976,6 @@ fn lengths_change_nothing_as_in_lrnnx() {
         serde_json::json!({"use_fast_path": false}),
     ] {
         let (m, _) = build("S5", 4, kw, None, DType::F32);
-        let a = m.forward(&x, &ForwardOpts::default()).unwrap();
-        let opts = ForwardOpts {
-            lengths: Some(Tensor::new(&[8i64, 5], &Device::Cpu).unwrap()),
-            ..Default::default()
-        };
-        assert_eq!(vec1(&a), vec1(&m.forward(&x, &opts).unwrap()));
+        assert_lengths_change_nothing(m.as_ref(), &x, false);
     }
 }

@@ -1,13 +1,11 @@
 //! S7 on the CPU at B=8, L=2048, d_model=256, d_state=16: forward, step, forward+backward.
 
-use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lrnnx_framework::{ForwardOpts, Mixer, ParamStore, StepOpts};
+use candle_core::{DType, Device};
+use criterion::{criterion_group, criterion_main, Criterion};
+use lrnnx_framework::ParamStore;
 use lrnnx_s7::{S7Config, S7};
+use lrnnx_testing::bench::{self, B, D_MODEL as H, L};
 
-const B: usize = 8;
-const L: usize = 2048;
-const H: usize = 256;
 const N: usize = 16;
 
 fn layer() -> S7 {
@@ -17,31 +15,10 @@ fn layer() -> S7 {
 
 fn bench(c: &mut Criterion) {
     let m = layer();
-    let x = Tensor::randn(0f32, 1.0, (B, L, H), &Device::Cpu).expect("input");
-    let mut g = c.benchmark_group("s7");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements((B * L) as u64));
-    g.bench_function("forward B8 L2048 H256 N16", |bench| {
-        bench.iter(|| m.forward(&x, &ForwardOpts::default()).expect("forward"))
-    });
-    g.bench_function("forward+backward B8 L2048 H256 N16", |bench| {
-        bench.iter(|| {
-            let y = m.forward(&x, &ForwardOpts::default()).expect("forward");
-            y.sqr()
-                .and_then(|t| t.sum_all())
-                .and_then(|t| t.backward())
-                .expect("backward")
-        })
-    });
-    g.throughput(Throughput::Elements(B as u64));
-    let mut state = m.init_state(B, L, DType::F32, &Device::Cpu).expect("state");
-    let xt = x
-        .narrow(1, 0, 1)
-        .and_then(|t| t.squeeze(1))
-        .expect("step input");
-    g.bench_function("step B8 H256 N16", |bench| {
-        bench.iter(|| m.step(&xt, &mut state, &StepOpts::default()).expect("step"))
-    });
+    let x = bench::input(&[B, L, H]);
+    let mut g = bench::group(c, "s7");
+    let (seq, token) = bench::labels(&x, &format!(" N{N}"));
+    bench::bench_mixer(&mut g, &m, &x, &seq, &token);
     g.finish();
 }
 

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var};
-use lrnnx_framework::{
-    BuildArgs, ForwardOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts, Mixer, ParamStore, Registry,
-    StepOpts,
-};
+use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::{ForwardOpts, LRNNLMHeadModel, LmConfig, Mixer, ParamStore};
 use lrnnx_s7::{S7Config, S7};
-use lrnnx_testing::{assert_decoding_matches_forward, central_difference, max_err, randn, vec1};
+use lrnnx_testing::{
+    assert_decoding_matches_forward, assert_lengths_change_nothing,
+    assert_lm_decoding_matches_forward, assert_mentions, assert_wrong_width_is_named,
+    first_middle_last, max_err, randn, step_error, vec1, BuildSite, GradientCheck,
+};
 
 /// The layer with x_proj scaled up from its tiny N(0, 0.02) init, so that
 /// `B`, `C`, `D` and the decay all matter.
@@ -111,61 +112,32 @@ fn step_and_prefill_equal_forward() {
 #[test]
 fn lengths_and_timesteps_change_nothing_as_in_lrnnx() {
     let (m, _) = build(4, 3, 1, DType::F32);
-    let x = randn(&[2, 8, 4], 2, DType::F32);
-    let a = m.forward(&x, &ForwardOpts::default()).unwrap();
-    let opts = ForwardOpts {
-        lengths: Some(Tensor::new(&[8i64, 5], &Device::Cpu).unwrap()),
-        integration_timesteps: Some(Tensor::ones((2, 8), DType::F32, &Device::Cpu).unwrap()),
-    };
-    let b = m.forward(&x, &opts).unwrap();
-    assert_eq!(vec1(&a), vec1(&b));
+    assert_lengths_change_nothing(&m, &randn(&[2, 8, 4], 2, DType::F32), true);
 }
 
 /// Central finite differences of `sum(forward(x) * w)` against autograd, in
 /// f64, at the given indices of every parameter and the input.
 fn check_gradients(b: usize, l: usize, h: usize, n: usize, seed: u64) {
     let (m, store) = build(h, n, seed, DType::F64);
-    let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
-    let w = randn(&[b, l, h], 4, DType::F64);
-    let loss = |x: &Tensor| -> Tensor {
-        (m.forward(x, &ForwardOpts::default()).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-    };
-    let grads = loss(x.as_tensor()).backward().unwrap();
-    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
-    params.push(("x".into(), x.clone()));
-    assert_eq!(params.len(), 5);
-    for (name, var) in params {
-        let g = vec1(
-            grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}")),
-        );
-        let base = vec1(var.as_tensor());
-        let idx: Vec<usize> = if name == "x_proj.weight" {
+    let indices = |name: &str, len: usize| -> Vec<usize> {
+        if name == "x_proj.weight" {
             // One entry in each block: A, B, C, D, bias (rows N, HN, HN, H, N).
             [0, n, n + h * n, n + 2 * h * n, 2 * n + 2 * h * n + h - 1]
                 .iter()
                 .map(|r| r * h + r % h)
                 .collect()
         } else {
-            vec![0, base.len() / 2, base.len() - 1]
-        };
-        for idx in idx {
-            let eps = 1e-6;
-            let fd = central_difference(&var, idx, eps, || {
-                loss(x.as_tensor()).to_scalar::<f64>().unwrap()
-            });
-            let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
-            assert!(
-                err < 1e-7,
-                "({b},{l},{h},{n}) {name}[{idx}]: autograd {} vs finite differences {fd}",
-                g[idx]
-            );
+            first_middle_last(name, len)
         }
-    }
+    };
+    let what = format!("({b},{l},{h},{n})");
+    let check = GradientCheck {
+        what: &what,
+        indices: &indices,
+        ..GradientCheck::new(1e-7)
+    };
+    let (checked, _) = check.assert_mixer(&m, &store, &[b, l, h]);
+    assert_eq!(checked.len(), 5);
 }
 
 #[test]
@@ -208,49 +180,19 @@ fn parameters_have_lrnnx_names_shapes_and_init() {
 #[test]
 fn bad_shapes_and_kwargs_are_named() {
     let (m, _) = build(4, 3, 1, DType::F32);
-    let e = m
-        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
-        "{e}"
-    );
-    let mut st = m.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
-    let e = m
-        .step(
-            &randn(&[2, 5], 1, DType::F32),
-            &mut st,
-            &StepOpts::default(),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("[2, 5]"), "{e}");
-    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    let args = |kw: &str| BuildArgs {
-        d_model: 4,
-        d_state: 6,
-        layer_idx: 1,
-        kwargs: serde_json::from_str(kw).unwrap(),
-        params: store.builder(),
-    };
-    let e = Registry::build("S7", &args(r#"{"J": 4}"#))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("layer 1") && e.contains("divisible by J") && e.contains("J = 4"),
-        "{e}"
-    );
-    let e = Registry::build("s7", &args(r#"{"d_state": 0}"#))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("d_state must be positive"), "{e}");
-    let e = Registry::build("S7", &args(r#"{"j": 2}"#))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("`j`") && e.contains("`J`"), "{e}");
+    assert_wrong_width_is_named(&m, 4);
+    assert_mentions(&step_error(&m, &[2, 5]), &["[2, 5]"]);
+    let site = BuildSite::new(4, 6, 1);
+    let e = site.build_error("S7", r#"{"J": 4}"#);
+    assert_mentions(&e, &["layer 1", "divisible by J", "J = 4"]);
+    let e = site.build_error("s7", r#"{"d_state": 0}"#);
+    assert_mentions(&e, &["d_state must be positive"]);
+    let e = site.build_error("S7", r#"{"j": 2}"#);
+    assert_mentions(&e, &["`j`", "`J`"]);
     // The model's d_state is the default; Python-only switches are kept.
-    let ok = Registry::build("S7", &args(r#"{"J": 3, "use_fast_path": false}"#)).unwrap();
+    let ok = site
+        .build("S7", r#"{"J": 3, "use_fast_path": false}"#)
+        .unwrap();
     let saved = lrnnx_framework::config_to_json(ok.config()).unwrap();
     assert_eq!(saved["d_state"], 6);
     assert_eq!(saved["J"], 3);
@@ -266,18 +208,5 @@ fn builds_and_decodes_inside_an_lm() {
     cfg.d_intermediate = 32;
     let model = LRNNLMHeadModel::init(cfg, 0, &Device::Cpu).unwrap();
     let ids = Tensor::new(&[[1u32, 5, 7, 2, 9, 3], [4, 4, 8, 1, 0, 6]], &Device::Cpu).unwrap();
-    let logits = model.forward(&ids, &LmForwardOpts::default()).unwrap();
-    let mut st = model.init_state(2, 6).unwrap();
-    let mut steps = Vec::new();
-    for t in 0..6 {
-        steps.push(
-            model
-                .step(&ids.narrow(1, t, 1).unwrap(), &mut st, None)
-                .unwrap()
-                .unsqueeze(1)
-                .unwrap(),
-        );
-    }
-    let err = max_err(&vec1(&Tensor::cat(&steps, 1).unwrap()), &vec1(&logits));
-    assert!(err < 1e-4, "{err}");
+    assert_lm_decoding_matches_forward(&model, &ids, 0, 1e-4);
 }

@@ -3,11 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::plugin::{Registrar, STATUS_OK};
-use lrnnx_framework::{BuildArgs, ForwardOpts, Mixer, MixerSpec, ParamStore, StepOpts};
+use lrnnx_framework::{BuildArgs, ForwardOpts, Mixer, MixerSpec, ParamStore};
 use lrnnx_mingru::{MinGru, MinGruConfig};
-use lrnnx_testing::{assert_decoding_matches_forward, central_difference, max_err, randn, vec1};
+use lrnnx_testing::{
+    assert_decoding_matches_forward, assert_mentions, assert_wrong_width_is_named, max_err, randn,
+    step_error, vec1, BuildSite, GradientCheck,
+};
 
 fn config(expansion_factor: f64, proj_out: Option<bool>) -> MinGruConfig {
     MinGruConfig {
@@ -98,94 +101,42 @@ fn step_and_prefill_equal_forward() {
 fn gradients_match_finite_differences() {
     let (b, l, h) = (2, 6, 3);
     let (m, store) = build(h, config(1.5, None), 8, DType::F64);
-    let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
-    let w = randn(&[b, l, h], 4, DType::F64);
-    let loss = |m: &MinGru, x: &Tensor| -> Tensor {
-        (m.forward(x, &ForwardOpts::default()).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
+    let indices = |_: &str, len: usize| vec![0, len / 3, len / 2, len - 1];
+    let check = GradientCheck {
+        indices: &indices,
+        ..GradientCheck::new(1e-6)
     };
-    let grads = loss(&m, x.as_tensor()).backward().unwrap();
-    let eps = 1e-6;
-    let mut checked = 0;
-    let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
-    params.push(("x".into(), x.clone()));
-    for (name, var) in params {
-        let g = vec1(
-            grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}")),
-        );
-        let base = vec1(var.as_tensor());
-        for idx in [0, base.len() / 3, base.len() / 2, base.len() - 1] {
-            let fd = central_difference(&var, idx, eps, || {
-                loss(&m, x.as_tensor()).to_scalar::<f64>().unwrap()
-            });
-            let err = (fd - g[idx]).abs() / (1.0 + fd.abs());
-            assert!(
-                err < 1e-6,
-                "{name}[{idx}]: autograd {} vs finite differences {fd}",
-                g[idx]
-            );
-            checked += 1;
-        }
-    }
+    let (_, checked) = check.assert_mixer(&m, &store, &[b, l, h]);
     assert_eq!(checked, 4 * 3, "both weights and the input were checked");
 }
 
 fn args(kw: &str, store: &std::sync::Arc<ParamStore>) -> BuildArgs {
-    BuildArgs {
-        d_model: 4,
-        d_state: 3,
-        layer_idx: 2,
-        kwargs: serde_json::from_str(kw).unwrap(),
-        params: store.builder(),
-    }
+    BuildSite::new(4, 3, 2).args(store, kw)
 }
 
 #[test]
 fn bad_shapes_and_kwargs_are_named() {
     let (m, _) = build(4, config(1.0, None), 1, DType::F32);
-    let e = m
-        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
-        "{e}"
-    );
-    let mut st = m.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
-    let e = m
-        .step(
-            &randn(&[2, 3], 1, DType::F32),
-            &mut st,
-            &StepOpts::default(),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("(batch, 4)") && e.contains("[2, 3]"), "{e}");
+    assert_wrong_width_is_named(&m, 4);
+    assert_mentions(&step_error(&m, &[2, 3]), &["(batch, 4)", "[2, 3]"]);
 
     let store = ParamStore::init(0, DType::F32, &Device::Cpu);
     let build = lrnnx_mingru::spec().unwrap().build;
     let e = build(&args(r#"{"expansion_factr": 2}"#, &store))
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("layer 2") && e.contains("expansion_factr") && e.contains("expansion_factor"),
-        "{e}"
-    );
+    assert_mentions(&e, &["layer 2", "expansion_factr", "expansion_factor"]);
     let e = build(&args(r#"{"expansion_factor": -1}"#, &store))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("layer 2 (minGRU)") && e.contains("-1"), "{e}");
+    assert_mentions(&e, &["layer 2 (minGRU)", "-1"]);
     let e = build(&args(
         r#"{"expansion_factor": 2, "proj_out": false}"#,
         &store,
     ))
     .unwrap_err()
     .to_string();
-    assert!(e.contains("proj_out") && e.contains("8"), "{e}");
+    assert_mentions(&e, &["proj_out", "8"]);
 }
 
 #[test]

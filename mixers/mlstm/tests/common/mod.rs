@@ -1,40 +1,13 @@
-//! Helpers shared by the tests: seeded random tensors and a plain-loop f64
-//! reference of the mLSTM cell (mlstm_kernels' recurrence and parallel form).
+//! Helpers shared by the tests: seeded random tensors (from lrnnx-testing)
+//! and a plain-loop f64 reference of the mLSTM cell (mlstm_kernels' recurrence and parallel form).
 
 #![allow(dead_code)]
 
-use candle_core::{DType, Device, Tensor};
-use lrnnx_framework::{Init, ParamStore};
+use candle_core::Tensor;
 
 /// A seeded normal tensor `mean + std * N(0, 1)`.
-pub fn randn(shape: &[usize], seed: u64, mean: f64, std: f64, dtype: DType) -> Tensor {
-    let store = ParamStore::init(seed, dtype, &Device::Cpu);
-    store
-        .builder()
-        .get(shape, "x", Init::Normal { mean, std })
-        .unwrap()
-}
-
-pub fn vec1(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-pub fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
-pub fn max_abs(a: &[f64]) -> f64 {
-    a.iter().map(|x| x.abs()).fold(0.0, f64::max)
-}
+pub use lrnnx_testing::normal as randn;
+pub use lrnnx_testing::{max_abs, max_err, vec1};
 
 fn logsig(x: f64) -> f64 {
     if x >= 0.0 {
