@@ -56,6 +56,25 @@ pub enum Role {
     NoReinit,
 }
 
+/// Most parameter elements one store hands out (all parameters together,
+/// 2^33: 32 GiB of f32), unless `LRNNX_MAX_PARAMS` says otherwise. A config
+/// asking for more is refused with the figure before anything is allocated.
+pub const DEFAULT_MAX_PARAMS: u64 = 1 << 33;
+
+/// The element budget of a store: `LRNNX_MAX_PARAMS` or [`DEFAULT_MAX_PARAMS`].
+fn max_params() -> u64 {
+    std::env::var("LRNNX_MAX_PARAMS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_PARAMS)
+}
+
+/// The element count of `dims`, or `None` when it overflows `u64`.
+fn checked_elems(dims: &[usize]) -> Option<u64> {
+    dims.iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?))
+}
+
 struct Inner {
     loaded: Option<HashMap<String, Tensor>>,
     used: HashSet<String>,
@@ -66,6 +85,8 @@ struct Inner {
     aliases: BTreeMap<String, String>,
     /// Roles marked with [`ParamBuilder::mark`]; absent means [`Role::Other`].
     roles: HashMap<String, Role>,
+    /// Elements of every parameter handed out so far.
+    elements: u64,
     rng: StdRng,
 }
 
@@ -100,6 +121,7 @@ impl ParamStore {
                 buffers: BTreeMap::new(),
                 aliases: BTreeMap::new(),
                 roles: HashMap::new(),
+                elements: 0,
                 rng: StdRng::seed_from_u64(seed),
             }),
             device: device.clone(),
@@ -365,6 +387,21 @@ impl ParamBuilder {
         if let Some(v) = inner.params.get(&key) {
             return Ok(v.as_tensor().clone());
         }
+        let budget = max_params();
+        let total = checked_elems(shape.dims())
+            .and_then(|n| n.checked_add(inner.elements))
+            .filter(|&n| n <= budget)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "parameter `{key}` of shape {:?} would bring the model to {} elements, \
+                     more than the {budget} allowed (set LRNNX_MAX_PARAMS to raise it); \
+                     check the config's sizes",
+                    shape.dims(),
+                    checked_elems(shape.dims())
+                        .and_then(|n| n.checked_add(inner.elements))
+                        .map_or("more than 2^64".to_string(), |n| n.to_string()),
+                ))
+            })?;
         let t = match inner.loaded.as_ref().map(|m| m.get(&key)) {
             Some(Some(t)) => {
                 if t.dims() != shape.dims() {
@@ -393,6 +430,7 @@ impl ParamBuilder {
             .to_dtype(self.store.dtype)?
             .to_device(&self.store.device)?;
         let var = Var::from_tensor(&t)?;
+        inner.elements = total;
         inner.used.insert(key.clone());
         inner.params.insert(key, var.clone());
         Ok(var.as_tensor().clone())

@@ -69,6 +69,13 @@ pub struct LmConfig {
     pub mixer_sources: Option<Vec<String>>,
 }
 
+/// Largest `d_model` / `d_state` accepted (widths beyond are no plausible model).
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Largest vocabulary: token ids are `u32`.
+pub const MAX_VOCAB: usize = 1 << 31;
+/// Largest `n_layer` accepted.
+pub const MAX_LAYERS: usize = 4096;
+
 impl LmConfig {
     /// A config with lrnnx's defaults for everything but the required keys.
     pub fn new(d_model: usize, d_state: usize, vocab_size: usize, mixer_types: &[&str]) -> Self {
@@ -100,7 +107,8 @@ impl LmConfig {
     /// Vocabulary size after padding.
     pub fn padded_vocab_size(&self) -> usize {
         let m = self.pad_vocab_size_multiple.max(1);
-        self.vocab_size.div_ceil(m) * m
+        // Saturates rather than wraps; `validate` refuses such sizes first.
+        self.vocab_size.div_ceil(m).saturating_mul(m)
     }
 
     /// Checks the values that would otherwise fail deep inside a layer.
@@ -116,6 +124,24 @@ impl LmConfig {
         for (what, v) in [("d_model", self.d_model), ("vocab_size", self.vocab_size)] {
             if v == 0 {
                 return Err(Error::Config(format!("{what} must be positive, found 0")));
+            }
+        }
+        for (what, v, max) in [
+            ("d_model", self.d_model, MAX_WIDTH),
+            ("d_state", self.d_state, MAX_WIDTH),
+            ("d_intermediate", self.d_intermediate, MAX_WIDTH * 8),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            (
+                "pad_vocab_size_multiple",
+                self.pad_vocab_size_multiple,
+                MAX_VOCAB,
+            ),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+        ] {
+            if v > max {
+                return Err(Error::Config(format!(
+                    "{what} is {v}, more than the {max} this library accepts"
+                )));
             }
         }
         if !(self.norm_epsilon > 0.0 && self.norm_epsilon.is_finite()) {

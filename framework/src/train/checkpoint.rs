@@ -221,10 +221,7 @@ impl CheckpointWriter {
             let name = entry.file_name().to_string_lossy().into_owned();
             let ft = entry.file_type().map_err(|e| io_err(&path, e))?;
             if !ft.is_file() {
-                return Err(io_err(
-                    &path,
-                    "a checkpoint set holds regular files only",
-                ));
+                return Err(io_err(&path, "a checkpoint set holds regular files only"));
             }
             if name == MANIFEST {
                 return Err(io_err(&path, "the manifest is written by commit"));
@@ -265,7 +262,11 @@ impl CheckpointWriter {
             // No atomic swap here: move the old set aside first; a crash
             // between the two renames leaves it under `.NAME.old-*`, which
             // `recover_checkpoint` puts back.
-            let name = self.target.file_name().unwrap_or_default().to_string_lossy();
+            let name = self
+                .target
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
             let aside = parent.join(format!(".{name}.old-{}", random_token()));
             std::fs::rename(&self.target, &aside).map_err(|e| io_err(&self.target, e))?;
             std::fs::rename(&self.staging, &self.target).map_err(|e| io_err(&self.target, e))?;
@@ -337,14 +338,19 @@ pub fn verify_checkpoint(dir: &Path) -> Result<Manifest> {
         serde_json::from_slice(&text).map_err(|e| io_err(&mpath, format!("bad manifest: {e}")))?;
     for f in &manifest.files {
         if f.name.contains('/') || f.name.contains('\\') || f.name == ".." {
-            return Err(io_err(&mpath, format!("bad file name `{}` in manifest", f.name)));
+            return Err(io_err(
+                &mpath,
+                format!("bad file name `{}` in manifest", f.name),
+            ));
         }
         let path = dir.join(&f.name);
-        let m = std::fs::symlink_metadata(&path).map_err(|e| {
-            io_err(&path, format!("{e}: listed in {MANIFEST} but missing"))
-        })?;
+        let m = std::fs::symlink_metadata(&path)
+            .map_err(|e| io_err(&path, format!("{e}: listed in {MANIFEST} but missing")))?;
         if !m.is_file() {
-            return Err(io_err(&path, "listed in the manifest but not a regular file"));
+            return Err(io_err(
+                &path,
+                "listed in the manifest but not a regular file",
+            ));
         }
         if m.len() != f.bytes {
             return Err(io_err(
@@ -436,7 +442,10 @@ mod tests {
         std::fs::create_dir(&notes).unwrap();
         write(&notes, "thesis.tex", b"precious");
         let e = CheckpointWriter::begin(&notes).unwrap_err().to_string();
-        assert!(e.contains("no checkpoint.json") && e.contains("refusing"), "{e}");
+        assert!(
+            e.contains("no checkpoint.json") && e.contains("refusing"),
+            "{e}"
+        );
         let file = root.path().join("file");
         write(root.path(), "file", b"x");
         assert!(CheckpointWriter::begin(&file).is_err());
@@ -447,7 +456,10 @@ mod tests {
             let e = CheckpointWriter::begin(&link).unwrap_err().to_string();
             assert!(e.contains("symbolic link"), "{e}");
         }
-        assert_eq!(std::fs::read(notes.join("thesis.tex")).unwrap(), b"precious");
+        assert_eq!(
+            std::fs::read(notes.join("thesis.tex")).unwrap(),
+            b"precious"
+        );
     }
 
     #[test]
