@@ -6,8 +6,10 @@ pub fn run() -> anyhow::Result<()> {
     let args = super::train::Args::default();
     println!(
         "training {} (d_model {}) on the bundled corpus for {} steps -> {}",
-        args.mixers,
-        args.d_model,
+        args.mixers
+            .as_deref()
+            .unwrap_or(super::train::DEFAULT_MIXERS),
+        args.d_model.unwrap_or(128),
         args.steps,
         args.out.display()
     );

@@ -1,43 +1,52 @@
 //! `lrnnx train`: a language model on a text corpus (default: the bundled
-//! KJV Pentateuch, byte tokens), AdamW with warm-up + cosine, gradient
-//! clipping, periodic validation, a progress bar, atomic checkpoints in the
-//! Hugging Face layout, `--resume`.
+//! KJV Pentateuch, byte tokens), through the library's
+//! [`Trainer`](lrnnx::train::Trainer): AdamW with warm-up + cosine, gradient
+//! clipping, periodic validation, a progress bar, crash-consistent checkpoint
+//! sets in the Hugging Face layout, `--resume`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use lrnnx::train::{clip_grad_norm, cross_entropy, AdamW, AdamWConfig, TokenBatches, WarmupCosine};
-use lrnnx::{LRNNLMHeadModel, LmConfig, LmForwardOpts};
-use serde_json::json;
+use lrnnx::train::{TokenBatches, TrainConfig, Trainer};
+use lrnnx::{LRNNLMHeadModel, LmConfig};
+use serde_json::{json, Map};
 
 /// The corpus `lrnnx train` uses when given none.
 pub const BUNDLED_CORPUS: &str = include_str!("../corpus/kjv_pentateuch.txt");
 
+/// Largest corpus read (the whole text is tokenized in memory).
+pub const MAX_CORPUS_BYTES: u64 = 4 << 30;
+/// Largest model config.json or tokenizer.json read.
+pub const MAX_SMALL_FILE_BYTES: u64 = 64 << 20;
+
+/// The mixers of the default run.
+pub(crate) const DEFAULT_MIXERS: &str = "LRU,attn,LRU,attn";
+/// The mixer kwargs of the default run.
+const DEFAULT_MIXER_KWARGS: &str =
+    r#"{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 16}}"#;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Comma-separated mixer names, one per layer.
-    #[arg(long, default_value = "LRU,attn,LRU,attn")]
-    pub mixers: String,
+    /// Comma-separated mixer names, one per layer [default: LRU,attn,LRU,attn].
+    #[arg(long)]
+    pub mixers: Option<String>,
     /// A model config.json instead of --mixers and the size flags.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Model width.
-    #[arg(long, default_value_t = 128)]
-    pub d_model: usize,
-    /// State size.
-    #[arg(long, default_value_t = 64)]
-    pub d_state: usize,
-    /// Gated-MLP width (0: none).
-    #[arg(long, default_value_t = 256)]
-    pub d_intermediate: usize,
-    /// Per-type mixer kwargs (JSON).
-    #[arg(
-        long,
-        default_value = r#"{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 16}}"#
-    )]
-    pub mixer_kwargs: String,
+    /// Model width [default: 128].
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// State size [default: 64].
+    #[arg(long)]
+    pub d_state: Option<usize>,
+    /// Gated-MLP width, 0: none [default: 256].
+    #[arg(long)]
+    pub d_intermediate: Option<usize>,
+    /// Per-type mixer kwargs (JSON) [default: attn with 4 causal heads, rotary 16].
+    #[arg(long)]
+    pub mixer_kwargs: Option<String>,
     /// Text corpus (UTF-8); default: the bundled public-domain corpus.
     #[arg(long)]
     pub corpus: Option<PathBuf>,
@@ -83,7 +92,8 @@ pub struct Args {
     /// Seed of initialisation and batch sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output directory (model, optimizer state, trainer.json).
+    /// Output directory: one checkpoint set (model, optimizer state,
+    /// trainer.json, checkpoint.json), replaced as a whole at each save.
     #[arg(long, default_value = "runs/default")]
     pub out: PathBuf,
     /// Continue from a checkpoint directory written by `lrnnx train`.
@@ -117,14 +127,89 @@ pub struct Summary {
     pub tokens_per_s: f64,
 }
 
+impl Args {
+    /// The hyper-parameters the flags give.
+    fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            seq_len: self.seq_len,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            eval_every: self.eval_every,
+            eval_batches: self.eval_batches,
+            save_every: self.save_every,
+            val_fraction: self.val_fraction,
+            seed: self.seed,
+        }
+    }
+
+    /// The model-shaping flags given on the command line, by name.
+    fn model_flags(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for (name, given) in [
+            ("--mixers", self.mixers.is_some()),
+            ("--config", self.config.is_some()),
+            ("--d-model", self.d_model.is_some()),
+            ("--d-state", self.d_state.is_some()),
+            ("--d-intermediate", self.d_intermediate.is_some()),
+            ("--mixer-kwargs", self.mixer_kwargs.is_some()),
+        ] {
+            if given {
+                v.push(name);
+            }
+        }
+        v
+    }
+}
+
+/// A regular file of at most `max` bytes (to be replaced by the framework's
+/// `io::read_regular_file` once it lands).
+fn read_capped(path: &Path, max: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!(
+            "{}: expected {what} (a regular file), found something else",
+            path.display()
+        );
+    }
+    if meta.len() > max {
+        anyhow::bail!(
+            "{}: expected {what} of at most {max} bytes, found {} bytes",
+            path.display(),
+            meta.len()
+        );
+    }
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut buf))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if buf.len() as u64 > max {
+        anyhow::bail!(
+            "{}: expected {what} of at most {max} bytes, found more",
+            path.display()
+        );
+    }
+    Ok(buf)
+}
+
+fn read_text(path: &Path, max: u64, what: &str) -> anyhow::Result<String> {
+    let bytes = read_capped(path, max, what)?;
+    String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {what} is not UTF-8 text: {e}", path.display()))
+}
+
 fn model_config(a: &Args, vocab: usize) -> anyhow::Result<LmConfig> {
     if let Some(p) = &a.config {
-        let text =
-            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        let text = read_text(p, MAX_SMALL_FILE_BYTES, "a model config.json")?;
         return LmConfig::from_json_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
     }
-    let names: Vec<&str> = a
-        .mixers
+    let mixers = a.mixers.as_deref().unwrap_or(DEFAULT_MIXERS);
+    let names: Vec<&str> = mixers
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -132,120 +217,120 @@ fn model_config(a: &Args, vocab: usize) -> anyhow::Result<LmConfig> {
     if names.is_empty() {
         anyhow::bail!("--mixers names no mixer");
     }
-    let mut c = LmConfig::new(a.d_model, a.d_state, vocab, &names);
-    c.d_intermediate = a.d_intermediate;
+    let mut c = LmConfig::new(
+        a.d_model.unwrap_or(128),
+        a.d_state.unwrap_or(64),
+        vocab,
+        &names,
+    );
+    c.d_intermediate = a.d_intermediate.unwrap_or(256);
     c.fused_add_norm = false;
-    c.mixer_kwargs = match serde_json::from_str(&a.mixer_kwargs)? {
+    let kwargs = a.mixer_kwargs.as_deref().unwrap_or(DEFAULT_MIXER_KWARGS);
+    c.mixer_kwargs = match serde_json::from_str(kwargs)? {
         serde_json::Value::Object(m) => m,
         other => anyhow::bail!("--mixer-kwargs must be a JSON object, found {other}"),
     };
-    // Keep only the entries of types in use (the default names attn).
-    let used: Vec<String> = c.mixer_types.clone();
-    if c.mixer_kwargs
-        .keys()
-        .any(|k| used.contains(k) || lrnnx::Registry::get(k).is_ok())
-    {
+    if a.mixer_kwargs.is_none() {
+        // The default names attn; keep it only when a layer is attn.
+        let used: Vec<String> = c.mixer_types.clone();
         c.mixer_kwargs.retain(|k, _| used.contains(k));
     }
     Ok(c)
 }
 
-fn evaluate(model: &LRNNLMHeadModel, batches: &[(Tensor, Tensor)]) -> anyhow::Result<f64> {
-    let mut total = 0.0;
-    for (x, y) in batches {
-        let logits = model.forward(x, &LmForwardOpts::default())?;
-        total += cross_entropy(&logits, y)?.to_scalar::<f32>()? as f64;
+/// The tokenizer file of the run: `--tokenizer`, or the resumed set's.
+/// Resuming with a tokenizer other than the checkpoint's is an error.
+fn tokenizer_file(a: &Args) -> anyhow::Result<Option<(PathBuf, Vec<u8>)>> {
+    let given = match &a.tokenizer {
+        Some(p) => Some((
+            p.clone(),
+            read_capped(p, MAX_SMALL_FILE_BYTES, "a tokenizer.json")?,
+        )),
+        None => None,
+    };
+    let Some(dir) = &a.resume else {
+        return Ok(given);
+    };
+    let saved = dir.join("tokenizer.json");
+    let saved = saved
+        .exists()
+        .then(|| read_capped(&saved, MAX_SMALL_FILE_BYTES, "a tokenizer.json").map(|b| (saved, b)))
+        .transpose()?;
+    match (given, saved) {
+        (Some((p, g)), Some((_, s))) if g != s => anyhow::bail!(
+            "--tokenizer {} differs from the tokenizer.json the checkpoint {} was trained with",
+            p.display(),
+            dir.display()
+        ),
+        (Some((p, _)), None) => anyhow::bail!(
+            "--tokenizer {} given, but the checkpoint {} was trained on bytes (it has no tokenizer.json)",
+            p.display(),
+            dir.display()
+        ),
+        (g, s) => Ok(g.or(s)),
     }
-    Ok(total / batches.len().max(1) as f64)
 }
 
-fn save(
-    model: &LRNNLMHeadModel,
-    opt: &AdamW,
-    a: &Args,
-    tokenizer: Option<&Path>,
-    val: f64,
-) -> anyhow::Result<()> {
-    model.save_pretrained(&a.out)?;
-    lrnnx::io::write_safetensors(&a.out.join("optimizer.safetensors"), &opt.state(), None)?;
-    if let Some(t) = tokenizer {
-        let dst = a.out.join("tokenizer.json");
-        if t != dst {
-            lrnnx::io::write_atomic(&dst, &std::fs::read(t)?)?;
-        }
+/// Refuses model-shaping flags that disagree with the checkpoint's model.
+fn check_resume_flags(a: &Args, model: &LmConfig, vocab: usize) -> anyhow::Result<()> {
+    let flags = a.model_flags();
+    if flags.is_empty() {
+        return Ok(());
     }
-    // Written last: a checkpoint is complete when trainer.json names its step.
-    lrnnx::io::write_json(
-        &a.out.join("trainer.json"),
-        &json!({"step": opt.step, "steps": a.steps, "seed": a.seed, "val_loss": val,
-                "corpus": a.corpus.as_ref().map(|p| p.display().to_string())}),
-    )?;
+    let wanted = model_config(a, vocab)?;
+    let differs = wanted.mixer_types != model.mixer_types
+        || wanted.d_model != model.d_model
+        || wanted.d_state != model.d_state
+        || wanted.d_intermediate != model.d_intermediate
+        || wanted.n_layer != model.n_layer
+        || (a.mixer_kwargs.is_some() && wanted.mixer_kwargs != model.mixer_kwargs);
+    if differs {
+        anyhow::bail!(
+            "{} given with --resume, but the checkpoint's model is {:?} with d_model {}, d_state {}, \
+             d_intermediate {}; drop the flags or match them",
+            flags.join(", "),
+            model.mixer_types,
+            model.d_model,
+            model.d_state,
+            model.d_intermediate
+        );
+    }
     Ok(())
 }
 
 /// Runs training as configured; returns the final validation loss and throughput.
 pub fn train(a: &Args) -> anyhow::Result<Summary> {
     let dev = Device::Cpu;
-    let tokenizer_path = a.tokenizer.clone().or_else(|| {
-        a.resume
-            .as_ref()
-            .map(|d| d.join("tokenizer.json"))
-            .filter(|p| p.exists())
-    });
-    let tokenizer = super::tokenizer::load(tokenizer_path.as_deref())?;
+    let tok_file = tokenizer_file(a)?;
+    let tokenizer = super::tokenizer::load(tok_file.as_ref().map(|(p, _)| p.as_path()))?;
     let text = match &a.corpus {
-        Some(p) => {
-            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-        }
+        Some(p) => read_text(p, MAX_CORPUS_BYTES, "a UTF-8 corpus")?,
         None => BUNDLED_CORPUS.to_string(),
     };
+    let cfg = a.train_config();
+    // Checked before the corpus is tokenized and batched.
+    cfg.validate(tokenizer.vocab_size())?;
     let ids = tokenizer.encode(&text)?;
-    let mut data = TokenBatches::new(ids, a.seq_len, a.val_fraction, a.seed)?;
-    let (model, start_step, opt_state) = match &a.resume {
+    let data = TokenBatches::new(ids, cfg.seq_len, cfg.val_fraction, cfg.seed)?;
+    let mut trainer = match &a.resume {
         Some(dir) => {
-            let model = LRNNLMHeadModel::from_pretrained(dir, None, &dev)?;
-            let meta = lrnnx::io::read_json(&dir.join("trainer.json"))?;
-            let step = meta["step"]
-                .as_u64()
-                .ok_or_else(|| anyhow::anyhow!("{}: no step", dir.display()))?
-                as usize;
-            let state = lrnnx::io::read_safetensors(&dir.join("optimizer.safetensors"), &dev)?;
-            (model, step, Some(state))
+            lrnnx::train::recover_checkpoint(dir)?;
+            let t = Trainer::resume(dir, data, cfg, &dev)?;
+            check_resume_flags(a, t.model().config(), tokenizer.vocab_size())?;
+            t
         }
-        None => (
-            LRNNLMHeadModel::init(model_config(a, tokenizer.vocab_size())?, a.seed, &dev)?,
-            0,
-            None,
-        ),
-    };
-    let vars = model.store().vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            lr: a.lr,
-            weight_decay: a.weight_decay,
-            ..Default::default()
-        },
-    )?;
-    if let Some(state) = opt_state {
-        opt.load_state(&state, start_step)?;
-        // Batches continue where they stopped.
-        for _ in 0..start_step {
-            data.train_batch(a.batch_size, &dev)?;
+        None => {
+            let model =
+                LRNNLMHeadModel::init(model_config(a, tokenizer.vocab_size())?, a.seed, &dev)?;
+            Trainer::new(model, data, cfg)?
         }
-    }
-    let schedule = WarmupCosine {
-        max_lr: a.lr,
-        min_lr: a.min_lr,
-        warmup: a.warmup,
-        total: a.steps,
     };
-    let val_batches = data.val_batches(a.batch_size, a.eval_batches, &dev)?;
-    let unigram = data.unigram_entropy();
+    let start_step = trainer.step_count();
     tracing::info!(
-        params = model.num_params(),
-        layers = ?model.config().mixer_types,
-        unigram_entropy = unigram,
+        params = trainer.model().num_params(),
+        layers = ?trainer.model().config().mixer_types,
+        unigram_entropy = trainer.unigram_entropy(),
+        start_step,
         "training"
     );
     let bar = if a.quiet {
@@ -261,27 +346,25 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
     );
     bar.set_position(start_step as u64);
     let started = Instant::now();
-    let tokens_per_step = a.batch_size * a.seq_len;
-    let mut val = f64::NAN;
     let mut ema: Option<f64> = None;
-    for step in start_step..a.steps {
-        opt.config.lr = schedule.lr(step);
-        let (x, y) = data.train_batch(a.batch_size, &dev)?;
-        let loss = cross_entropy(&model.forward(&x, &LmForwardOpts::default())?, &y)?;
-        let mut grads = loss.backward()?;
-        if a.grad_clip > 0.0 {
-            clip_grad_norm(&mut grads, &vars, a.grad_clip)?;
-        }
-        opt.step(&grads)?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            anyhow::bail!("training diverged at step {step}: loss {l}; lower --lr");
-        }
+    let mut info = Map::new();
+    info.insert(
+        "corpus".into(),
+        json!(a.corpus.as_ref().map(|p| p.display().to_string())),
+    );
+    let extra: Vec<(&str, &[u8])> = tok_file
+        .as_ref()
+        .map(|(_, b)| vec![("tokenizer.json", b.as_slice())])
+        .unwrap_or_default();
+    while !trainer.done() {
+        let lr = trainer.lr();
+        let l = trainer.step()?;
         ema = Some(ema.map_or(l, |e| 0.95 * e + 0.05 * l));
-        let done = step + 1;
-        let tps = ((done - start_step) * tokens_per_step) as f64 / started.elapsed().as_secs_f64();
-        if done % a.eval_every == 0 || done == a.steps {
-            val = evaluate(&model, &val_batches)?;
+        let done = trainer.step_count();
+        let tps = ((done - start_step) * trainer.tokens_per_step()) as f64
+            / started.elapsed().as_secs_f64();
+        if trainer.due_for_eval() {
+            let val = trainer.evaluate()?;
             tracing::info!(
                 step = done,
                 train_loss = ema.unwrap_or(l),
@@ -292,24 +375,26 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
         bar.set_message(format!(
             "loss {:.3} val {:.3} lr {:.1e} {:.0} tok/s",
             ema.unwrap_or(l),
-            val,
-            opt.config.lr,
+            trainer.last_val_loss().unwrap_or(f64::NAN),
+            lr,
             tps
         ));
         bar.inc(1);
-        if done % a.save_every == 0 || done == a.steps {
-            save(&model, &opt, a, tokenizer_path.as_deref(), val)?;
+        if trainer.due_for_save() {
+            trainer.save(&a.out, &extra, info.clone())?;
         }
     }
     bar.finish();
-    if val.is_nan() {
-        val = evaluate(&model, &val_batches)?;
-    }
+    let val = match trainer.last_val_loss() {
+        Some(v) => v,
+        None => trainer.evaluate()?,
+    };
     let steps_run = a.steps.saturating_sub(start_step).max(1);
     Ok(Summary {
         val_loss: val,
-        unigram_entropy: unigram,
-        tokens_per_s: (steps_run * tokens_per_step) as f64 / started.elapsed().as_secs_f64(),
+        unigram_entropy: trainer.unigram_entropy(),
+        tokens_per_s: (steps_run * trainer.tokens_per_step()) as f64
+            / started.elapsed().as_secs_f64(),
     })
 }
 

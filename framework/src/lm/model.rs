@@ -118,7 +118,8 @@ impl LRNNLMHeadModel {
         }
         let norm_f = Norm::new(norm_kind, d, eps, &pb.pp("backbone.norm_f"))?;
         let lm_head = if config.tie_embeddings {
-            store.mark_used("lm_head.weight");
+            // A checkpoint may also store the head; tied, it must equal the embedding.
+            pb.alias("lm_head.weight", "backbone.embedding.weight")?;
             embedding.clone()
         } else {
             pb.pp("lm_head")

@@ -52,6 +52,7 @@ impl LRNNLMHeadModel {
             .validate()
             .map_err(|e| Error::file(&config_path, e))?;
         let (weights_path, tensors) = read_weights(dir, device)?;
+        check_finite(&tensors).map_err(|e| Error::file(&weights_path, e))?;
         Self::from_tensors(config, tensors, device).map_err(|e| match e {
             Error::MissingTensor { key, .. } => Error::MissingTensor {
                 key,
@@ -112,4 +113,30 @@ pub fn read_weights(
         dir,
         format!("no weights: expected {SAFETENSORS_FILE} or {PYTORCH_FILE} in the model directory"),
     ))
+}
+
+/// Refuses weights holding NaN or infinite values (a model with them
+/// generates garbage without failing), naming the first such tensor.
+pub fn check_finite(tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        if !t.dtype().is_float() {
+            continue;
+        }
+        let flat = t.flatten_all()?.to_dtype(candle_core::DType::F32)?;
+        let bad = flat
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count();
+        if bad > 0 {
+            return Err(Error::Config(format!(
+                "tensor `{name}` holds {bad} NaN or infinite values out of {}; the checkpoint is corrupt",
+                flat.elem_count()
+            )));
+        }
+    }
+    Ok(())
 }

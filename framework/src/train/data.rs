@@ -34,13 +34,16 @@ impl Tokenizer for ByteTokenizer {
 }
 
 /// A token stream split into training and validation parts, sampled in
-/// random windows with a seeded generator.
+/// random windows. Batch `k` is drawn from a generator seeded with
+/// `(seed, k)`, so a resumed run continues at step `k` in O(1).
 #[derive(Debug)]
 pub struct TokenBatches {
     train: Vec<u32>,
     val: Vec<u32>,
     seq_len: usize,
-    rng: StdRng,
+    seed: u64,
+    /// Index of the next training batch.
+    next: u64,
 }
 
 impl TokenBatches {
@@ -62,7 +65,8 @@ impl TokenBatches {
             train,
             val,
             seq_len,
-            rng: StdRng::seed_from_u64(seed),
+            seed,
+            next: 0,
         })
     }
 
@@ -86,13 +90,21 @@ impl TokenBatches {
         ))
     }
 
-    /// A random training batch: inputs and next-token targets, `(B, seq_len)` each.
+    /// Makes `k` the index of the next training batch (a resumed run: `k`
+    /// optimizer steps done).
+    pub fn skip_to(&mut self, k: u64) {
+        self.next = k;
+    }
+
+    /// The next random training batch: inputs and next-token targets, `(B, seq_len)` each.
     pub fn train_batch(&mut self, batch: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+        let k = self.next;
+        self.next += 1;
+        // SplitMix-style spreading of (seed, k) over the generator's seed.
+        let mut rng = StdRng::seed_from_u64(self.seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for _ in 0..batch {
-            let start = self
-                .rng
-                .random_range(0..self.train.len() - self.seq_len - 1);
+            let start = rng.random_range(0..self.train.len() - self.seq_len - 1);
             let (a, b) = Self::window(&self.train, start, self.seq_len);
             x.extend_from_slice(a);
             y.extend_from_slice(b);
@@ -171,6 +183,12 @@ mod tests {
                 assert_eq!(xr[t + 1], yr[t]);
             }
         }
+        // Batch k does not depend on the batches drawn before it.
+        let (x3, _) = a.train_batch(4, &Device::Cpu).unwrap();
+        b.skip_to(1);
+        let (x4, _) = b.train_batch(4, &Device::Cpu).unwrap();
+        assert_eq!(x3.to_vec2::<u32>().unwrap(), x4.to_vec2::<u32>().unwrap());
+        assert_ne!(x3.to_vec2::<u32>().unwrap(), x);
         let h = a.unigram_entropy();
         assert!((h - (97f64).ln()).abs() < 0.01, "{h}");
         assert!(TokenBatches::new(vec![1; 20], 16, 0.1, 0).is_err());

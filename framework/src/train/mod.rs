@@ -6,6 +6,7 @@ mod checkpoint;
 mod data;
 mod optim;
 mod schedule;
+mod trainer;
 
 pub use checkpoint::{
     recover_checkpoint, verify_checkpoint, CheckpointWriter, Manifest, ManifestFile, MANIFEST,
@@ -13,3 +14,7 @@ pub use checkpoint::{
 pub use data::{cross_entropy, ByteTokenizer, TokenBatches, Tokenizer};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use schedule::WarmupCosine;
+pub use trainer::{
+    TrainConfig, Trainer, TrainerRecord, MAX_LOGITS_PER_STEP, MAX_STEPS, MAX_TOKENS_PER_STEP,
+    OPTIMIZER_FILE, TRAINER_FILE,
+};

@@ -235,6 +235,9 @@ impl Mha {
     }
 }
 
+/// The most positions a fresh KV cache reserves; it grows past them on demand.
+pub const INITIAL_CACHE_POSITIONS: usize = 4096;
+
 impl Mixer for Mha {
     fn name(&self) -> &str {
         crate::NAME
@@ -312,8 +315,10 @@ impl Mixer for Mha {
         match_step_rank(y.squeeze(1)?, x)
     }
 
-    /// A KV cache `k`, `v (B, hkv, max_seqlen, d)` (grown on demand) and, with
-    /// a conv, its last `d_conv - 1` inputs.
+    /// A KV cache `k`, `v (B, hkv, capacity, d)` and, with a conv, its last
+    /// `d_conv - 1` inputs. The capacity starts at `max_seqlen`, at most
+    /// [`INITIAL_CACHE_POSITIONS`], and doubles on demand: a request for a
+    /// huge `max_seqlen` costs nothing until the tokens arrive.
     fn init_state(
         &self,
         batch: usize,
@@ -321,7 +326,8 @@ impl Mixer for Mha {
         dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let shape = (batch, self.kv_heads, max_seqlen.max(1), self.head_dim);
+        let positions = max_seqlen.clamp(1, INITIAL_CACHE_POSITIONS);
+        let shape = (batch, self.kv_heads, positions, self.head_dim);
         let mut s = MixerState::new()
             .with("k", Tensor::zeros(shape, dtype, device)?)
             .with("v", Tensor::zeros(shape, dtype, device)?);

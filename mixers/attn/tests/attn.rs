@@ -223,3 +223,20 @@ fn bad_configs_are_named() {
     .unwrap();
     assert_mentions(&step_error(&m, &[2, 3, 8]), &["[2, 3, 8]"]);
 }
+
+#[test]
+fn a_huge_max_seqlen_reserves_only_the_initial_cache() {
+    let store = ParamStore::init(3, DType::F32, &Device::Cpu);
+    let m = Mha::new(
+        8,
+        cfg(r#"{"num_heads": 2, "causal": true}"#),
+        &store.builder(),
+    )
+    .unwrap();
+    // 2^40 positions would be 64 TiB of cache if reserved up front.
+    let st = m.init_state(1, 1 << 40, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        st.get("k").unwrap().dims(),
+        &[1, 2, lrnnx_attn::INITIAL_CACHE_POSITIONS, 4]
+    );
+}

@@ -1,0 +1,401 @@
+//! The training loop as a library: [`Trainer`] steps AdamW over a model on
+//! token batches with warm-up + cosine, gradient clipping and validation,
+//! and saves and resumes crash-consistent checkpoint sets.
+//!
+//! ```
+//! # fn main() -> lrnnx_framework::Result<()> {
+//! use candle_core::Device;
+//! use lrnnx_framework::train::{TokenBatches, TrainConfig, Trainer};
+//! let ids: Vec<u32> = (0..4000).map(|i| (i * 7 % 13) as u32).collect();
+//! let cfg = TrainConfig { steps: 3, batch_size: 2, seq_len: 8, ..TrainConfig::default() };
+//! let data = TokenBatches::new(ids, cfg.seq_len, cfg.val_fraction, cfg.seed)?;
+//! # let _ = data;
+//! // With a model: let mut t = Trainer::new(model, data, cfg)?; while !t.done() { t.step()?; }
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{
+    clip_grad_norm, cross_entropy, verify_checkpoint, AdamW, AdamWConfig, CheckpointWriter,
+    TokenBatches, WarmupCosine,
+};
+use crate::{Error, LRNNLMHeadModel, LmForwardOpts, Result};
+
+/// The trainer's own file in a checkpoint set.
+pub const TRAINER_FILE: &str = "trainer.json";
+/// The optimizer moments in a checkpoint set.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Most optimizer steps a run may ask for.
+pub const MAX_STEPS: usize = 1_000_000_000;
+/// Most tokens one step may process (`batch_size * seq_len`).
+pub const MAX_TOKENS_PER_STEP: usize = 1 << 22;
+/// Most logits one step may hold (`batch_size * seq_len * vocab`): 16 GiB of f32.
+pub const MAX_LOGITS_PER_STEP: usize = 1 << 32;
+
+/// Hyper-parameters of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimizer steps in all.
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate.
+    pub min_lr: f64,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// AdamW weight decay (matrices only).
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0: off).
+    pub grad_clip: f64,
+    /// Validate every this many steps (and at the end).
+    pub eval_every: usize,
+    /// Validation batches per evaluation.
+    pub eval_batches: usize,
+    /// Save every this many steps (and at the end).
+    pub save_every: usize,
+    /// Fraction of the corpus held out for validation.
+    pub val_fraction: f64,
+    /// Seed of initialisation and batch sampling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 400,
+            batch_size: 16,
+            seq_len: 64,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup: 40,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_batches: 8,
+            save_every: 200,
+            val_fraction: 0.05,
+            seed: 0,
+        }
+    }
+}
+
+fn bad(msg: String) -> Error {
+    Error::Config(msg)
+}
+
+impl TrainConfig {
+    /// Refuses values that would panic, hang, exhaust memory or train
+    /// nonsense, naming the value and what is accepted.
+    pub fn validate(&self, vocab: usize) -> Result<()> {
+        for (what, v, max) in [
+            ("steps", self.steps, MAX_STEPS),
+            ("batch_size", self.batch_size, MAX_TOKENS_PER_STEP),
+            ("seq_len", self.seq_len, MAX_TOKENS_PER_STEP),
+            ("eval_every", self.eval_every, usize::MAX),
+            ("eval_batches", self.eval_batches, 1 << 20),
+            ("save_every", self.save_every, usize::MAX),
+        ] {
+            if v == 0 || v > max {
+                return Err(bad(format!(
+                    "{what} must be between 1 and {max}, found {v}"
+                )));
+            }
+        }
+        let tokens = self.batch_size.checked_mul(self.seq_len);
+        match tokens {
+            Some(t) if t <= MAX_TOKENS_PER_STEP => {
+                let logits = t.checked_mul(vocab).unwrap_or(usize::MAX);
+                if logits > MAX_LOGITS_PER_STEP {
+                    return Err(bad(format!(
+                        "batch_size * seq_len * vocab = {t} * {vocab} logits per step, more than {MAX_LOGITS_PER_STEP}"
+                    )));
+                }
+            }
+            _ => return Err(bad(format!(
+                "batch_size * seq_len = {} * {} tokens per step, more than {MAX_TOKENS_PER_STEP}",
+                self.batch_size, self.seq_len
+            ))),
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(bad(format!(
+                "lr must be positive and finite, found {}",
+                self.lr
+            )));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return Err(bad(format!(
+                "min_lr must be finite and in [0, lr = {}], found {}",
+                self.lr, self.min_lr
+            )));
+        }
+        for (what, v) in [
+            ("weight_decay", self.weight_decay),
+            ("grad_clip", self.grad_clip),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(format!("{what} must be finite and >= 0, found {v}")));
+            }
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction <= 0.5) {
+            return Err(bad(format!(
+                "val_fraction must be in (0, 0.5], found {}",
+                self.val_fraction
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What `trainer.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerRecord {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// The run's hyper-parameters.
+    pub config: TrainConfig,
+    /// Last validation loss (nats per token; NaN before the first).
+    pub val_loss: Option<f64>,
+    /// Id of the checkpoint set this record belongs to.
+    pub checkpoint_id: String,
+    /// Whatever else the caller recorded (corpus path, tokenizer, ...).
+    #[serde(default)]
+    pub info: Map<String, Value>,
+}
+
+/// A model being trained.
+pub struct Trainer {
+    model: LRNNLMHeadModel,
+    opt: AdamW,
+    data: TokenBatches,
+    val_batches: Vec<(Tensor, Tensor)>,
+    config: TrainConfig,
+    schedule: WarmupCosine,
+    last_val: Option<f64>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("step", &self.opt.step)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// Starts training `model` from step 0.
+    pub fn new(model: LRNNLMHeadModel, data: TokenBatches, config: TrainConfig) -> Result<Self> {
+        Self::at(model, data, config, None)
+    }
+
+    fn at(
+        model: LRNNLMHeadModel,
+        mut data: TokenBatches,
+        config: TrainConfig,
+        resumed: Option<(usize, HashMap<String, Tensor>)>,
+    ) -> Result<Self> {
+        config.validate(model.config().padded_vocab_size())?;
+        let dev = model.device().clone();
+        let mut opt = AdamW::new(
+            model.store().vars(),
+            AdamWConfig {
+                lr: config.lr,
+                weight_decay: config.weight_decay,
+                ..Default::default()
+            },
+        )?;
+        if let Some((step, state)) = resumed {
+            opt.load_state(&state, step)?;
+            data.skip_to(step as u64);
+        }
+        let val_batches = data.val_batches(config.batch_size, config.eval_batches, &dev)?;
+        let schedule = WarmupCosine {
+            max_lr: config.lr,
+            min_lr: config.min_lr,
+            warmup: config.warmup,
+            total: config.steps,
+        };
+        Ok(Self {
+            model,
+            opt,
+            data,
+            val_batches,
+            config,
+            schedule,
+            last_val: None,
+        })
+    }
+
+    /// Continues the checkpoint set in `dir` (as [`save`](Self::save) wrote
+    /// it): its parts must belong together, its step must not exceed
+    /// `config.steps`.
+    pub fn resume(
+        dir: &Path,
+        data: TokenBatches,
+        config: TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let manifest = verify_checkpoint(dir)?;
+        let rpath = dir.join(TRAINER_FILE);
+        let record: TrainerRecord = serde_json::from_value(crate::io::read_json(&rpath)?)
+            .map_err(|e| Error::file(&rpath, format!("not a trainer record: {e}")))?;
+        if record.checkpoint_id != manifest.id || record.step as u64 != manifest.step {
+            return Err(Error::file(
+                &rpath,
+                format!(
+                    "belongs to checkpoint {} at step {}, but the set is {} at step {}",
+                    record.checkpoint_id, record.step, manifest.id, manifest.step
+                ),
+            ));
+        }
+        if record.step > config.steps {
+            return Err(bad(format!(
+                "the checkpoint is at step {}, past the run's steps = {}; ask for more steps",
+                record.step, config.steps
+            )));
+        }
+        let model = LRNNLMHeadModel::from_pretrained(dir, None, device)?;
+        let opath = dir.join(OPTIMIZER_FILE);
+        let state = crate::io::read_safetensors_file(&opath, device)?;
+        if state.metadata.get("checkpoint_id") != Some(&manifest.id) {
+            return Err(Error::file(
+                &opath,
+                "does not belong to this checkpoint set",
+            ));
+        }
+        let mut t = Self::at(model, data, config, Some((record.step, state.tensors)))?;
+        t.last_val = record.val_loss;
+        Ok(t)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &LRNNLMHeadModel {
+        &self.model
+    }
+
+    /// Optimizer steps done.
+    pub fn step_count(&self) -> usize {
+        self.opt.step
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Whether every step of the run is done.
+    pub fn done(&self) -> bool {
+        self.opt.step >= self.config.steps
+    }
+
+    /// The learning rate of the next step.
+    pub fn lr(&self) -> f64 {
+        self.schedule.lr(self.opt.step)
+    }
+
+    /// Tokens one step trains on.
+    pub fn tokens_per_step(&self) -> usize {
+        self.config.batch_size * self.config.seq_len
+    }
+
+    /// The last validation loss, if any.
+    pub fn last_val_loss(&self) -> Option<f64> {
+        self.last_val
+    }
+
+    /// The training corpus's unigram entropy (nats per token).
+    pub fn unigram_entropy(&self) -> f64 {
+        self.data.unigram_entropy()
+    }
+
+    /// One optimizer step; returns its training loss. A non-finite loss is
+    /// an error (the weights are left as they were before the step).
+    pub fn step(&mut self) -> Result<f64> {
+        let dev = self.model.device().clone();
+        self.opt.config.lr = self.schedule.lr(self.opt.step);
+        let (x, y) = self.data.train_batch(self.config.batch_size, &dev)?;
+        let loss = cross_entropy(&self.model.forward(&x, &LmForwardOpts::default())?, &y)?;
+        let l = loss.to_scalar::<f32>()? as f64;
+        if !l.is_finite() {
+            return Err(bad(format!(
+                "training diverged at step {}: loss {l}; lower the learning rate",
+                self.opt.step
+            )));
+        }
+        let mut grads = loss.backward()?;
+        if self.config.grad_clip > 0.0 {
+            clip_grad_norm(
+                &mut grads,
+                &self.model.store().vars(),
+                self.config.grad_clip,
+            )?;
+        }
+        self.opt.step(&grads)?;
+        Ok(l)
+    }
+
+    /// Mean validation loss (nats per token).
+    pub fn evaluate(&mut self) -> Result<f64> {
+        let mut total = 0.0;
+        for (x, y) in &self.val_batches {
+            let logits = self.model.forward(x, &LmForwardOpts::default())?;
+            total += cross_entropy(&logits, y)?.to_scalar::<f32>()? as f64;
+        }
+        let v = total / self.val_batches.len().max(1) as f64;
+        self.last_val = Some(v);
+        Ok(v)
+    }
+
+    /// Whether the step just done is one to validate after.
+    pub fn due_for_eval(&self) -> bool {
+        self.opt.step.is_multiple_of(self.config.eval_every) || self.done()
+    }
+
+    /// Whether the step just done is one to save after.
+    pub fn due_for_save(&self) -> bool {
+        self.opt.step.is_multiple_of(self.config.save_every) || self.done()
+    }
+
+    /// Saves the model (Hugging Face layout), the optimizer moments and
+    /// `trainer.json`, plus `extra` files (e.g. `tokenizer.json`), as one
+    /// checkpoint set replacing `dir` atomically.
+    pub fn save(
+        &self,
+        dir: &Path,
+        extra: &[(&str, &[u8])],
+        info: Map<String, Value>,
+    ) -> Result<()> {
+        let w = CheckpointWriter::begin(dir)?;
+        self.model.save_pretrained(w.dir())?;
+        let meta = HashMap::from([("checkpoint_id".to_string(), w.id().to_string())]);
+        crate::io::write_safetensors(&w.dir().join(OPTIMIZER_FILE), &self.opt.state(), Some(meta))?;
+        for (name, bytes) in extra {
+            if name.contains('/') || *name == TRAINER_FILE || *name == OPTIMIZER_FILE {
+                return Err(bad(format!("`{name}` cannot be an extra checkpoint file")));
+            }
+            crate::io::write_atomic(&w.dir().join(name), bytes)?;
+        }
+        let record = TrainerRecord {
+            step: self.opt.step,
+            config: self.config.clone(),
+            val_loss: self.last_val,
+            checkpoint_id: w.id().to_string(),
+            info,
+        };
+        let value = serde_json::to_value(&record).map_err(|e| bad(e.to_string()))?;
+        crate::io::write_json(&w.dir().join(TRAINER_FILE), &value)?;
+        w.commit(self.opt.step as u64)?;
+        Ok(())
+    }
+}
