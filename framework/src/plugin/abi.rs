@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn fingerprint_names_compiler_versions_and_features() {
-        assert!(ABI_FINGERPRINT.starts_with("lrnnx-plugin-abi v1; lrnnx-framework "));
+        assert!(ABI_FINGERPRINT.starts_with("lrnnx-plugin-abi v2; lrnnx-framework "));
         assert!(ABI_FINGERPRINT.contains(RUSTC_VERSION), "{ABI_FINGERPRINT}");
         assert!(RUSTC_VERSION.starts_with("rustc "), "{RUSTC_VERSION}");
         assert!(

@@ -53,7 +53,8 @@ pub fn spec() -> MixerSpec {
         aliases: &["mingru"],
         family: Family::Ltv,
         summary: "minGRU (Feng et al. 2024): gated linear recurrence, parallel scan (plugin)",
-        build,
+        // Panics in the builder or the mixer come back to the host as errors.
+        build: lrnnx_framework::guarded_build!(build),
         default_config,
         source: env!("CARGO_PKG_NAME"),
     }
