@@ -13,15 +13,25 @@
 //! embeddings, S4D's duplicated keys) are read from it once per key.
 //!
 //! - [`read_state_dict`] (`read.rs`): the zip archive and the tensor rebuild.
+//!   Hostile files (a few hundred bytes asking for terabytes, nesting two
+//!   million deep, offsets near 2^63, FIFOs in place of files) are refused
+//!   with an error: [`limits`] lists the bounds.
 //! - [`write_state_dict`] (`write.rs`): the writer `torch.load` reads.
 
 use std::path::Path;
 
 use crate::Error;
 
+pub mod limits;
 mod pickle;
 mod read;
+mod value;
 mod write;
+
+#[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
+mod hostile_tests;
 
 pub use read::read_state_dict;
 pub use write::write_state_dict;

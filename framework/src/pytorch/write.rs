@@ -94,9 +94,19 @@ impl PickleWriter {
         self.out.push(b'c');
         self.out.extend(format!("{module}\n{name}\n").as_bytes());
     }
+    /// BININT (a signed 4-byte int) when `v` fits, else LONG1 with 8 bytes:
+    /// element counts and strides past 2^31 stay positive.
     fn int(&mut self, v: usize) {
-        self.out.push(b'J');
-        self.out.extend((v as u32).to_le_bytes());
+        match i32::try_from(v) {
+            Ok(small) => {
+                self.out.push(b'J');
+                self.out.extend(small.to_le_bytes());
+            }
+            Err(_) => {
+                self.out.extend([0x8a, 8]);
+                self.out.extend((v as u64).to_le_bytes());
+            }
+        }
     }
     fn tuple(&mut self, items: &[usize]) {
         self.out.push(b'(');
@@ -140,6 +150,17 @@ impl PickleWriter {
 mod tests {
     use super::*;
     use crate::pytorch::read_state_dict;
+
+    #[test]
+    fn ints_past_i32_are_written_as_positive_longs() {
+        let mut p = PickleWriter::default();
+        p.int(5);
+        p.int(1 << 31);
+        assert_eq!(&p.out[..5], &[b'J', 5, 0, 0, 0]);
+        let mut long = vec![0x8a, 8];
+        long.extend((1u64 << 31).to_le_bytes());
+        assert_eq!(&p.out[5..], long.as_slice());
+    }
 
     #[test]
     fn written_state_dicts_read_back_exactly() {
