@@ -29,7 +29,7 @@ fn main() {
     let debug_assertions = std::env::var_os("CARGO_CFG_DEBUG_ASSERTIONS").is_some();
 
     let fingerprint = format!(
-        "lrnnx-plugin-abi v1; lrnnx-framework {}; {}; candle-core {}; target {}; panic {}; \
+        "lrnnx-plugin-abi v2; lrnnx-framework {}; {}; candle-core {}; target {}; panic {}; \
          debug-assertions {}; features [{}]",
         env("CARGO_PKG_VERSION"),
         rustc_version,

@@ -211,5 +211,9 @@ fn corrupt_or_missing_checkpoint_files_fail_clearly() {
     let (ok, _, err) = lrnnx(&[
         "train", "--resume", d, "--steps", "1", "--quiet", "--out", d,
     ]);
-    assert!(!ok && err.contains("config.json"), "{err}");
+    // Not a checkpoint set: its manifest is the first thing --resume checks.
+    assert!(
+        !ok && err.contains("checkpoint.json") && err.contains("not a complete checkpoint set"),
+        "{err}"
+    );
 }

@@ -44,6 +44,18 @@ pub fn default_kwargs<T: Default + Serialize>(required: &[&str]) -> Value {
     Value::Object(m)
 }
 
+/// The panic-guarded builder [`mixers!`](crate::mixers) declares beside each
+/// spec, for plugins (see [`guarded_build!`](crate::guarded_build)).
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedBuild {
+    /// The mixer's registered name.
+    pub name: &'static str,
+    /// Its builder, wrapped.
+    pub build: crate::BuildFn,
+}
+
+inventory::collect!(GuardedBuild);
+
 /// The spec [`mixers!`](crate::mixers) declared for `name` in this binary
 /// (or, in a plugin, in the plugin's own copy of the framework).
 pub fn declared_spec(name: &str) -> Result<MixerSpec> {
@@ -58,8 +70,9 @@ pub fn declared_spec(name: &str) -> Result<MixerSpec> {
         })
 }
 
-/// Hands the host every mixer a plugin declared: what a plugin's
-/// registration function does with the names its `link()` returns.
+/// Hands the host every mixer a plugin declared, each with its builder
+/// guarded against panics: what a plugin's registration function does with
+/// the names its `link()` returns.
 ///
 /// ```ignore
 /// fn register(host: &mut dyn Registrar) -> Result<()> {
@@ -69,7 +82,13 @@ pub fn declared_spec(name: &str) -> Result<MixerSpec> {
 /// ```
 pub fn register_declared(host: &mut dyn Registrar, names: &[&str]) -> Result<()> {
     for name in names {
-        host.add(declared_spec(name)?)?;
+        let mut spec = declared_spec(name)?;
+        let guarded = inventory::iter::<GuardedBuild>
+            .into_iter()
+            .find(|g| g.name == *name)
+            .ok_or_else(|| Error::Config(format!("no guarded builder declared for `{name}`")))?;
+        spec.build = crate::plugin::mark_guarded(guarded.build);
+        host.add(spec)?;
     }
     Ok(())
 }
@@ -262,6 +281,16 @@ macro_rules! __mixer_spec {
     ($konst:ident, [$($alias:expr),*], $family:ident, $summary:expr, $cfg:ty, [$($req:expr),*], $build:expr) => {
         fn default_config() -> $crate::declare::Json {
             $crate::declare::default_kwargs::<$cfg>(&[$($req),*])
+        }
+
+        // What a plugin hands its host instead of `build`: the same builder
+        // with panics (in it and in the mixers it builds) caught.
+        fn guarded(args: &$crate::BuildArgs) -> $crate::Result<::std::boxed::Box<dyn $crate::Mixer>> {
+            $crate::plugin::call_guarded(guarded, ::core::stringify!($build), env!("CARGO_PKG_NAME"), $build, args)
+        }
+
+        $crate::inventory::submit! {
+            $crate::declare::GuardedBuild { name: $konst, build: guarded }
         }
 
         $crate::inventory::submit! {

@@ -1,11 +1,98 @@
 //! Reading and writing files: safetensors and JSON, written atomically.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, FileType, Metadata};
+use std::io::Read;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
 use crate::{Error, Result};
+
+/// Largest JSON file read (a model config takes a few kilobytes).
+pub const MAX_JSON_BYTES: u64 = 16 << 20;
+
+/// Largest safetensors file read into memory.
+pub const MAX_SAFETENSORS_BYTES: u64 = 64 << 30;
+
+/// What a file type is, for messages.
+fn describe_file_type(ft: FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if ft.is_char_device() {
+            return "a character device";
+        }
+        if ft.is_block_device() {
+            return "a block device";
+        }
+        if ft.is_socket() {
+            return "a socket";
+        }
+    }
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        "something other than a regular file"
+    }
+}
+
+fn check_regular(path: &Path, meta: &Metadata) -> Result<()> {
+    if meta.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(Error::file(
+            path,
+            format!(
+                "expected a regular file, found {}",
+                describe_file_type(meta.file_type())
+            ),
+        ))
+    }
+}
+
+/// Opens `path` for reading once its metadata says it is a regular file
+/// (a FIFO would block, a device never end), and checks the opened file
+/// again (the path may have changed in between). Returns the file and its
+/// length in bytes.
+pub fn open_regular_file(path: &Path) -> Result<(File, u64)> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::file(path, e))?;
+    check_regular(path, &meta)?;
+    let file = File::open(path).map_err(|e| Error::file(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::file(path, e))?;
+    check_regular(path, &meta)?;
+    Ok((file, meta.len()))
+}
+
+/// Reads a whole regular file (see [`open_regular_file`]) of at most `max`
+/// bytes; `what` names it in the error ("a JSON file").
+pub fn read_regular_file(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
+    let (file, len) = open_regular_file(path)?;
+    if len > max {
+        return Err(Error::file(
+            path,
+            format!("expected {what} of at most {max} bytes, found {len} bytes"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::file(path, e))?;
+    if buf.len() as u64 > max {
+        return Err(Error::file(
+            path,
+            format!(
+                "expected {what} of at most {max} bytes, found it growing past that while read"
+            ),
+        ));
+    }
+    Ok(buf)
+}
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and
 /// a rename, so that a crash never leaves a half-written file behind.
@@ -50,9 +137,11 @@ pub struct SafetensorsFile {
     pub metadata: HashMap<String, String>,
 }
 
-/// Reads a whole safetensors file; a truncated or malformed file is an error naming it.
+/// Reads a whole safetensors file; a truncated or malformed file is an error
+/// naming it, and so is one that is not a regular file or is larger than
+/// [`MAX_SAFETENSORS_BYTES`].
 pub fn read_safetensors_file(path: &Path, device: &Device) -> Result<SafetensorsFile> {
-    let data = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    let data = read_regular_file(path, MAX_SAFETENSORS_BYTES, "a safetensors file")?;
     let st = safetensors::SafeTensors::deserialize(&data)
         .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&data)
@@ -80,8 +169,9 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// Reads and parses a JSON file; the error names the file, line and column.
+/// Reads and parses a JSON file (a regular file of at most [`MAX_JSON_BYTES`]);
+/// the error names the file, line and column.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("malformed JSON: {e}")))
+    let bytes = read_regular_file(path, MAX_JSON_BYTES, "a JSON file")?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::file(path, format!("malformed JSON: {e}")))
 }

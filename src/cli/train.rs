@@ -166,39 +166,8 @@ impl Args {
     }
 }
 
-/// A regular file of at most `max` bytes (to be replaced by the framework's
-/// `io::read_regular_file` once it lands).
-fn read_capped(path: &Path, max: u64, what: &str) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if !meta.is_file() {
-        anyhow::bail!(
-            "{}: expected {what} (a regular file), found something else",
-            path.display()
-        );
-    }
-    if meta.len() > max {
-        anyhow::bail!(
-            "{}: expected {what} of at most {max} bytes, found {} bytes",
-            path.display(),
-            meta.len()
-        );
-    }
-    let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(max + 1).read_to_end(&mut buf))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if buf.len() as u64 > max {
-        anyhow::bail!(
-            "{}: expected {what} of at most {max} bytes, found more",
-            path.display()
-        );
-    }
-    Ok(buf)
-}
-
 fn read_text(path: &Path, max: u64, what: &str) -> anyhow::Result<String> {
-    let bytes = read_capped(path, max, what)?;
+    let bytes = lrnnx::io::read_regular_file(path, max, what)?;
     String::from_utf8(bytes)
         .map_err(|e| anyhow::anyhow!("{}: {what} is not UTF-8 text: {e}", path.display()))
 }
@@ -244,7 +213,7 @@ fn tokenizer_file(a: &Args) -> anyhow::Result<Option<(PathBuf, Vec<u8>)>> {
     let given = match &a.tokenizer {
         Some(p) => Some((
             p.clone(),
-            read_capped(p, MAX_SMALL_FILE_BYTES, "a tokenizer.json")?,
+            lrnnx::io::read_regular_file(p, MAX_SMALL_FILE_BYTES, "a tokenizer.json")?,
         )),
         None => None,
     };
@@ -254,7 +223,10 @@ fn tokenizer_file(a: &Args) -> anyhow::Result<Option<(PathBuf, Vec<u8>)>> {
     let saved = dir.join("tokenizer.json");
     let saved = saved
         .exists()
-        .then(|| read_capped(&saved, MAX_SMALL_FILE_BYTES, "a tokenizer.json").map(|b| (saved, b)))
+        .then(|| {
+            lrnnx::io::read_regular_file(&saved, MAX_SMALL_FILE_BYTES, "a tokenizer.json")
+                .map(|b| (saved, b))
+        })
         .transpose()?;
     match (given, saved) {
         (Some((p, g)), Some((_, s))) if g != s => anyhow::bail!(

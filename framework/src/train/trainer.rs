@@ -122,10 +122,12 @@ impl TrainConfig {
                     )));
                 }
             }
-            _ => return Err(bad(format!(
+            _ => {
+                return Err(bad(format!(
                 "batch_size * seq_len = {} * {} tokens per step, more than {MAX_TOKENS_PER_STEP}",
                 self.batch_size, self.seq_len
-            ))),
+            )))
+            }
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(bad(format!(

@@ -10,8 +10,14 @@ fn build_panics(_: &BuildArgs) -> Result<Box<dyn Mixer>> {
 }
 
 fn register(host: &mut dyn Registrar) -> Result<()> {
-    host.add(toy_spec("PanickyForward", build_toy_panicking_in_forward))?;
-    host.add(toy_spec("PanickyBuild", build_panics))
+    host.add(toy_spec(
+        "PanickyForward",
+        lrnnx_framework::guarded_build!(build_toy_panicking_in_forward),
+    ))?;
+    host.add(toy_spec(
+        "PanickyBuild",
+        lrnnx_framework::guarded_build!(build_panics),
+    ))
 }
 
 lrnnx_framework::export_plugin!(register);

@@ -5,7 +5,10 @@ use lrnnx_framework::plugin::Registrar;
 use lrnnx_plugin_testkit::{build_toy, toy_spec};
 
 fn register(host: &mut dyn Registrar) -> lrnnx_framework::Result<()> {
-    host.add(toy_spec("PanicTestA", build_toy))?;
+    host.add(toy_spec(
+        "PanicTestA",
+        lrnnx_framework::guarded_build!(build_toy),
+    ))?;
     panic!("registration exploded on purpose");
 }
 

@@ -3,7 +3,8 @@
 //! Test plugins for the run-time plugin loader, one `cdylib` example each
 //! (see `examples/`): a wrong ABI fingerprint, no fingerprint, no entry, a
 //! registration that panics, one that registers a taken name, mixers that
-//! panic when built or run. This library holds the toy mixer they share.
+//! panic when built or run, one with more mixers than ABI v1 allowed (50).
+//! This library holds the toy mixer they share.
 
 use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::{
@@ -77,7 +78,8 @@ pub fn build_toy_panicking_in_forward(args: &BuildArgs) -> Result<Box<dyn Mixer>
     }))
 }
 
-/// A spec named `name` building with `build`.
+/// A spec named `name` building with `build` (in a plugin: a wrapper made by
+/// `lrnnx_framework::guarded_build!`).
 pub fn toy_spec(name: &'static str, build: fn(&BuildArgs) -> Result<Box<dyn Mixer>>) -> MixerSpec {
     MixerSpec {
         name,
