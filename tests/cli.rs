@@ -120,3 +120,28 @@ fn mixers_name_shows_the_default_kwargs() {
         "{out}"
     );
 }
+
+#[test]
+fn convert_keeps_the_tokenizer() {
+    lrnnx::init();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let cfg = lrnnx::LmConfig::new(8, 4, 32, &["LRU"]);
+    lrnnx::LRNNLMHeadModel::init(cfg, 0, &candle_core::Device::Cpu)
+        .unwrap()
+        .save_pretrained(src.path())
+        .unwrap();
+    let tok = r#"{"version": "1.0", "note": "stands in for a real tokenizer"}"#;
+    std::fs::write(src.path().join("tokenizer.json"), tok).unwrap();
+    let out = dst.path().join("converted");
+    let (ok, text) = lrnnx(&[
+        "convert",
+        src.path().to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("tokenizer.json")).unwrap(),
+        tok
+    );
+}

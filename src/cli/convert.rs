@@ -35,6 +35,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let kwargs = parse_mixer_kwargs(a.mixer_kwargs.as_deref())?;
     let model = LRNNLMHeadModel::from_pretrained(&a.input, kwargs.as_ref(), &Device::Cpu)?;
     model.save_pretrained(&a.output)?;
+    // The tokenizer belongs with the model: without it `generate` would fall
+    // back to bytes and print nonsense.
+    let tok = a.input.join("tokenizer.json");
+    if tok.exists() {
+        let bytes = lrnnx::io::read_regular_file(&tok, 64 << 20, "a tokenizer.json")?;
+        lrnnx::io::write_atomic(&a.output.join("tokenizer.json"), &bytes)?;
+    }
     println!(
         "converted {} -> {} ({} layers, {} parameters)",
         a.input.display(),

@@ -79,6 +79,12 @@ pub fn generate(a: &Args, out: &mut dyn Write) -> anyhow::Result<String> {
     if let Some(e) = write_err {
         return Err(e.into());
     }
+    // What the decoder still held back (an unfinished multi-byte character at
+    // the end) is printed too, as the replacement character it decodes to.
+    let text = tok.decode(&ids)?;
+    if text.len() > shown {
+        write!(out, "{}", &text[shown..])?;
+    }
     let secs = started.elapsed().as_secs_f64();
     writeln!(out)?;
     eprintln!(
@@ -88,7 +94,7 @@ pub fn generate(a: &Args, out: &mut dyn Write) -> anyhow::Result<String> {
         ids.len() as f64 / secs,
         prompt.len()
     );
-    Ok(tok.decode(&ids)?)
+    Ok(text)
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {

@@ -154,13 +154,20 @@ pub fn generate(
     }
     let mut sampler = Sampler::new(opts.clone())?;
     let dev = model.device();
-    let mut state = model.init_state(1, prompt.len() + opts.max_new_tokens)?;
+    let mut state = model.init_state(1, prompt.len().saturating_add(opts.max_new_tokens))?;
     let ids = Tensor::new(prompt, dev)?.unsqueeze(0)?;
     let mut logits = model.prefill(&ids, &mut state, &LmForwardOpts::default())?;
     let mut history = prompt.to_vec();
-    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    // Reserve for what is plausible, not for whatever was asked.
+    let mut out = Vec::with_capacity(opts.max_new_tokens.min(1 << 16));
     for i in 0..opts.max_new_tokens {
         let row = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Config(format!(
+                "the model produced a non-finite logit ({bad}) at generated token {i}; \
+                 its weights or inputs are corrupt"
+            )));
+        }
         let next = sampler.sample(&row, &history);
         on_token(next);
         out.push(next);
