@@ -33,7 +33,7 @@ pub mod mixers {
     pub use lrnnx_mlstm as mlstm;
     pub use lrnnx_rglru as rglru;
     pub use lrnnx_s4 as s4;
-    pub use lrnnx_s4d as s4d;
+    pub use lrnnx_s4::s4d;
     pub use lrnnx_s5 as s5;
     pub use lrnnx_s7 as s7;
 }
@@ -44,7 +44,7 @@ pub fn builtin_mixers() -> Vec<&'static str> {
     vec![
         lrnnx_lru::link(),
         lrnnx_s4::link(),
-        lrnnx_s4d::link(),
+        lrnnx_s4::link_s4d(),
         lrnnx_s5::link(),
         lrnnx_centaurus::link(),
         lrnnx_mamba::link(),

@@ -1,5 +1,5 @@
 // Tests shared by the S4 and S4D layers (the same wrapper around two SSMs),
-// `include!`d by `mixers/s4/tests/s4.rs` and `mixers/s4d/tests/s4d.rs`.
+// `include!`d by `mixers/s4/tests/s4.rs` and `mixers/s4/tests/s4d.rs`.
 // The including file provides `Layer`, `GRADIENT_PARAMS`, `step_cases` and the helpers
 // `build`, `config` and `reference` with the same signatures; this file
 // provides the shared reference helpers and `forward_with`.

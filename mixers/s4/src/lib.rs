@@ -1,5 +1,9 @@
 //! # lrnnx-s4
 //!
+//! The S4 family as lrnnx defines it: S4 (crate root, [`S4`]) and S4D
+//! ([`s4d`]), which share the block around the SSM and the SSM parameters
+//! with their HiPPO initialisations ([`ssm`], lrnnx's `s4_utils`).
+//!
 //! S4 (Gu et al. 2022, "Efficiently Modeling Long Sequences with Structured
 //! State Spaces") as lrnnx defines it: per feature, a diagonal-plus-low-rank
 //! (DPLR) complex SSM initialised from HiPPO-LegS, discretized by the bilinear
@@ -22,9 +26,12 @@ mod config;
 pub mod ctilde;
 pub mod dplr;
 pub mod s4;
+pub mod s4d;
+pub mod ssm;
 
 pub use config::S4Config;
 pub use s4::{ForwardMode, S4};
+pub use s4d::link as link_s4d;
 
 use lrnnx_framework::{BuildArgs, Family, Mixer, MixerSpec, Result};
 

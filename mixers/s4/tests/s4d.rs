@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
-use lrnnx_s4d::{ForwardMode, S4d, S4dConfig};
+use lrnnx_s4::s4d::{ForwardMode, S4d, S4dConfig};
 use lrnnx_testing::{central_difference, max_err, randn, vec1};
 use serde_json::{json, Value};
 

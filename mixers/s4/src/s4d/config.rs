@@ -1,9 +1,7 @@
 //! S4D constructor arguments.
 
-use lrnnx_framework::layers::ssm_defaults::{
-    auto, b_clip, dt_max, dt_min, exp, glu, legs, none, one, yes,
-};
-use lrnnx_framework::layers::{GateStyle, SsmSpec, SsmWrapperOpts, Transform};
+use crate::ssm::defaults::{auto, b_clip, dt_max, dt_min, exp, glu, legs, none, one, yes};
+use crate::ssm::{GateStyle, SsmSpec, SsmWrapperOpts, Transform};
 use serde::{Deserialize, Serialize};
 
 fn zoh() -> String {

@@ -1,28 +1,8 @@
-//! # lrnnx-s4d
-//!
-//! S4D (Gu et al. 2022, "On the Parameterization and Initialization of
-//! Diagonal State Space Models") as lrnnx defines it: a diagonal complex SSM
-//! per feature, discretized by zero-order hold or bilinear (Tustin), inside
-//! the S4 block `gelu(Linear(gelu(gelu(ssm(x) + D x))))`.
-//!
-//! Registered as `"S4D"`. The forward runs either as the recurrence (a
-//! complex diagonal scan over `H * N/2` channels, `lrnnx_kernels::scan`) or as
-//! a causal convolution with the kernel `K = 2 Re(C dB dA^l)`
-//! (`lrnnx_kernels::fft_conv`); `forward_mode = "auto"` picks the scan below
-//! [`s4d::AUTO_CONV_FROM`] (4) positions and the convolution from there on
-//! (measured: the convolution wins from about 4 positions at every shape
-//! tried). Both give the same outputs. The kernel is computed by a
-//! small custom op with backward (`vandermonde`: running powers in f64,
-//! `O(H N L)`, no `(H, N, L)` tensor).
-
-mod config;
-pub mod s4d;
-mod vandermonde;
-
-pub use config::S4dConfig;
-pub use s4d::{ForwardMode, S4d};
+//! The `"S4D"` registration: name, builder, default config.
 
 use lrnnx_framework::{BuildArgs, Family, Mixer, MixerSpec, Result};
+
+use super::{S4d, S4dConfig};
 
 /// The registered name.
 pub const NAME: &str = "S4D";
