@@ -11,7 +11,7 @@ use num_complex::Complex64 as Cx;
 use serde_json::{json, Value};
 
 mod common;
-use common::{forward_with, gelu, linear, params, post, SsmLayer};
+use common::{forward_with, gelu, linear, params, post};
 
 fn config(kw: Value) -> S4Config {
     let mut obj = json!({"d_state": 8, "transposed": false});
@@ -323,56 +323,12 @@ fn stored_c_tilde_is_converted_on_load() {
     assert_eq!(vec1(&back["layer.kernel.l_kernel"]), vec![0.0]);
 }
 
-impl SsmLayer for S4 {
-    type Config = S4Config;
-    type Mode = ForwardMode;
-    const GRADIENT_PARAMS: usize = 16;
-    fn layer_config(kw: Value) -> S4Config {
-        config(kw)
-    }
-    fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (Self, std::sync::Arc<ParamStore>) {
-        build(h, kw, seed, dtype)
-    }
-    fn reference(
-        store: &ParamStore,
-        cfg: &S4Config,
-        x: &Tensor,
-        lengths: Option<&[usize]>,
-    ) -> Vec<f64> {
-        reference(store, cfg, x, lengths)
-    }
-    fn set_mode(&mut self, mode: ForwardMode) {
-        self.set_forward_mode(mode);
-    }
-    fn step_cases() -> Vec<Value> {
-        vec![json!({}), json!({"channels": 2, "d_state": 6})]
-    }
+/// Configurations the shared step test runs.
+fn step_cases() -> Vec<Value> {
+    vec![json!({}), json!({"channels": 2, "d_state": 6})]
 }
 
-#[test]
-fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
-    common::lengths_mask_the_inputs_and_l_max_truncates_the_kernel::<S4>();
-}
-
-#[test]
-fn gradients_match_finite_differences() {
-    common::gradients_match_finite_differences::<S4>();
-}
-
-#[test]
-fn long_sequence_stays_finite_and_matches_stepping() {
-    common::long_sequence_stays_finite_and_matches_stepping::<S4>();
-}
-
-#[test]
-fn scan_equals_convolution_at_length() {
-    common::scan_equals_convolution_at_length::<S4>();
-}
-
-#[test]
-fn step_and_prefill_equal_forward() {
-    common::step_and_prefill_equal_forward::<S4>();
-}
+common::ssm_layer_tests!(S4, S4Config, ForwardMode, gradient_params = 16);
 
 #[test]
 fn parameters_are_saved_under_lrnnx_names() {

@@ -9,7 +9,7 @@ use num_complex::Complex64 as Cx;
 use serde_json::{json, Value};
 
 mod common;
-use common::{forward_with, gelu, linear, params, post, SsmLayer};
+use common::{forward_with, gelu, linear, params, post};
 
 fn config(kw: Value) -> S4dConfig {
     let mut obj = json!({"d_state": 8, "transposed": false});
@@ -199,59 +199,15 @@ fn kernel_is_the_impulse_response() {
     assert_eq!(m.discretization(), lrnnx_framework::Discretization::Zoh);
 }
 
-impl SsmLayer for S4d {
-    type Config = S4dConfig;
-    type Mode = ForwardMode;
-    const GRADIENT_PARAMS: usize = 15;
-    fn layer_config(kw: Value) -> S4dConfig {
-        config(kw)
-    }
-    fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (Self, std::sync::Arc<ParamStore>) {
-        build(h, kw, seed, dtype)
-    }
-    fn reference(
-        store: &ParamStore,
-        cfg: &S4dConfig,
-        x: &Tensor,
-        lengths: Option<&[usize]>,
-    ) -> Vec<f64> {
-        reference(store, cfg, x, lengths)
-    }
-    fn set_mode(&mut self, mode: ForwardMode) {
-        self.set_forward_mode(mode);
-    }
-    fn step_cases() -> Vec<Value> {
-        vec![
-            json!({}),
-            json!({"disc": "bilinear", "channels": 2, "gate": 3}),
-        ]
-    }
+/// Configurations the shared step test runs.
+fn step_cases() -> Vec<Value> {
+    vec![
+        json!({}),
+        json!({"disc": "bilinear", "channels": 2, "gate": 3}),
+    ]
 }
 
-#[test]
-fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
-    common::lengths_mask_the_inputs_and_l_max_truncates_the_kernel::<S4d>();
-}
-
-#[test]
-fn gradients_match_finite_differences() {
-    common::gradients_match_finite_differences::<S4d>();
-}
-
-#[test]
-fn long_sequence_stays_finite_and_matches_stepping() {
-    common::long_sequence_stays_finite_and_matches_stepping::<S4d>();
-}
-
-#[test]
-fn scan_equals_convolution_at_length() {
-    common::scan_equals_convolution_at_length::<S4d>();
-}
-
-#[test]
-fn step_and_prefill_equal_forward() {
-    common::step_and_prefill_equal_forward::<S4d>();
-}
+common::ssm_layer_tests!(S4d, S4dConfig, ForwardMode, gradient_params = 15);
 
 #[test]
 fn parameters_are_saved_under_lrnnx_names() {

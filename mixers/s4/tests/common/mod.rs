@@ -58,6 +58,70 @@ pub trait SsmLayer: Mixer + Sized {
     fn step_cases() -> Vec<Value>;
 }
 
+/// Implements [`SsmLayer`] for `$layer` from the test file's `config`,
+/// `build`, `reference` and `step_cases` functions and its
+/// `set_forward_mode`, and adds the shared tests as `#[test]` functions.
+macro_rules! ssm_layer_tests {
+    ($layer:ty, $config:ty, $mode:ty, gradient_params = $params:expr) => {
+        impl common::SsmLayer for $layer {
+            type Config = $config;
+            type Mode = $mode;
+            const GRADIENT_PARAMS: usize = $params;
+            fn layer_config(kw: Value) -> $config {
+                config(kw)
+            }
+            fn build(
+                h: usize,
+                kw: Value,
+                seed: u64,
+                dtype: DType,
+            ) -> (Self, std::sync::Arc<ParamStore>) {
+                build(h, kw, seed, dtype)
+            }
+            fn reference(
+                store: &ParamStore,
+                cfg: &$config,
+                x: &Tensor,
+                lengths: Option<&[usize]>,
+            ) -> Vec<f64> {
+                reference(store, cfg, x, lengths)
+            }
+            fn set_mode(&mut self, mode: $mode) {
+                self.set_forward_mode(mode);
+            }
+            fn step_cases() -> Vec<Value> {
+                step_cases()
+            }
+        }
+
+        #[test]
+        fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
+            common::lengths_mask_the_inputs_and_l_max_truncates_the_kernel::<$layer>();
+        }
+
+        #[test]
+        fn gradients_match_finite_differences() {
+            common::gradients_match_finite_differences::<$layer>();
+        }
+
+        #[test]
+        fn long_sequence_stays_finite_and_matches_stepping() {
+            common::long_sequence_stays_finite_and_matches_stepping::<$layer>();
+        }
+
+        #[test]
+        fn scan_equals_convolution_at_length() {
+            common::scan_equals_convolution_at_length::<$layer>();
+        }
+
+        #[test]
+        fn step_and_prefill_equal_forward() {
+            common::step_and_prefill_equal_forward::<$layer>();
+        }
+    };
+}
+pub(crate) use ssm_layer_tests;
+
 /// `GELU(x)`, the exact erf form.
 pub fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x / 2f64.sqrt()))
