@@ -15,6 +15,7 @@
 
 pub mod cpu;
 pub mod fft_conv;
+pub mod linalg;
 pub mod scan;
 pub mod scan_cpu;
 pub mod scan_real_tv;

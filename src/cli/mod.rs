@@ -38,7 +38,7 @@ enum Command {
     /// Describe a saved model: layers, parameter count, dtype.
     Info(info::Args),
     /// Train a language model on a text corpus (default: the bundled one).
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Generate text from a saved model: parallel prefill, then recurrent decoding.
     Generate(generate::Args),
     /// Time mixers and kernels against the copy-bandwidth floor (CPU or CUDA).
@@ -66,7 +66,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Conformance(a) => conformance::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Info(a) => info::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),

@@ -4,13 +4,8 @@ mod block;
 mod linear;
 mod mlp;
 mod norm;
-mod ssm;
 
 pub use block::Block;
 pub use linear::{linear, linear_maybe_bias, linear_no_bias, residual_output, Linear};
 pub use mlp::GatedMlp;
 pub use norm::{Norm, NormKind};
-pub use ssm::defaults as ssm_defaults;
-pub use ssm::{
-    hippo, mask_lengths, GateStyle, SsmParams, SsmSpec, SsmWrapper, SsmWrapperOpts, Transform,
-};

@@ -115,7 +115,7 @@ impl TrainConfig {
         let tokens = self.batch_size.checked_mul(self.seq_len);
         match tokens {
             Some(t) if t <= MAX_TOKENS_PER_STEP => {
-                let logits = t.checked_mul(vocab).unwrap_or(usize::MAX);
+                let logits = t.saturating_mul(vocab);
                 if logits > MAX_LOGITS_PER_STEP {
                     return Err(bad(format!(
                         "batch_size * seq_len * vocab = {t} * {vocab} logits per step, more than {MAX_LOGITS_PER_STEP}"

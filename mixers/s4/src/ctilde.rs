@@ -3,39 +3,39 @@
 //! recovers the true `C = C~ (I - Ā^l)^{-1}` with dense f64 matrices in the
 //! conjugate-augmented basis (as lrnnx's `_setup_step` does).
 
-use crate::dplr::Cx;
+use num_complex::Complex64;
 
 /// A dense square complex matrix, row-major.
 #[derive(Debug, Clone)]
 struct Mat {
     n: usize,
-    a: Vec<Cx>,
+    a: Vec<Complex64>,
 }
 
 impl Mat {
     fn eye(n: usize) -> Self {
-        let mut a = vec![Cx::default(); n * n];
+        let mut a = vec![Complex64::default(); n * n];
         for i in 0..n {
-            a[i * n + i] = Cx::new(1.0, 0.0);
+            a[i * n + i] = Complex64::new(1.0, 0.0);
         }
         Self { n, a }
     }
 
-    fn at(&self, i: usize, j: usize) -> Cx {
+    fn at(&self, i: usize, j: usize) -> Complex64 {
         self.a[i * self.n + j]
     }
 
     fn matmul(&self, o: &Mat) -> Mat {
         let n = self.n;
-        let mut a = vec![Cx::default(); n * n];
+        let mut a = vec![Complex64::default(); n * n];
         for i in 0..n {
             for k in 0..n {
                 let x = self.at(i, k);
-                if x == Cx::default() {
+                if x == Complex64::default() {
                     continue;
                 }
                 for j in 0..n {
-                    a[i * n + j] = a[i * n + j] + x * o.at(k, j);
+                    a[i * n + j] += x * o.at(k, j);
                 }
             }
         }
@@ -44,7 +44,7 @@ impl Mat {
 
     fn transpose(&self) -> Mat {
         let n = self.n;
-        let mut a = vec![Cx::default(); n * n];
+        let mut a = vec![Complex64::default(); n * n];
         for i in 0..n {
             for j in 0..n {
                 a[j * n + i] = self.at(i, j);
@@ -70,14 +70,17 @@ impl Mat {
 
     /// Solves `self X = rhs` (`rhs` with `m` columns, row-major) by Gaussian
     /// elimination with partial pivoting; `None` if singular.
-    fn solve(&self, rhs: &[Cx], m: usize) -> Option<Vec<Cx>> {
+    fn solve(&self, rhs: &[Complex64], m: usize) -> Option<Vec<Complex64>> {
         let n = self.n;
         let mut a = self.a.clone();
         let mut b = rhs.to_vec();
         for col in 0..n {
-            let piv = (col..n)
-                .max_by(|&i, &j| a[i * n + col].norm2().total_cmp(&a[j * n + col].norm2()))?;
-            if a[piv * n + col].norm2() == 0.0 {
+            let piv = (col..n).max_by(|&i, &j| {
+                a[i * n + col]
+                    .norm_sqr()
+                    .total_cmp(&a[j * n + col].norm_sqr())
+            })?;
+            if a[piv * n + col].norm_sqr() == 0.0 {
                 return None;
             }
             if piv != col {
@@ -88,10 +91,10 @@ impl Mat {
                     b.swap(piv * m + j, col * m + j);
                 }
             }
-            let inv = a[col * n + col].recip();
+            let inv = a[col * n + col].inv();
             for i in col + 1..n {
                 let f = a[i * n + col] * inv;
-                if f == Cx::default() {
+                if f == Complex64::default() {
                     continue;
                 }
                 for j in col..n {
@@ -103,11 +106,11 @@ impl Mat {
             }
         }
         for col in (0..n).rev() {
-            let inv = a[col * n + col].recip();
+            let inv = a[col * n + col].inv();
             for j in 0..m {
                 let mut acc = b[col * m + j];
                 for k in col + 1..n {
-                    acc = acc - a[col * n + k] * b[k * m + j];
+                    acc -= a[col * n + k] * b[k * m + j];
                 }
                 b[col * m + j] = acc * inv;
             }
@@ -116,7 +119,7 @@ impl Mat {
     }
 }
 
-fn aug(v: &[Cx]) -> Vec<Cx> {
+fn aug(v: &[Complex64]) -> Vec<Complex64> {
     v.iter()
         .copied()
         .chain(v.iter().map(|z| z.conj()))
@@ -125,7 +128,7 @@ fn aug(v: &[Cx]) -> Vec<Cx> {
 
 /// The dense discrete transition `Ā = (I - M/2)^{-1} (I + M/2)`, `M = dt
 /// (diag(Λa) - pa pa^H)`, in the augmented basis (`2 N/2` square).
-fn abar(lam: &[Cx], p: &[Cx], dt: &[f64]) -> Option<Mat> {
+fn abar(lam: &[Complex64], p: &[Complex64], dt: &[f64]) -> Option<Mat> {
     let (la, pa) = (aug(lam), aug(p));
     let dta: Vec<f64> = dt.iter().chain(dt.iter()).copied().collect();
     let n = la.len();
@@ -135,11 +138,11 @@ fn abar(lam: &[Cx], p: &[Cx], dt: &[f64]) -> Option<Mat> {
         for j in 0..n {
             let mut m = pa[i] * pa[j].conj() * (-1.0);
             if i == j {
-                m = m + la[i];
+                m += la[i];
             }
             let half = m * (0.5 * dta[i]);
-            lhs.a[i * n + j] = lhs.a[i * n + j] - half;
-            rhs.a[i * n + j] = rhs.a[i * n + j] + half;
+            lhs.a[i * n + j] -= half;
+            rhs.a[i * n + j] += half;
         }
     }
     let a = lhs.solve(&rhs.a, n)?;
@@ -150,23 +153,23 @@ fn abar(lam: &[Cx], p: &[Cx], dt: &[f64]) -> Option<Mat> {
 /// `l_kernel`: `C = C~ (I - Ā^l)^{-1}` (conjugate-augmented, first half kept).
 /// `None` if `I - Ā^l` is singular.
 pub fn true_c(
-    lam: &[Cx],
-    p: &[Cx],
+    lam: &[Complex64],
+    p: &[Complex64],
     dt: &[f64],
-    c_tilde: &[Vec<Cx>],
+    c_tilde: &[Vec<Complex64>],
     l_kernel: usize,
-) -> Option<Vec<Vec<Cx>>> {
+) -> Option<Vec<Vec<Complex64>>> {
     let n2 = lam.len();
     let a = abar(lam, p, dt)?;
     let al = a.pow(l_kernel);
     let mut m = Mat::eye(2 * n2);
     for (z, w) in m.a.iter_mut().zip(&al.a) {
-        *z = *z - *w;
+        *z -= *w;
     }
     // C (I - Ā^l) = C~  <=>  (I - Ā^l)^T C^T = C~^T.
     let mt = m.transpose();
     let ch = c_tilde.len();
-    let mut rhs = vec![Cx::default(); 2 * n2 * ch];
+    let mut rhs = vec![Complex64::default(); 2 * n2 * ch];
     for (ci, c) in c_tilde.iter().enumerate() {
         for (i, z) in aug(c).into_iter().enumerate() {
             rhs[i * ch + ci] = z;
@@ -187,23 +190,27 @@ mod tests {
     #[test]
     fn tilde_round_trip() {
         let lam = [
-            Cx::new(-0.5, -3.0),
-            Cx::new(-0.5, -0.7),
-            Cx::new(-0.4, -1.5),
+            Complex64::new(-0.5, -3.0),
+            Complex64::new(-0.5, -0.7),
+            Complex64::new(-0.4, -1.5),
         ];
-        let p = [Cx::new(0.3, -1.0), Cx::new(-0.2, 0.5), Cx::new(0.6, 0.1)];
+        let p = [
+            Complex64::new(0.3, -1.0),
+            Complex64::new(-0.2, 0.5),
+            Complex64::new(0.6, 0.1),
+        ];
         let dt = [0.05, 0.05, 0.05];
         let c = [vec![
-            Cx::new(1.0, 0.2),
-            Cx::new(-0.3, 0.8),
-            Cx::new(0.5, -0.5),
+            Complex64::new(1.0, 0.2),
+            Complex64::new(-0.3, 0.8),
+            Complex64::new(0.5, -0.5),
         ]];
         let l = 11;
         // C~ = C (I - Ā^l), first half.
         let a = abar(&lam, &p, &dt).unwrap().pow(l);
         let ca = aug(&c[0]);
         let n = ca.len();
-        let ct: Vec<Cx> = (0..n)
+        let ct: Vec<Complex64> = (0..n)
             .map(|j| {
                 ca.iter()
                     .enumerate()

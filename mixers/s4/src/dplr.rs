@@ -27,10 +27,9 @@
 // The step loops walk several per-mode arrays in lockstep; indices read clearer there.
 #![allow(clippy::needless_range_loop)]
 
-use std::ops::{Add, Mul, Sub};
-
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use num_complex::Complex64;
 use rayon::prelude::*;
 
 /// Number of packed values per mode before the `C` columns.
@@ -39,65 +38,9 @@ pub const FIXED: usize = 7;
 /// Steps between stored states in the backward pass.
 const CHECKPOINT: usize = 64;
 
-/// A complex number in f64.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Cx {
-    /// Real part.
-    pub re: f64,
-    /// Imaginary part.
-    pub im: f64,
-}
-
-impl Cx {
-    /// `re + i im`.
-    pub fn new(re: f64, im: f64) -> Self {
-        Self { re, im }
-    }
-    /// Complex conjugate.
-    pub fn conj(self) -> Self {
-        Self::new(self.re, -self.im)
-    }
-    /// `Re(conj(self) * o)`, the real inner product.
-    pub fn dot(self, o: Self) -> f64 {
-        self.re * o.re + self.im * o.im
-    }
-    /// `|z|^2`.
-    pub fn norm2(self) -> f64 {
-        self.dot(self)
-    }
-    /// `1 / z`.
-    pub fn recip(self) -> Self {
-        let d = self.norm2();
-        Self::new(self.re / d, -self.im / d)
-    }
-}
-
-impl Add for Cx {
-    type Output = Cx;
-    fn add(self, o: Cx) -> Cx {
-        Cx::new(self.re + o.re, self.im + o.im)
-    }
-}
-impl Sub for Cx {
-    type Output = Cx;
-    fn sub(self, o: Cx) -> Cx {
-        Cx::new(self.re - o.re, self.im - o.im)
-    }
-}
-impl Mul for Cx {
-    type Output = Cx;
-    fn mul(self, o: Cx) -> Cx {
-        Cx::new(
-            self.re * o.re - self.im * o.im,
-            self.re * o.im + self.im * o.re,
-        )
-    }
-}
-impl Mul<f64> for Cx {
-    type Output = Cx;
-    fn mul(self, o: f64) -> Cx {
-        Cx::new(self.re * o, self.im * o)
-    }
+/// `Re(conj(a) b)`, the real inner product of two complex numbers.
+pub fn re_dot(a: Complex64, b: Complex64) -> f64 {
+    a.re * b.re + a.im * b.im
 }
 
 /// The per-feature constants of one step.
@@ -105,17 +48,17 @@ impl Mul<f64> for Cx {
 pub struct Consts {
     n2: usize,
     channels: usize,
-    lam: Vec<Cx>,
-    p: Vec<Cx>,
-    b: Vec<Cx>,
+    lam: Vec<Complex64>,
+    p: Vec<Complex64>,
+    b: Vec<Complex64>,
     dt: Vec<f64>,
     /// `(channels, N/2)`.
-    c: Vec<Cx>,
-    e: Vec<Cx>,
-    f: Vec<Cx>,
-    w: Vec<Cx>,
-    bd: Vec<Cx>,
-    g: Vec<Cx>,
+    c: Vec<Complex64>,
+    e: Vec<Complex64>,
+    f: Vec<Complex64>,
+    w: Vec<Complex64>,
+    bd: Vec<Complex64>,
+    g: Vec<Complex64>,
     beta: f64,
 }
 
@@ -124,24 +67,30 @@ impl Consts {
     pub fn new(rows: &[f64], n2: usize, channels: usize) -> Self {
         let k = FIXED + 2 * channels;
         let at = |n: usize, j: usize| rows[n * k + j];
-        let lam: Vec<Cx> = (0..n2).map(|n| Cx::new(at(n, 0), at(n, 1))).collect();
-        let p: Vec<Cx> = (0..n2).map(|n| Cx::new(at(n, 2), at(n, 3))).collect();
-        let b: Vec<Cx> = (0..n2).map(|n| Cx::new(at(n, 4), at(n, 5))).collect();
+        let lam: Vec<Complex64> = (0..n2)
+            .map(|n| Complex64::new(at(n, 0), at(n, 1)))
+            .collect();
+        let p: Vec<Complex64> = (0..n2)
+            .map(|n| Complex64::new(at(n, 2), at(n, 3)))
+            .collect();
+        let b: Vec<Complex64> = (0..n2)
+            .map(|n| Complex64::new(at(n, 4), at(n, 5)))
+            .collect();
         let dt: Vec<f64> = (0..n2).map(|n| at(n, 6)).collect();
-        let c: Vec<Cx> = (0..channels)
+        let c: Vec<Complex64> = (0..channels)
             .flat_map(|ci| (0..n2).map(move |n| (ci, n)))
-            .map(|(ci, n)| Cx::new(at(n, FIXED + 2 * ci), at(n, FIXED + 2 * ci + 1)))
+            .map(|(ci, n)| Complex64::new(at(n, FIXED + 2 * ci), at(n, FIXED + 2 * ci + 1)))
             .collect();
-        let half: Vec<Cx> = (0..n2).map(|n| lam[n] * (dt[n] * 0.5)).collect();
-        let e: Vec<Cx> = half
+        let half: Vec<Complex64> = (0..n2).map(|n| lam[n] * (dt[n] * 0.5)).collect();
+        let e: Vec<Complex64> = half
             .iter()
-            .map(|&z| (Cx::new(1.0, 0.0) - z).recip())
+            .map(|&z| (Complex64::new(1.0, 0.0) - z).inv())
             .collect();
-        let f: Vec<Cx> = half.iter().map(|&z| Cx::new(1.0, 0.0) + z).collect();
-        let w: Vec<Cx> = (0..n2).map(|n| p[n] * dt[n]).collect();
-        let bd: Vec<Cx> = (0..n2).map(|n| b[n] * dt[n]).collect();
-        let g: Vec<Cx> = (0..n2).map(|n| p[n].conj() * e[n]).collect();
-        let alpha: f64 = (0..n2).map(|n| p[n].norm2() * dt[n] * e[n].re).sum();
+        let f: Vec<Complex64> = half.iter().map(|&z| Complex64::new(1.0, 0.0) + z).collect();
+        let w: Vec<Complex64> = (0..n2).map(|n| p[n] * dt[n]).collect();
+        let bd: Vec<Complex64> = (0..n2).map(|n| b[n] * dt[n]).collect();
+        let g: Vec<Complex64> = (0..n2).map(|n| p[n].conj() * e[n]).collect();
+        let alpha: f64 = (0..n2).map(|n| p[n].norm_sqr() * dt[n] * e[n].re).sum();
         Self {
             n2,
             channels,
@@ -162,10 +111,10 @@ impl Consts {
     /// One step from `s` (in place); writes `y_c` (without the factor 2) to `y`.
     /// `r` is scratch of length `N/2`.
     #[inline]
-    fn step(&self, s: &mut [Cx], x: f64, r: &mut [Cx], y: &mut [f64]) {
+    fn step(&self, s: &mut [Complex64], x: f64, r: &mut [Complex64], y: &mut [f64]) {
         let mut sigma = 0.0;
         for n in 0..self.n2 {
-            sigma += self.p[n].dot(s[n]);
+            sigma += re_dot(self.p[n], s[n]);
         }
         let mut t = 0.0;
         for n in 0..self.n2 {
@@ -215,10 +164,10 @@ fn consts_all(params: &[f64], d: Dims) -> Vec<Consts> {
         .collect()
 }
 
-fn load_state(s0: &[f64], d: Dims, bi: usize, h: usize) -> Vec<Cx> {
+fn load_state(s0: &[f64], d: Dims, bi: usize, h: usize) -> Vec<Complex64> {
     let base = (bi * d.h + h) * d.n2 * 2;
     (0..d.n2)
-        .map(|n| Cx::new(s0[base + 2 * n], s0[base + 2 * n + 1]))
+        .map(|n| Complex64::new(s0[base + 2 * n], s0[base + 2 * n + 1]))
         .collect()
 }
 
@@ -226,13 +175,13 @@ fn load_state(s0: &[f64], d: Dims, bi: usize, h: usize) -> Vec<Cx> {
 /// `s0 (B, H, N/2, 2)`; returns `y (B, L, C, H)` and the last state `(B, H, N/2, 2)`.
 pub fn run(x: &[f64], params: &[f64], s0: &[f64], d: Dims) -> (Vec<f64>, Vec<f64>) {
     let consts = consts_all(params, d);
-    let tasks: Vec<(Vec<f64>, Vec<Cx>)> = (0..d.b * d.h)
+    let tasks: Vec<(Vec<f64>, Vec<Complex64>)> = (0..d.b * d.h)
         .into_par_iter()
         .map(|task| {
             let (bi, h) = (task / d.h, task % d.h);
             let k = &consts[h];
             let mut s = load_state(s0, d, bi, h);
-            let mut r = vec![Cx::default(); d.n2];
+            let mut r = vec![Complex64::default(); d.n2];
             let mut yc = vec![0.0; d.c];
             let mut out = vec![0.0; d.l * d.c];
             for t in 0..d.l {
@@ -264,13 +213,13 @@ pub fn run(x: &[f64], params: &[f64], s0: &[f64], d: Dims) -> (Vec<f64>, Vec<f64
 
 /// Gradients of one feature, summed over the batch.
 struct Acc {
-    e: Vec<Cx>,
-    f: Vec<Cx>,
-    g: Vec<Cx>,
-    w: Vec<Cx>,
-    bd: Vec<Cx>,
-    p: Vec<Cx>,
-    c: Vec<Cx>,
+    e: Vec<Complex64>,
+    f: Vec<Complex64>,
+    g: Vec<Complex64>,
+    w: Vec<Complex64>,
+    bd: Vec<Complex64>,
+    p: Vec<Complex64>,
+    c: Vec<Complex64>,
     beta: f64,
 }
 
@@ -289,24 +238,24 @@ pub fn backward(x: &[f64], params: &[f64], s0: &[f64], gy: &[f64], d: Dims) -> G
     let consts = consts_all(params, d);
     let n2 = d.n2;
     // Per feature: (gx column per batch, param grads, gs0 per batch).
-    type PerFeature = (Vec<f64>, Vec<f64>, Vec<Cx>);
+    type PerFeature = (Vec<f64>, Vec<f64>, Vec<Complex64>);
     let per: Vec<PerFeature> = (0..d.h)
         .into_par_iter()
         .map(|h| {
             let k = &consts[h];
             let mut acc = Acc {
-                e: vec![Cx::default(); n2],
-                f: vec![Cx::default(); n2],
-                g: vec![Cx::default(); n2],
-                w: vec![Cx::default(); n2],
-                bd: vec![Cx::default(); n2],
-                p: vec![Cx::default(); n2],
-                c: vec![Cx::default(); d.c * n2],
+                e: vec![Complex64::default(); n2],
+                f: vec![Complex64::default(); n2],
+                g: vec![Complex64::default(); n2],
+                w: vec![Complex64::default(); n2],
+                bd: vec![Complex64::default(); n2],
+                p: vec![Complex64::default(); n2],
+                c: vec![Complex64::default(); d.c * n2],
                 beta: 0.0,
             };
             let mut gx = vec![0.0; d.b * d.l];
-            let mut gs0 = vec![Cx::default(); d.b * n2];
-            let mut r = vec![Cx::default(); n2];
+            let mut gs0 = vec![Complex64::default(); d.b * n2];
+            let mut r = vec![Complex64::default(); n2];
             let mut yc = vec![0.0; d.c];
             for bi in 0..d.b {
                 let xs = |t: usize| x[(bi * d.l + t) * d.h + h];
@@ -319,8 +268,8 @@ pub fn backward(x: &[f64], params: &[f64], s0: &[f64], gy: &[f64], d: Dims) -> G
                     }
                     k.step(&mut s, xs(t), &mut r, &mut yc);
                 }
-                let mut g = vec![Cx::default(); n2];
-                let mut states: Vec<Vec<Cx>> = Vec::with_capacity(CHECKPOINT);
+                let mut g = vec![Complex64::default(); n2];
+                let mut states: Vec<Vec<Complex64>> = Vec::with_capacity(CHECKPOINT);
                 for (ck, start) in checkpoints.iter().enumerate().rev() {
                     let t0 = ck * CHECKPOINT;
                     let t1 = (t0 + CHECKPOINT).min(d.l);
@@ -369,10 +318,17 @@ pub fn backward(x: &[f64], params: &[f64], s0: &[f64], gy: &[f64], d: Dims) -> G
 
 /// One reverse step: `s_prev` the state before the step, `g` (in: d loss / d
 /// state after the step; out: d loss / d `s_prev`). Returns d loss / d x.
-fn adjoint_step(k: &Consts, s_prev: &[Cx], x: f64, gy: &[f64], g: &mut [Cx], acc: &mut Acc) -> f64 {
+fn adjoint_step(
+    k: &Consts,
+    s_prev: &[Complex64],
+    x: f64,
+    gy: &[f64],
+    g: &mut [Complex64],
+    acc: &mut Acc,
+) -> f64 {
     let n2 = k.n2;
     // Recompute the step's intermediates.
-    let sigma: f64 = (0..n2).map(|n| k.p[n].dot(s_prev[n])).sum();
+    let sigma: f64 = (0..n2).map(|n| re_dot(k.p[n], s_prev[n])).sum();
     let mut r = Vec::with_capacity(n2);
     let mut t_sum = 0.0;
     for n in 0..n2 {
@@ -389,13 +345,13 @@ fn adjoint_step(k: &Consts, s_prev: &[Cx], x: f64, gy: &[f64], g: &mut [Cx], acc
         let sp = k.e[n] * q;
         let mut gs = g[n];
         for (ci, &gyc) in gy.iter().enumerate().take(k.channels) {
-            gs = gs + k.c[ci * n2 + n].conj() * (2.0 * gyc);
-            acc.c[ci * n2 + n] = acc.c[ci * n2 + n] + sp.conj() * (2.0 * gyc);
+            gs += k.c[ci * n2 + n].conj() * (2.0 * gyc);
+            acc.c[ci * n2 + n] += sp.conj() * (2.0 * gyc);
         }
-        acc.e[n] = acc.e[n] + q.conj() * gs;
+        acc.e[n] += q.conj() * gs;
         let qb = k.e[n].conj() * gs;
-        rhobar -= k.w[n].dot(qb);
-        acc.w[n] = acc.w[n] - qb * rho;
+        rhobar -= re_dot(k.w[n], qb);
+        acc.w[n] -= qb * rho;
         qbar.push(qb);
     }
     acc.beta += rhobar * t_sum;
@@ -405,18 +361,18 @@ fn adjoint_step(k: &Consts, s_prev: &[Cx], x: f64, gy: &[f64], g: &mut [Cx], acc
     let mut gx = 0.0;
     for n in 0..n2 {
         let rb = qbar[n] + k.g[n].conj() * tbar;
-        acc.g[n] = acc.g[n] + r[n].conj() * tbar;
-        acc.f[n] = acc.f[n] + s_prev[n].conj() * rb;
-        sigmabar -= k.w[n].dot(rb);
-        acc.w[n] = acc.w[n] - rb * sigma;
-        acc.bd[n] = acc.bd[n] + rb * x;
-        gx += k.bd[n].dot(rb);
+        acc.g[n] += r[n].conj() * tbar;
+        acc.f[n] += s_prev[n].conj() * rb;
+        sigmabar -= re_dot(k.w[n], rb);
+        acc.w[n] -= rb * sigma;
+        acc.bd[n] += rb * x;
+        gx += re_dot(k.bd[n], rb);
         g[n] = k.f[n].conj() * rb;
         qbar[n] = rb;
     }
     for n in 0..n2 {
-        acc.p[n] = acc.p[n] + s_prev[n] * sigmabar;
-        g[n] = g[n] + k.p[n] * sigmabar;
+        acc.p[n] += s_prev[n] * sigmabar;
+        g[n] += k.p[n] * sigmabar;
     }
     gx
 }
@@ -433,17 +389,17 @@ fn finish(k: &Consts, mut a: Acc) -> Vec<f64> {
         let mut pbar = a.p[n] + a.g[n].conj() * e;
         a.e[n] = a.e[n] + a.g[n] * p;
         // W = dt P, dt B.
-        pbar = pbar + a.w[n] * dt;
-        let mut dtbar = p.dot(a.w[n]) + k.b[n].dot(a.bd[n]);
+        pbar += a.w[n] * dt;
+        let mut dtbar = re_dot(p, a.w[n]) + re_dot(k.b[n], a.bd[n]);
         let bbar = a.bd[n] * dt;
         // alpha = sum |P|^2 dt Re E.
-        pbar = pbar + p * (alphabar * 2.0 * dt * e.re);
-        dtbar += alphabar * p.norm2() * e.re;
-        a.e[n] = a.e[n] + Cx::new(alphabar * p.norm2() * dt, 0.0);
+        pbar += p * (alphabar * 2.0 * dt * e.re);
+        dtbar += alphabar * p.norm_sqr() * e.re;
+        a.e[n] += Complex64::new(alphabar * p.norm_sqr() * dt, 0.0);
         // E = 1/(1 - dt lam/2), F = 1 + dt lam/2.
         let e2 = e * e;
         let lambar = (e2 * (dt * 0.5)).conj() * a.e[n] + a.f[n] * (dt * 0.5);
-        dtbar += (e2 * lam * 0.5).dot(a.e[n]) + (lam * 0.5).dot(a.f[n]);
+        dtbar += re_dot(e2 * lam * 0.5, a.e[n]) + re_dot(lam * 0.5, a.f[n]);
         let row = &mut out[n * kk..(n + 1) * kk];
         row[0] = lambar.re;
         row[1] = lambar.im;

@@ -1,5 +1,9 @@
 //! # lrnnx-s4
 //!
+//! The S4 family as lrnnx defines it: S4 (crate root, [`S4`]) and S4D
+//! ([`s4d`]), which share the block around the SSM and the SSM parameters
+//! with their HiPPO initialisations ([`ssm`], lrnnx's `s4_utils`).
+//!
 //! S4 (Gu et al. 2022, "Efficiently Modeling Long Sequences with Structured
 //! State Spaces") as lrnnx defines it: per feature, a diagonal-plus-low-rank
 //! (DPLR) complex SSM initialised from HiPPO-LegS, discretized by the bilinear
@@ -22,50 +26,28 @@ mod config;
 pub mod ctilde;
 pub mod dplr;
 pub mod s4;
+pub mod s4d;
+pub mod ssm;
 
 pub use config::S4Config;
 pub use s4::{ForwardMode, S4};
 
-use lrnnx_framework::{BuildArgs, Family, Mixer, MixerSpec, Result};
-
-/// The registered name.
-pub const NAME: &str = "S4";
-
-fn build(args: &BuildArgs) -> Result<Box<dyn Mixer>> {
-    let cfg: S4Config = args.parse(NAME, &[("d_state", args.d_state.into())])?;
-    Ok(Box::new(S4::new(args.d_model, cfg, &args.params).map_err(
-        |e| match e {
-            lrnnx_framework::Error::Config(m) => args.bad(NAME, m),
-            other => other,
-        },
-    )?))
-}
-
-fn default_config() -> serde_json::Value {
-    serde_json::json!({
-        "bottleneck": null, "gate": null, "final_act": "glu", "postact": null, "dropout": 0.0,
-        "tie_dropout": false, "transposed": false, "l_max": null, "channels": 1,
-        "dt_min": 0.001, "dt_max": 0.1, "dt_tie": true, "dt_transform": "exp", "dt_fast": false,
-        "rank": 1, "n_ssm": null, "init": "legs", "deterministic": false,
-        "real_transform": "exp", "imag_transform": "none", "is_real": false, "lr": null,
-        "wd": 0.0, "verbose": true, "disc": null, "swap_channels": false, "drop_kernel": 0.0,
-        "B_clip": 2.0, "diagonalize_precision": true, "forward_mode": "auto"
-    })
-}
-
-inventory::submit! {
-    MixerSpec {
-        name: NAME,
-        aliases: &["s4"],
-        family: Family::Lti,
+lrnnx_framework::mixers! {
+    /// The registered name of S4.
+    NAME = "S4" {
+        aliases: ["s4"],
+        family: Lti,
         summary: "S4: DPLR (HiPPO-LegS) SSM, bilinear, linear-time recurrence or FFT convolution, S4 block",
-        build,
-        default_config,
-        source: env!("CARGO_PKG_NAME"),
+        config: S4Config,
+        new: S4::new,
     }
-}
 
-/// Referenced by the `lrnnx` facade so that the linker keeps this crate's registration.
-pub fn link() -> &'static [&'static str] {
-    &[NAME]
+    /// The registered name of S4D.
+    NAME_S4D = "S4D" {
+        aliases: ["s4d"],
+        family: Lti,
+        summary: "S4D: diagonal complex SSM (zoh / bilinear), scan or FFT convolution, S4 block with GELUs",
+        config: s4d::S4dConfig,
+        new: s4d::S4d::new,
+    }
 }

@@ -1,16 +1,17 @@
 //! The S4 layer: parameters (with lrnnx's `C~` convention converted on
 //! load), forward by recurrence or by convolution, step, kernel.
 
+use crate::ssm::{mask_lengths, SsmParams, SsmWrapper};
 use candle_core::{DType, Device, Tensor, Var};
-use lrnnx_framework::layers::{mask_lengths, SsmParams, SsmWrapper};
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
     Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 use lrnnx_kernels::fft_conv::causal_conv;
+use num_complex::Complex64;
 
 use crate::ctilde;
-use crate::dplr::{self, dplr_scan, Cx, Dims};
+use crate::dplr::{self, dplr_scan, Dims};
 use crate::S4Config;
 
 /// Below this length `forward_mode = "auto"` runs the recurrence, from it on
@@ -104,13 +105,13 @@ impl S4 {
         let mut c_true = vec![0.0; ch * h * n2 * 2];
         for hi in 0..h {
             let r = &rows[hi * n2 * k..(hi + 1) * n2 * k];
-            let col = |j: usize| -> Vec<Cx> {
+            let col = |j: usize| -> Vec<Complex64> {
                 (0..n2)
-                    .map(|n| Cx::new(r[n * k + j], r[n * k + j + 1]))
+                    .map(|n| Complex64::new(r[n * k + j], r[n * k + j + 1]))
                     .collect()
             };
             let dt: Vec<f64> = (0..n2).map(|n| r[n * k + 6]).collect();
-            let ct: Vec<Vec<Cx>> = (0..ch).map(|c| col(dplr::FIXED + 2 * c)).collect();
+            let ct: Vec<Vec<Complex64>> = (0..ch).map(|c| col(dplr::FIXED + 2 * c)).collect();
             let c = ctilde::true_c(&col(0), &col(2), &dt, &ct, l_kernel).ok_or_else(|| {
                 Error::Config(format!(
                     "S4: cannot recover C from the stored C~ (l_kernel = {l_kernel}): I - Ā^l is singular for feature {hi}"

@@ -3,11 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
 use lrnnx_s4::{ForwardMode, S4Config, S4};
-use lrnnx_testing::{central_difference, max_err, randn, vec1};
+use lrnnx_testing::{max_err, randn, vec1};
+use num_complex::Complex64 as Cx;
 use serde_json::{json, Value};
+
+mod common;
+use common::{forward_with, gelu, linear, params, post};
 
 fn config(kw: Value) -> S4Config {
     let mut obj = json!({"d_state": 8, "transposed": false});
@@ -25,33 +29,30 @@ fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (S4, std::sync::Arc<Pa
 
 fn inverse(a: &[Cx], n: usize) -> Vec<Cx> {
     let mut m = a.to_vec();
-    let mut inv = vec![(0.0, 0.0); n * n];
+    let mut inv = vec![Cx::default(); n * n];
     for i in 0..n {
-        inv[i * n + i] = (1.0, 0.0);
+        inv[i * n + i] = Cx::new(1.0, 0.0);
     }
     for col in 0..n {
         let piv = (col..n)
-            .max_by(|&i, &j| {
-                let (x, y) = (m[i * n + col], m[j * n + col]);
-                (x.0.hypot(x.1)).total_cmp(&y.0.hypot(y.1))
-            })
+            .max_by(|&i, &j| m[i * n + col].norm().total_cmp(&m[j * n + col].norm()))
             .unwrap();
         for j in 0..n {
             m.swap(piv * n + j, col * n + j);
             inv.swap(piv * n + j, col * n + j);
         }
-        let d = cdiv((1.0, 0.0), m[col * n + col]);
+        let d = m[col * n + col].inv();
         for j in 0..n {
-            m[col * n + j] = cmul(m[col * n + j], d);
-            inv[col * n + j] = cmul(inv[col * n + j], d);
+            m[col * n + j] *= d;
+            inv[col * n + j] *= d;
         }
         for i in 0..n {
             if i != col {
                 let f = m[i * n + col];
                 for j in 0..n {
-                    let (a, b) = (cmul(f, m[col * n + j]), cmul(f, inv[col * n + j]));
-                    m[i * n + j] = (m[i * n + j].0 - a.0, m[i * n + j].1 - a.1);
-                    inv[i * n + j] = (inv[i * n + j].0 - b.0, inv[i * n + j].1 - b.1);
+                    let (a, b) = (f * m[col * n + j], f * inv[col * n + j]);
+                    m[i * n + j] -= a;
+                    inv[i * n + j] -= b;
                 }
             }
         }
@@ -77,43 +78,40 @@ fn dense_system(
                 if i < n2 {
                     z
                 } else {
-                    (z.0, -z.1)
+                    z.conj()
                 }
             })
             .collect()
     };
-    let lam = aug(&|n| (-p["A_real"][k * n2 + n].exp(), -p["A_imag"][k * n2 + n]));
-    let pa = aug(&|n| (p["P"][(k * n2 + n) * 2], p["P"][(k * n2 + n) * 2 + 1]));
-    let ba = aug(&|n| (p["B"][(k * n2 + n) * 2], p["B"][(k * n2 + n) * 2 + 1]));
+    let lam = aug(&|n| Cx::new(-p["A_real"][k * n2 + n].exp(), -p["A_imag"][k * n2 + n]));
+    let pa = aug(&|n| Cx::new(p["P"][(k * n2 + n) * 2], p["P"][(k * n2 + n) * 2 + 1]));
+    let ba = aug(&|n| Cx::new(p["B"][(k * n2 + n) * 2], p["B"][(k * n2 + n) * 2 + 1]));
     let dt: Vec<f64> = (0..2 * n2)
         .map(|i| p["inv_dt"][if dt_tie { hi } else { hi * n2 + i % n2 }].exp())
         .collect();
     let m = 2 * n2;
-    let mut minus = vec![(0.0, 0.0); m * m];
-    let mut plus = vec![(0.0, 0.0); m * m];
+    let mut minus = vec![Cx::default(); m * m];
+    let mut plus = vec![Cx::default(); m * m];
     for i in 0..m {
         for j in 0..m {
-            let mut a = cmul(pa[i], (pa[j].0, -pa[j].1));
-            a = (-a.0, -a.1);
+            let mut a = -(pa[i] * pa[j].conj());
             if i == j {
-                a = (a.0 + lam[i].0, a.1 + lam[i].1);
+                a += lam[i];
             }
-            let d = if i == j { 2.0 / dt[i] } else { 0.0 };
-            minus[i * m + j] = (d - a.0, -a.1);
-            plus[i * m + j] = (d + a.0, a.1);
+            let d = Cx::new(if i == j { 2.0 / dt[i] } else { 0.0 }, 0.0);
+            minus[i * m + j] = d - a;
+            plus[i * m + j] = d + a;
         }
     }
     let inv = inverse(&minus, m);
-    let mut abar = vec![(0.0, 0.0); m * m];
-    let mut bbar = vec![(0.0, 0.0); m];
+    let mut abar = vec![Cx::default(); m * m];
+    let mut bbar = vec![Cx::default(); m];
     for i in 0..m {
         for j in 0..m {
             for l in 0..m {
-                let z = cmul(inv[i * m + l], plus[l * m + j]);
-                abar[i * m + j] = (abar[i * m + j].0 + z.0, abar[i * m + j].1 + z.1);
+                abar[i * m + j] += inv[i * m + l] * plus[l * m + j];
             }
-            let z = cmul(inv[i * m + j], (2.0 * ba[j].0, 2.0 * ba[j].1));
-            bbar[i] = (bbar[i].0 + z.0, bbar[i].1 + z.1);
+            bbar[i] += inv[i * m + j] * (ba[j] * 2.0);
         }
     }
     (abar, bbar)
@@ -122,12 +120,7 @@ fn dense_system(
 fn matvec(a: &[Cx], v: &[Cx]) -> Vec<Cx> {
     let m = v.len();
     (0..m)
-        .map(|i| {
-            (0..m).fold((0.0, 0.0), |acc, j| {
-                let z = cmul(a[i * m + j], v[j]);
-                (acc.0 + z.0, acc.1 + z.1)
-            })
-        })
+        .map(|i| (0..m).map(|j| a[i * m + j] * v[j]).sum())
         .collect()
 }
 
@@ -136,7 +129,7 @@ fn c_aug(p: &BTreeMap<String, Vec<f64>>, ci: usize, hi: usize, h: usize, n2: usi
     (0..2 * n2)
         .map(|i| {
             let at = ((ci * h + hi) * n2 + i % n2) * 2;
-            (
+            Cx::new(
                 p["C"][at],
                 if i < n2 {
                     p["C"][at + 1]
@@ -182,17 +175,17 @@ fn reference(
     for hi in 0..h {
         let (abar, bbar) = dense_system(&p, hi, n2, h);
         for bi in 0..b {
-            let mut s = vec![(0.0, 0.0); 2 * n2];
+            let mut s = vec![Cx::default(); 2 * n2];
             for t in 0..l {
                 let u = xs[(bi * l + t) * h + hi];
                 s = matvec(&abar, &s)
                     .into_iter()
                     .zip(&bbar)
-                    .map(|(z, bb)| (z.0 + bb.0 * u, z.1 + bb.1 * u))
+                    .map(|(z, bb)| z + bb * u)
                     .collect();
                 for ci in 0..c {
                     let ca = c_aug(&p, ci, hi, h, n2);
-                    let y: f64 = ca.iter().zip(&s).map(|(a, z)| cmul(*a, *z).0).sum();
+                    let y: f64 = ca.iter().zip(&s).map(|(a, z)| (a * z).re).sum();
                     ys[((bi * l + t) * c + ci) * h + hi] = y;
                 }
             }
@@ -264,7 +257,7 @@ fn kernel_is_the_impulse_response() {
             let ca = c_aug(&p, ci, hi, h, n2);
             let mut v = bbar.clone();
             for t in 0..l {
-                let want: f64 = ca.iter().zip(&v).map(|(a, z)| cmul(*a, *z).0).sum();
+                let want: f64 = ca.iter().zip(&v).map(|(a, z)| (a * z).re).sum();
                 assert!(
                     (k[(ci * h + hi) * l + t] - want).abs() < 1e-12,
                     "{hi} {ci} {t}"
@@ -296,17 +289,13 @@ fn stored_c_tilde_is_converted_on_load() {
         let mut row = ca.clone();
         for _ in 0..lk {
             row = (0..2 * n2)
-                .map(|j| {
-                    (0..2 * n2).fold((0.0, 0.0), |acc, i| {
-                        let z = cmul(row[i], abar[i * 2 * n2 + j]);
-                        (acc.0 + z.0, acc.1 + z.1)
-                    })
-                })
+                .map(|j| (0..2 * n2).map(|i| row[i] * abar[i * 2 * n2 + j]).sum())
                 .collect();
         }
         for n in 0..n2 {
-            tilde[(hi * n2 + n) * 2] = ca[n].0 - row[n].0;
-            tilde[(hi * n2 + n) * 2 + 1] = ca[n].1 - row[n].1;
+            let z = ca[n] - row[n];
+            tilde[(hi * n2 + n) * 2] = z.re;
+            tilde[(hi * n2 + n) * 2 + 1] = z.im;
         }
     }
     let mut saved: std::collections::HashMap<String, Tensor> =
@@ -334,15 +323,12 @@ fn stored_c_tilde_is_converted_on_load() {
     assert_eq!(vec1(&back["layer.kernel.l_kernel"]), vec![0.0]);
 }
 
-/// The layer the shared tests of `testing/ssm_layer_tests.rs` run on.
-type Layer = S4;
-/// Parameters of the gradient test's layer (gate 2, bottleneck 1, dt_tie false), the input included.
-const GRADIENT_PARAMS: usize = 16;
 /// Configurations the shared step test runs.
 fn step_cases() -> Vec<Value> {
     vec![json!({}), json!({"channels": 2, "d_state": 6})]
 }
-include!("../../../testing/ssm_layer_tests.rs");
+
+common::ssm_layer_tests!(S4, S4Config, ForwardMode, gradient_params = 16);
 
 #[test]
 fn parameters_are_saved_under_lrnnx_names() {

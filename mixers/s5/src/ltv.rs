@@ -11,7 +11,7 @@ use lrnnx_kernels::scan::complex_diag_scan;
 use lrnnx_kernels::scan_tv::complex_diag_scan_tv;
 
 use crate::config::{LtvDiscretization, S5Config, S5LtvConfig};
-use crate::hippo::{make_dplr_hippo, C64};
+use crate::hippo::make_dplr_hippo;
 use crate::util::{complex_of, project, tensor, timesteps_seq, timesteps_step};
 
 /// The LTV S5 layer: `s_t = A_bar_t s_{t-1} + gamma (B x_t)`,
@@ -66,7 +66,7 @@ impl S5Ltv {
             .iter()
             .any(|k| !pb.store().has_loaded(&pb.key(k)));
         let (lam, v) = if needs_hippo {
-            make_dplr_hippo(pf)
+            make_dplr_hippo(pf)?
         } else {
             (Vec::new(), Vec::new())
         };
@@ -88,7 +88,7 @@ impl S5Ltv {
             let mut out = Vec::with_capacity(p * h * 2);
             for row in 0..p {
                 for col in 0..h {
-                    let mut acc = C64::default();
+                    let mut acc = num_complex::Complex64::default();
                     for k in 0..pf {
                         let vc = vk(k, row);
                         acc.re += vc.re * r[k * h + col];

@@ -3,9 +3,9 @@
 
 use candle_core::{DType, Device, Module, Tensor, D};
 
-use crate::layers::linear::{linear, Linear};
-use crate::params::random;
-use crate::{Error, ParamBuilder, Result};
+use lrnnx_framework::layers::{linear, Linear};
+use lrnnx_framework::params::random;
+use lrnnx_framework::{Error, ParamBuilder, Result};
 
 /// Which class's `output_gate` rule applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

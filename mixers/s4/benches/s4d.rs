@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lrnnx_framework::{ForwardOpts, Mixer, ParamStore, StepOpts};
-use lrnnx_s4d::{ForwardMode, S4d, S4dConfig};
+use lrnnx_s4::s4d::{ForwardMode, S4d, S4dConfig};
 
 const B: usize = 8;
 const L: usize = 2048;

@@ -6,11 +6,12 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, D};
+use num_complex::Complex64;
 use rand::rngs::StdRng;
 
 use super::hippo;
-use crate::params::random;
-use crate::{Error, ParamBuilder, Result};
+use lrnnx_framework::params::random;
+use lrnnx_framework::{Error, ParamBuilder, Result};
 
 /// A positivity transform of lrnnx's SSM parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,8 +181,8 @@ pub struct SsmParams {
     pub p: Option<Tensor>,
 }
 
-fn complex_tensor(v: &[(f64, f64)], shape: &[usize]) -> Result<Tensor> {
-    let flat: Vec<f32> = v.iter().flat_map(|&(a, b)| [a as f32, b as f32]).collect();
+fn complex_tensor(v: &[Complex64], shape: &[usize]) -> Result<Tensor> {
+    let flat: Vec<f32> = v.iter().flat_map(|z| [z.re as f32, z.im as f32]).collect();
     let mut s = shape.to_vec();
     s.push(2);
     Ok(Tensor::from_vec(flat, s, &Device::Cpu)?)
@@ -254,7 +255,7 @@ impl SsmParams {
         };
         let c_t = pb.get_with((c, h, n2, 2), "C", |rng| {
             let i = get_init(rng)?;
-            let vals: Vec<(f64, f64)> = if spec.deterministic {
+            let vals: Vec<Complex64> = if spec.deterministic {
                 (0..c * h)
                     .flat_map(|ch| {
                         let copy = (ch % h) % s;
@@ -265,7 +266,7 @@ impl SsmParams {
                 // randn(cfloat): real and imaginary parts N(0, 1/2); stored conjugated.
                 let z = random::normal(rng, 2 * c * h * n2);
                 z.chunks(2)
-                    .map(|p| (p[0] * 0.5f64.sqrt(), -p[1] * 0.5f64.sqrt()))
+                    .map(|p| Complex64::new(p[0] * 0.5f64.sqrt(), -p[1] * 0.5f64.sqrt()))
                     .collect()
             };
             complex_tensor(&vals, &[c, h, n2])
@@ -277,7 +278,7 @@ impl SsmParams {
             let v: Vec<f32> = get_init(rng)?
                 .lambda
                 .iter()
-                .map(|&(re, _)| spec.real_transform.inverse(-re) as f32)
+                .map(|z| spec.real_transform.inverse(-z.re) as f32)
                 .collect();
             Ok(Tensor::from_vec(v, (s, n2), &Device::Cpu)?)
         })?;
@@ -285,7 +286,7 @@ impl SsmParams {
             let v: Vec<f32> = get_init(rng)?
                 .lambda
                 .iter()
-                .map(|&(_, im)| spec.imag_transform.inverse(-im) as f32)
+                .map(|z| spec.imag_transform.inverse(-z.im) as f32)
                 .collect();
             Ok(Tensor::from_vec(v, (s, n2), &Device::Cpu)?)
         })?;

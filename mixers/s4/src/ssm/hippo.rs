@@ -1,7 +1,7 @@
 //! lrnnx's DPLR initialisations, computed in f64.
 //!
 //! `nplr` diagonalises the normal part of the HiPPO matrix with a Hermitian
-//! eigen-decomposition (here: cyclic complex Jacobi). Eigenvectors are only
+//! eigen-decomposition ([`lrnnx_kernels::linalg::eigh`]). Eigenvectors are only
 //! defined up to a phase; LAPACK's `zheevd` (torch) returns them with a real
 //! first component of arbitrary sign, and this module picks the positive
 //! sign. The result is lrnnx's init up to a sign per mode of `B` and `P`
@@ -10,24 +10,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use lrnnx_framework::params::random;
+use lrnnx_framework::{Error, Result};
+use lrnnx_kernels::linalg::eigh;
+use num_complex::Complex64 as C64;
 use rand::rngs::StdRng;
 
 use super::params::SsmSpec;
-use crate::params::random;
-use crate::{Error, Result};
-
-/// Complex number as `(re, im)`.
-pub type C64 = (f64, f64);
-
-fn cmul(a: C64, b: C64) -> C64 {
-    (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0)
-}
-fn conj(a: C64) -> C64 {
-    (a.0, -a.1)
-}
-fn cadd(a: C64, b: C64) -> C64 {
-    (a.0 + b.0, a.1 + b.1)
-}
 
 /// The init of one set of `n_ssm` copies: `lambda (n_ssm*N2)`,
 /// `p (rank*n_ssm*N2)`, `b (n_ssm*N2)` and row 0 of `V` (for deterministic `C`).
@@ -92,74 +81,6 @@ pub fn check(init: &str, rank: usize) -> std::result::Result<(), String> {
         "unknown init `{init}`; expected legs, fourier, hippo, diag, all, diag-<x> or dplr-<x> \
          with <x> in lin, inv, inv2, quad, rand, real, legs"
     ))
-}
-
-/// Eigen-decomposition of a Hermitian matrix (row-major `n x n`) by
-/// cyclic complex Jacobi rotations: eigenvalues ascending and the
-/// eigenvectors as columns of `V` (row-major).
-pub fn eigh(a: &[C64], n: usize) -> (Vec<f64>, Vec<C64>) {
-    let mut a = a.to_vec();
-    let mut v = vec![(0.0, 0.0); n * n];
-    for i in 0..n {
-        v[i * n + i] = (1.0, 0.0);
-    }
-    let norm: f64 = a.iter().map(|z| z.0 * z.0 + z.1 * z.1).sum::<f64>().sqrt();
-    for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| {
-                let z = a[i * n + j];
-                z.0 * z.0 + z.1 * z.1
-            })
-            .sum::<f64>()
-            .sqrt();
-        if off <= 1e-15 * norm.max(1e-300) {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                let b = (apq.0 * apq.0 + apq.1 * apq.1).sqrt();
-                if b == 0.0 {
-                    continue;
-                }
-                // U = diag(1, e^{-i phi}) R(theta) on (p, q) zeroes a_pq.
-                let ph = (apq.0 / b, apq.1 / b); // e^{i phi}
-                let (app, aqq) = (a[p * n + p].0, a[q * n + q].0);
-                let theta = 0.5 * (2.0 * b).atan2(aqq - app);
-                let (c, s) = (theta.cos(), theta.sin());
-                let em = conj(ph); // e^{-i phi}
-                                   // Columns: A <- A U, V <- V U.
-                for m in [&mut a, &mut v] {
-                    for k in 0..n {
-                        let (xp, xq) = (m[k * n + p], m[k * n + q]);
-                        let xq_e = cmul(xq, em);
-                        m[k * n + p] = (c * xp.0 - s * xq_e.0, c * xp.1 - s * xq_e.1);
-                        m[k * n + q] = (s * xp.0 + c * xq_e.0, s * xp.1 + c * xq_e.1);
-                    }
-                }
-                // Rows: A <- U^H A.
-                for k in 0..n {
-                    let (xp, xq) = (a[p * n + k], a[q * n + k]);
-                    let xq_e = cmul(xq, ph);
-                    a[p * n + k] = (c * xp.0 - s * xq_e.0, c * xp.1 - s * xq_e.1);
-                    a[q * n + k] = (s * xp.0 + c * xq_e.0, s * xp.1 + c * xq_e.1);
-                }
-                a[p * n + q] = (0.0, 0.0);
-                a[q * n + p] = (0.0, 0.0);
-            }
-        }
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&i, &j| a[i * n + i].0.total_cmp(&a[j * n + j].0));
-    let w: Vec<f64> = order.iter().map(|&i| a[i * n + i].0).collect();
-    let mut vs = vec![(0.0, 0.0); n * n];
-    for (new, &old) in order.iter().enumerate() {
-        for k in 0..n {
-            vs[k * n + new] = v[k * n + old];
-        }
-    }
-    (w, vs)
 }
 
 /// HiPPO transition `(A (N x N) row-major, B (N))` of `measure`.
@@ -237,14 +158,14 @@ fn nplr_cache() -> &'static Mutex<HashMap<String, Arc<Nplr>>> {
 }
 
 /// lrnnx's `nplr(measure, N, rank, B_clip)`: `(W (N2), P (rank x N2), B (N2), V[0, :N2])`.
-pub fn nplr(measure: &str, n: usize, rank: usize, b_clip: Option<f64>) -> Arc<Nplr> {
+pub fn nplr(measure: &str, n: usize, rank: usize, b_clip: Option<f64>) -> Result<Arc<Nplr>> {
     let key = format!("{measure}/{n}/{rank}/{b_clip:?}");
     if let Some(hit) = nplr_cache()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&key)
     {
-        return hit.clone();
+        return Ok(hit.clone());
     }
     let (a, b) = transition(measure, n);
     let p = rank_correction(measure, n, rank);
@@ -258,49 +179,50 @@ pub fn nplr(measure: &str, n: usize, rank: usize, b_clip: Option<f64>) -> Arc<Np
     }
     let w_re = (0..n).map(|i| ap[i * n + i]).sum::<f64>() / n as f64;
     // eigh(AP * -1j) reads the lower triangle; the diagonal's real part is 0.
-    let mut herm = vec![(0.0, 0.0); n * n];
+    let mut herm = vec![C64::default(); n * n];
     for i in 0..n {
         for j in 0..i {
-            let z = (0.0, -ap[i * n + j]);
+            let z = C64::new(0.0, -ap[i * n + j]);
             herm[i * n + j] = z;
-            herm[j * n + i] = conj(z);
+            herm[j * n + i] = z.conj();
         }
     }
-    let (w_im, mut v) = eigh(&herm, n);
+    let (w_im, mut v) = eigh(&herm, n)
+        .map_err(|e| Error::Config(format!("HiPPO-{measure} init at d_state = {n}: {e}")))?;
     let n2 = n / 2;
     // Phase: first non-negligible component real and positive (see the module docs).
     for k in 0..n {
         if let Some(z) = (0..n)
             .map(|i| v[i * n + k])
-            .find(|z| z.0.hypot(z.1) > 1e-12)
+            .find(|z| z.re.hypot(z.im) > 1e-12)
         {
-            let r = z.0.hypot(z.1);
-            let ph = (z.0 / r, -z.1 / r);
+            let r = z.re.hypot(z.im);
+            let ph = C64::new(z.re / r, -z.im / r);
             for i in 0..n {
-                v[i * n + k] = cmul(v[i * n + k], ph);
+                v[i * n + k] *= ph;
             }
         }
     }
-    let w: Vec<C64> = (0..n2).map(|k| (w_re, w_im[k])).collect();
+    let w: Vec<C64> = (0..n2).map(|k| C64::new(w_re, w_im[k])).collect();
     let mut vk: Vec<Vec<C64>> = (0..n2)
         .map(|k| (0..n).map(|i| v[i * n + k]).collect())
         .collect();
-    if n2 >= 1 && w[n2 - 1].0.hypot(w[n2 - 1].1) < 1e-4 {
+    if n2 >= 1 && w[n2 - 1].re.hypot(w[n2 - 1].im) < 1e-4 {
         let col = &mut vk[n2 - 1];
-        col.iter_mut().for_each(|z| *z = (0.0, 0.0));
-        col[0] = (0.5f64.sqrt(), 0.0);
+        col.iter_mut().for_each(|z| *z = C64::default());
+        col[0] = C64::new(0.5f64.sqrt(), 0.0);
         if n > 1 {
-            col[1] = (0.0, 0.5f64.sqrt());
+            col[1] = C64::new(0.0, 0.5f64.sqrt());
         }
     }
     let vh_dot = |col: &[C64], x: &[f64]| -> C64 {
-        col.iter().zip(x).fold((0.0, 0.0), |acc, (&z, &xv)| {
-            cadd(acc, (z.0 * xv, -z.1 * xv))
+        col.iter().zip(x).fold(C64::default(), |acc, (&z, &xv)| {
+            acc + C64::new(z.re * xv, -z.im * xv)
         })
     };
     let mut bb: Vec<C64> = vk.iter().map(|col| vh_dot(col, &b)).collect();
     if let Some(clip) = b_clip {
-        bb.iter_mut().for_each(|z| z.1 = z.1.clamp(-clip, clip));
+        bb.iter_mut().for_each(|z| z.im = z.im.clamp(-clip, clip));
     }
     let pp: Vec<C64> = (0..rank)
         .flat_map(|r| {
@@ -316,12 +238,19 @@ pub fn nplr(measure: &str, n: usize, rank: usize, b_clip: Option<f64>) -> Arc<Np
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, out.clone());
-    out
+    Ok(out)
 }
 
 /// lrnnx's `dplr(init=sub, N, rank, H=copies)` with default arguments
 /// (`P_scale = 0` for `diag-*`).
-fn dplr(sub: &str, n: usize, rank: usize, copies: usize, diag: bool, rng: &mut StdRng) -> Init {
+fn dplr(
+    sub: &str,
+    n: usize,
+    rank: usize,
+    copies: usize,
+    diag: bool,
+    rng: &mut StdRng,
+) -> Result<Init> {
     let n2 = n / 2;
     let pi = std::f64::consts::PI;
     let nf = n as f64;
@@ -350,37 +279,47 @@ fn dplr(sub: &str, n: usize, rank: usize, copies: usize, diag: bool, rng: &mut S
             .for_each(|x| *x = (1.0 + 2.0 * *x).powi(2) / pi),
         _ => {
             // legs / hippo
-            let (w, _, _, _) = &*nplr("legs", n, 1, Some(2.0));
-            imag = (0..copies * n2).map(|i| -w[i % n2].1).collect();
+            let (w, _, _, _) = &*nplr("legs", n, 1, Some(2.0))?;
+            imag = (0..copies * n2).map(|i| -w[i % n2].im).collect();
         }
     }
-    let lambda: Vec<C64> = real.iter().zip(&imag).map(|(&r, &i)| (-r, -i)).collect();
+    let lambda: Vec<C64> = real
+        .iter()
+        .zip(&imag)
+        .map(|(&r, &i)| C64::new(-r, -i))
+        .collect();
     // B: S4D-LegS's for the legs / hippo variants, else B_init = "constant".
     let b = match sub {
         "legs" | "hippo" => {
-            let (_, _, bl, _) = &*nplr("legs", n, 1, Some(2.0));
+            let (_, _, bl, _) = &*nplr("legs", n, 1, Some(2.0))?;
             (0..copies * n2).map(|i| bl[i % n2]).collect()
         }
-        _ => vec![(1.0, 0.0); copies * n2],
+        _ => vec![C64::new(1.0, 0.0); copies * n2],
     };
     let scale = if diag { 0.0 } else { 1.0 };
     let z = random::normal(rng, 2 * rank * copies * n2);
     let p = z
         .chunks(2)
-        .map(|c| (c[0] * 0.5f64.sqrt() * scale, c[1] * 0.5f64.sqrt() * scale))
+        .map(|c| C64::new(c[0] * 0.5f64.sqrt() * scale, c[1] * 0.5f64.sqrt() * scale))
         .collect();
     let v_row0 = (0..copies * n2)
-        .map(|i| if i % n2 == 0 { (1.0, 0.0) } else { (0.0, 0.0) })
+        .map(|i| {
+            if i % n2 == 0 {
+                C64::new(1.0, 0.0)
+            } else {
+                C64::default()
+            }
+        })
         .collect();
-    Init {
+    Ok(Init {
         lambda,
         p,
         b,
         v_row0,
-    }
+    })
 }
 
-fn single(init: &str, spec: &SsmSpec, copies: usize, rng: &mut StdRng) -> Init {
+fn single(init: &str, spec: &SsmSpec, copies: usize, rng: &mut StdRng) -> Result<Init> {
     let (n, rank, n2) = (spec.d_state, spec.rank, spec.n2());
     for prefix in ["diag", "dplr"] {
         if let Some(rest) = init.strip_prefix(prefix) {
@@ -389,16 +328,16 @@ fn single(init: &str, spec: &SsmSpec, copies: usize, rng: &mut StdRng) -> Init {
         }
     }
     let measure = if init == "legs" { "legs" } else { "fourier" };
-    let (w, p, b, v0) = &*nplr(measure, n, rank, spec.b_clip);
+    let (w, p, b, v0) = &*nplr(measure, n, rank, spec.b_clip)?;
     let rep = |x: &[C64]| -> Vec<C64> { (0..copies).flat_map(|_| x.iter().copied()).collect() };
-    Init {
+    Ok(Init {
         lambda: rep(w),
         p: (0..rank)
             .flat_map(|r| rep(&p[r * n2..(r + 1) * n2]))
             .collect(),
         b: rep(b),
         v_row0: rep(v0),
-    }
+    })
 }
 
 /// lrnnx's `combination(init, N, rank, n_ssm)`: each listed init on an
@@ -406,7 +345,10 @@ fn single(init: &str, spec: &SsmSpec, copies: usize, rng: &mut StdRng) -> Init {
 pub fn combination(spec: &SsmSpec, rng: &mut StdRng) -> Result<Init> {
     let inits = expand(&spec.init).map_err(Error::Config)?;
     let share = spec.n_ssm / inits.len();
-    let parts: Vec<Init> = inits.iter().map(|i| single(i, spec, share, rng)).collect();
+    let parts: Vec<Init> = inits
+        .iter()
+        .map(|i| single(i, spec, share, rng))
+        .collect::<Result<_>>()?;
     let n2 = spec.n2();
     let mut out = Init::default();
     for part in &parts {
@@ -430,74 +372,38 @@ mod tests {
     #[test]
     fn legs_init_matches_lrnnx_up_to_signs() {
         // lrnnx (torch eigh) for N = 8: A_imag, and B, P per mode up to one sign.
-        let (w, p, b, _) = &*nplr("legs", 8, 1, Some(2.0));
+        let (w, p, b, _) = &*nplr("legs", 8, 1, Some(2.0)).unwrap();
         let a_imag = [19.85741, 5.35421, 1.95779, 0.42749];
         let p_ref = [
-            (-0.09176, -3.64442),
-            (0.12123, 1.29816),
-            (-0.20558, -0.80498),
-            (-0.42967, -0.36736),
+            C64::new(-0.09176, -3.64442),
+            C64::new(0.12123, 1.29816),
+            C64::new(-0.20558, -0.80498),
+            C64::new(-0.42967, -0.36736),
         ];
         let b_ref = [
-            (-0.12978, -2.0),
-            (0.17144, 1.83588),
-            (-0.29074, -1.13842),
-            (-0.60765, -0.51953),
+            C64::new(-0.12978, -2.0),
+            C64::new(0.17144, 1.83588),
+            C64::new(-0.29074, -1.13842),
+            C64::new(-0.60765, -0.51953),
         ];
         for k in 0..4 {
-            assert!((w[k].0 + 0.5).abs() < 1e-12);
-            assert!((-w[k].1 - a_imag[k]).abs() < 1e-4, "{k}: {:?}", w[k]);
-            let sign = if (p[k].0 - p_ref[k].0).abs() < 1e-3 {
+            assert!((w[k].re + 0.5).abs() < 1e-12);
+            assert!((-w[k].im - a_imag[k]).abs() < 1e-4, "{k}: {:?}", w[k]);
+            let sign = if (p[k].re - p_ref[k].re).abs() < 1e-3 {
                 1.0
             } else {
                 -1.0
             };
             for (ours, theirs) in [(p[k], p_ref[k]), (b[k], b_ref[k])] {
                 assert!(
-                    (sign * ours.0 - theirs.0).abs() < 1e-4,
+                    (sign * ours.re - theirs.re).abs() < 1e-4,
                     "{k}: {ours:?} {theirs:?}"
                 );
                 assert!(
-                    (sign * ours.1 - theirs.1).abs() < 1e-4,
+                    (sign * ours.im - theirs.im).abs() < 1e-4,
                     "{k}: {ours:?} {theirs:?}"
                 );
             }
         }
-    }
-
-    #[test]
-    fn jacobi_diagonalises_a_random_hermitian_matrix() {
-        let n = 7;
-        let mut a = vec![(0.0, 0.0); n * n];
-        let mut seed = 1u64;
-        let mut rnd = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        };
-        for i in 0..n {
-            a[i * n + i] = (rnd(), 0.0);
-            for j in 0..i {
-                let z = (rnd(), rnd());
-                a[i * n + j] = z;
-                a[j * n + i] = (z.0, -z.1);
-            }
-        }
-        let (w, v) = eigh(&a, n);
-        for k in 0..n {
-            for i in 0..n {
-                // (A v_k)_i = w_k v_ik
-                let mut acc = (0.0, 0.0);
-                for j in 0..n {
-                    let (x, y) = (a[i * n + j], v[j * n + k]);
-                    acc.0 += x.0 * y.0 - x.1 * y.1;
-                    acc.1 += x.0 * y.1 + x.1 * y.0;
-                }
-                assert!((acc.0 - w[k] * v[i * n + k].0).abs() < 1e-12);
-                assert!((acc.1 - w[k] * v[i * n + k].1).abs() < 1e-12);
-            }
-        }
-        assert!(w.windows(2).all(|p| p[0] <= p[1]));
     }
 }

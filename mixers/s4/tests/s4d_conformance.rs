@@ -5,7 +5,7 @@ use lrnnx_framework::conformance::{run_case, Outcome};
 #[test]
 fn lrnnx_golden_case_passes() {
     // Keep this crate's registration in the test binary.
-    assert_eq!(lrnnx_s4d::link(), ["S4D"]);
+    assert_eq!(lrnnx_s4::link(), ["S4", "S4D"]);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/lrnnx/s4d.safetensors");
     let r = run_case(&path);

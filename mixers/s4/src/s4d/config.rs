@@ -1,14 +1,7 @@
 //! S4D constructor arguments.
 
-use lrnnx_framework::layers::ssm_defaults::{
-    auto, b_clip, dt_max, dt_min, exp, glu, legs, none, one, yes,
-};
-use lrnnx_framework::layers::{GateStyle, SsmSpec, SsmWrapperOpts, Transform};
+use crate::ssm::{GateStyle, SsmSpec, SsmWrapperOpts, Transform};
 use serde::{Deserialize, Serialize};
-
-fn zoh() -> String {
-    "zoh".into()
-}
 
 /// Arguments of lrnnx's `S4D(d_model, ...)`, same names and defaults, plus
 /// `forward_mode` (ours: `"auto"`, `"scan"` or `"conv"`).
@@ -19,104 +12,111 @@ fn zoh() -> String {
 /// One deliberate difference: `transposed` defaults to `false`, the only
 /// layout supported, `(B, L, H)` (lrnnx's default `true` is wrong for its own LM).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct S4dConfig {
     /// State size `N`; `N/2` complex modes are kept.
     pub d_state: usize,
     /// Only `None` or 1 (a `Linear(H, H)` before the SSM).
-    #[serde(default)]
     pub bottleneck: Option<usize>,
     /// Gate expansion factor: `input_gate`, `output_gate`.
-    #[serde(default)]
     pub gate: Option<usize>,
     /// Any value gives an output `Linear + GELU`; `null` gives none.
-    #[serde(default = "glu")]
     pub final_act: Option<String>,
     /// Deprecated alias of `final_act` (needs `final_act = null`).
-    #[serde(default)]
     pub postact: Option<String>,
     /// Dropout probability (identity at inference).
-    #[serde(default)]
     pub dropout: f64,
     /// Tie the dropout mask over the sequence.
-    #[serde(default)]
     pub tie_dropout: bool,
     /// Must be `false`: inputs are `(B, L, H)`.
-    #[serde(default)]
     pub transposed: bool,
     /// Longest kernel; longer inputs drop the taps past it (as lrnnx).
-    #[serde(default)]
     pub l_max: Option<usize>,
     /// SSM output channels per feature.
-    #[serde(default = "one")]
     pub channels: usize,
     /// Smallest `dt` at init.
-    #[serde(default = "dt_min")]
     pub dt_min: f64,
     /// Largest `dt` at init.
-    #[serde(default = "dt_max")]
     pub dt_max: f64,
     /// One `dt` per feature (else per mode).
-    #[serde(default = "yes")]
     pub dt_tie: bool,
     /// Transform from `inv_dt` to `dt`.
-    #[serde(default = "exp")]
     pub dt_transform: String,
     /// `dt = T(sinh(inv_dt))`.
-    #[serde(default)]
     pub dt_fast: bool,
     /// Rank of the (unused) low-rank init factor.
-    #[serde(default = "one")]
     pub rank: usize,
     /// Copies of `A`, `B` (default `d_model`).
-    #[serde(default)]
     pub n_ssm: Option<usize>,
     /// Initialisation of `A`, `B`.
-    #[serde(default = "legs")]
     pub init: String,
     /// Deterministic `inv_dt` and `C`.
-    #[serde(default)]
     pub deterministic: bool,
     /// Transform of `-Re(A)`.
-    #[serde(default = "exp")]
     pub real_transform: String,
     /// Transform of `-Im(A)`.
-    #[serde(default = "none")]
     pub imag_transform: String,
     /// Must be `false` (lrnnx's step fails with real parameters).
-    #[serde(default)]
     pub is_real: bool,
     /// Learning-rate hint (unused).
-    #[serde(default)]
     pub lr: Option<serde_json::Value>,
     /// Weight-decay hint (unused).
-    #[serde(default)]
     pub wd: f64,
     /// Printing (unused).
-    #[serde(default = "yes")]
     pub verbose: bool,
     /// Discretization: `"zoh"` or `"bilinear"` (textbook Tustin).
-    #[serde(default = "zoh")]
     pub disc: String,
     /// Flatten the channels as `(h c)` instead of `(c h)`.
-    #[serde(default)]
     pub swap_channels: bool,
     /// Kernel dropout (identity at inference).
-    #[serde(default)]
     pub drop_kernel: f64,
     /// Clamp of `Im(B)` in the NPLR init.
-    #[serde(default = "b_clip", rename = "B_clip")]
+    #[serde(rename = "B_clip")]
     pub b_clip: Option<f64>,
     /// Init in double precision (always the case here).
-    #[serde(default = "yes")]
     pub diagonalize_precision: bool,
     /// `"auto"` (by length), `"scan"` (recurrence) or `"conv"` (kernel + FFT convolution).
-    #[serde(default = "auto")]
     pub forward_mode: String,
 }
 
-#[typetag::serde(name = "S4D")]
-impl lrnnx_framework::MixerConfig for S4dConfig {}
+impl Default for S4dConfig {
+    /// lrnnx's defaults, with `d_state = 64` (built by name, the model's).
+    fn default() -> Self {
+        Self {
+            d_state: 64,
+            bottleneck: None,
+            gate: None,
+            final_act: Some("glu".into()),
+            postact: None,
+            dropout: 0.0,
+            tie_dropout: false,
+            transposed: false,
+            l_max: None,
+            channels: 1,
+            dt_min: 0.001,
+            dt_max: 0.1,
+            dt_tie: true,
+            dt_transform: "exp".into(),
+            dt_fast: false,
+            rank: 1,
+            n_ssm: None,
+            init: "legs".into(),
+            deterministic: false,
+            real_transform: "exp".into(),
+            imag_transform: "none".into(),
+            is_real: false,
+            lr: None,
+            wd: 0.0,
+            verbose: true,
+            disc: "zoh".into(),
+            swap_channels: false,
+            drop_kernel: 0.0,
+            b_clip: Some(2.0),
+            diagonalize_precision: true,
+            forward_mode: "auto".into(),
+        }
+    }
+}
 
 impl S4dConfig {
     /// Checks the values this implementation (and lrnnx) can run.

@@ -1,29 +1,134 @@
-// Tests shared by the S4 and S4D layers (the same wrapper around two SSMs),
-// `include!`d by `mixers/s4/tests/s4.rs` and `mixers/s4d/tests/s4d.rs`.
-// The including file provides `Layer`, `GRADIENT_PARAMS`, `step_cases` and the helpers
-// `build`, `config` and `reference` with the same signatures; this file
-// provides the shared reference helpers and `forward_with`.
+//! What the tests of the S4 and S4D layers share (the same wrapper around two
+//! SSMs): the reference helpers for the wrapper (plain f64 loops) and the
+//! tests that read the same for both layers, generic over [`SsmLayer`]. Each
+//! test file implements [`SsmLayer`] for its layer and calls the shared tests
+//! from one-line `#[test]` functions.
 
-// Reference helpers (plain f64 loops) both layers' references use.
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
 
-/// A complex number `(re, im)`.
-type Cx = (f64, f64);
+use candle_core::{DType, Device, Tensor, Var};
+use lrnnx_framework::{ForwardOpts, Mixer, ParamStore, StepOpts};
+use lrnnx_testing::{central_difference, max_err, randn, vec1};
+use serde_json::{json, Value};
 
-fn cmul(a: Cx, b: Cx) -> Cx {
-    (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0)
+/// How a layer's forward is computed, as the shared tests need it: both
+/// layers have their own `ForwardMode` with these two variants.
+pub trait Modes: Copy + Debug {
+    /// The recurrence.
+    const SCAN: Self;
+    /// The convolution.
+    const CONV: Self;
 }
 
-fn cdiv(a: Cx, b: Cx) -> Cx {
-    let d = b.0 * b.0 + b.1 * b.1;
-    cmul(a, (b.0 / d, -b.1 / d))
+impl Modes for lrnnx_s4::ForwardMode {
+    const SCAN: Self = Self::Scan;
+    const CONV: Self = Self::Conv;
 }
 
-fn gelu(x: f64) -> f64 {
+impl Modes for lrnnx_s4::s4d::ForwardMode {
+    const SCAN: Self = Self::Scan;
+    const CONV: Self = Self::Conv;
+}
+
+/// A layer the shared tests run on, with its slow reference.
+pub trait SsmLayer: Mixer + Sized {
+    /// The layer's arguments.
+    type Config;
+    /// The layer's forward modes.
+    type Mode: Modes;
+    /// Parameters of the gradient test's layer (gate 2, bottleneck 1,
+    /// dt_tie false), the input included.
+    const GRADIENT_PARAMS: usize;
+    /// The config of `kw` over the test defaults.
+    fn layer_config(kw: Value) -> Self::Config;
+    /// The layer of width `h` and config `kw` on a fresh store drawn from `seed`.
+    fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (Self, Arc<ParamStore>);
+    /// The slow, obviously right forward of the layer stored in `store`.
+    fn reference(
+        store: &ParamStore,
+        cfg: &Self::Config,
+        x: &Tensor,
+        lengths: Option<&[usize]>,
+    ) -> Vec<f64>;
+    /// Picks how the forward is computed.
+    fn set_mode(&mut self, mode: Self::Mode);
+    /// Configurations the shared step test runs.
+    fn step_cases() -> Vec<Value>;
+}
+
+/// Implements [`SsmLayer`] for `$layer` from the test file's `config`,
+/// `build`, `reference` and `step_cases` functions and its
+/// `set_forward_mode`, and adds the shared tests as `#[test]` functions.
+macro_rules! ssm_layer_tests {
+    ($layer:ty, $config:ty, $mode:ty, gradient_params = $params:expr) => {
+        impl common::SsmLayer for $layer {
+            type Config = $config;
+            type Mode = $mode;
+            const GRADIENT_PARAMS: usize = $params;
+            fn layer_config(kw: Value) -> $config {
+                config(kw)
+            }
+            fn build(
+                h: usize,
+                kw: Value,
+                seed: u64,
+                dtype: DType,
+            ) -> (Self, std::sync::Arc<ParamStore>) {
+                build(h, kw, seed, dtype)
+            }
+            fn reference(
+                store: &ParamStore,
+                cfg: &$config,
+                x: &Tensor,
+                lengths: Option<&[usize]>,
+            ) -> Vec<f64> {
+                reference(store, cfg, x, lengths)
+            }
+            fn set_mode(&mut self, mode: $mode) {
+                self.set_forward_mode(mode);
+            }
+            fn step_cases() -> Vec<Value> {
+                step_cases()
+            }
+        }
+
+        #[test]
+        fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
+            common::lengths_mask_the_inputs_and_l_max_truncates_the_kernel::<$layer>();
+        }
+
+        #[test]
+        fn gradients_match_finite_differences() {
+            common::gradients_match_finite_differences::<$layer>();
+        }
+
+        #[test]
+        fn long_sequence_stays_finite_and_matches_stepping() {
+            common::long_sequence_stays_finite_and_matches_stepping::<$layer>();
+        }
+
+        #[test]
+        fn scan_equals_convolution_at_length() {
+            common::scan_equals_convolution_at_length::<$layer>();
+        }
+
+        #[test]
+        fn step_and_prefill_equal_forward() {
+            common::step_and_prefill_equal_forward::<$layer>();
+        }
+    };
+}
+pub(crate) use ssm_layer_tests;
+
+/// `GELU(x)`, the exact erf form.
+pub fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x / 2f64.sqrt()))
 }
 
 /// `x (rows, din) W^T + b` with `W (dout, din)`.
-fn linear(p: &BTreeMap<String, Vec<f64>>, key: &str, x: &[f64], din: usize) -> Vec<f64> {
+pub fn linear(p: &BTreeMap<String, Vec<f64>>, key: &str, x: &[f64], din: usize) -> Vec<f64> {
     let w = &p[&format!("{key}.weight")];
     let b = &p[&format!("{key}.bias")];
     let dout = b.len();
@@ -41,7 +146,8 @@ fn linear(p: &BTreeMap<String, Vec<f64>>, key: &str, x: &[f64], din: usize) -> V
     y
 }
 
-fn params(store: &ParamStore) -> BTreeMap<String, Vec<f64>> {
+/// Every parameter of `store` as `f64` values, by name.
+pub fn params(store: &ParamStore) -> BTreeMap<String, Vec<f64>> {
     store
         .tensors()
         .into_iter()
@@ -52,7 +158,7 @@ fn params(store: &ParamStore) -> BTreeMap<String, Vec<f64>> {
 /// The wrapper after the SSM on plain values: `D` skip, GELUs, gates and the
 /// output linear, as the layers compute them.
 #[allow(clippy::too_many_arguments)]
-fn post(
+pub fn post(
     p: &BTreeMap<String, Vec<f64>>,
     gate: Option<usize>,
     swap: bool,
@@ -93,22 +199,29 @@ fn post(
 }
 
 /// The layer's forward in `mode`, as `f64` values.
-fn forward_with(m: &mut Layer, mode: ForwardMode, x: &Tensor, opts: &ForwardOpts) -> Vec<f64> {
-    m.set_forward_mode(mode);
+pub fn forward_with<L: SsmLayer>(
+    m: &mut L,
+    mode: L::Mode,
+    x: &Tensor,
+    opts: &ForwardOpts,
+) -> Vec<f64> {
+    m.set_mode(mode);
     vec1(&m.forward(x, opts).unwrap())
 }
 
-#[test]
-fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
+/// `lengths` zero the inputs past each length (a `(1,)` length broadcasts, a
+/// wrong one is named); `l_max` below `L` drops the later kernel taps and
+/// makes the scan refuse.
+pub fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel<L: SsmLayer>() {
     let (b, l, h) = (2, 40, 4);
-    let (m, store) = build(h, json!({}), 6, DType::F64);
+    let (m, store) = L::build(h, json!({}), 6, DType::F64);
     let x = randn(&[b, l, h], 2, DType::F64);
     let opts = ForwardOpts {
         lengths: Some(Tensor::new(&[40i64, 23], &Device::Cpu).unwrap()),
         ..Default::default()
     };
     let got = vec1(&m.forward(&x, &opts).unwrap());
-    let want = reference(&store, &config(json!({})), &x, Some(&[40, 23]));
+    let want = L::reference(&store, &L::layer_config(json!({})), &x, Some(&[40, 23]));
     assert!(max_err(&got, &want) < 1e-10);
     // A length equal to L everywhere changes nothing; a (1,) length broadcasts.
     let opts1 = ForwardOpts {
@@ -119,7 +232,7 @@ fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
     assert!(
         max_err(
             &got,
-            &reference(&store, &config(json!({})), &x, Some(&[23, 23]))
+            &L::reference(&store, &L::layer_config(json!({})), &x, Some(&[23, 23]))
         ) < 1e-10
     );
     let bad = ForwardOpts {
@@ -130,7 +243,7 @@ fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
     assert!(e.contains("lengths") && e.contains("[3]"), "{e}");
 
     // l_max = 10 < L: the taps past 10 are dropped (as lrnnx); prefix outputs agree.
-    let (mut ml, _) = build(h, json!({"l_max": 10}), 6, DType::F64);
+    let (mut ml, _) = L::build(h, json!({"l_max": 10}), 6, DType::F64);
     let full = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
     let cut = vec1(&ml.forward(&x, &ForwardOpts::default()).unwrap());
     for bi in 0..b {
@@ -144,7 +257,7 @@ fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
         }
     }
     assert!(max_err(&full, &cut) > 1e-6);
-    ml.set_forward_mode(ForwardMode::Scan);
+    ml.set_mode(L::Mode::SCAN);
     let e = ml
         .forward(&x, &ForwardOpts::default())
         .unwrap_err()
@@ -154,19 +267,18 @@ fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
 
 /// Central finite differences of `sum(forward(x) * w)` against autograd, in f64,
 /// for every parameter (gate and bottleneck included) and the input, in both modes.
-#[test]
-fn gradients_match_finite_differences() {
+pub fn gradients_match_finite_differences<L: SsmLayer>() {
     let (b, l, h) = (2, 6, 3);
     let kw = json!({"d_state": 6, "gate": 2, "bottleneck": 1, "dt_tie": false});
-    let (mut m, store) = build(h, kw, 8, DType::F64);
+    let (mut m, store) = L::build(h, kw, 8, DType::F64);
     let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
     let w = randn(&[b, l, h], 4, DType::F64);
     let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
     params.push(("x".into(), x.clone()));
-    assert_eq!(params.len(), GRADIENT_PARAMS);
-    for mode in [ForwardMode::Scan, ForwardMode::Conv] {
-        m.set_forward_mode(mode);
-        let loss = |m: &Layer| -> f64 {
+    assert_eq!(params.len(), L::GRADIENT_PARAMS);
+    for mode in [L::Mode::SCAN, L::Mode::CONV] {
+        m.set_mode(mode);
+        let loss = |m: &L| -> f64 {
             (m.forward(x.as_tensor(), &ForwardOpts::default()).unwrap() * &w)
                 .unwrap()
                 .sum_all()
@@ -203,10 +315,9 @@ fn gradients_match_finite_differences() {
 
 /// L = 100000 in both modes: finite, and the last positions equal stepping
 /// the recurrence on from the state a prefill of the first L - 8 positions reaches.
-#[test]
-fn long_sequence_stays_finite_and_matches_stepping() {
+pub fn long_sequence_stays_finite_and_matches_stepping<L: SsmLayer>() {
     let (l, h) = (100_000, 4);
-    let (mut m, _) = build(h, json!({"d_state": 4}), 1, DType::F32);
+    let (mut m, _) = L::build(h, json!({"d_state": 4}), 1, DType::F32);
     let x = randn(&[1, l, h], 5, DType::F32);
     let mut st = m.init_state(1, l, DType::F32, &Device::Cpu).unwrap();
     m.prefill(
@@ -222,8 +333,8 @@ fn long_sequence_stays_finite_and_matches_stepping() {
                 .unwrap(),
         ));
     }
-    for mode in [ForwardMode::Scan, ForwardMode::Conv] {
-        m.set_forward_mode(mode);
+    for mode in [L::Mode::SCAN, L::Mode::CONV] {
+        m.set_mode(mode);
         let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
         assert!(y.iter().all(|v| v.is_finite()), "{mode:?}");
         let err = max_err(&y[(l - 8) * h..], &stepped);
@@ -231,21 +342,21 @@ fn long_sequence_stays_finite_and_matches_stepping() {
     }
 }
 
-#[test]
-fn scan_equals_convolution_at_length() {
-    let (mut m, _) = build(8, json!({"d_state": 16}), 5, DType::F32);
+/// The recurrence and the convolution agree at 300 positions.
+pub fn scan_equals_convolution_at_length<L: SsmLayer>() {
+    let (mut m, _) = L::build(8, json!({"d_state": 16}), 5, DType::F32);
     let x = randn(&[3, 300, 8], 1, DType::F32);
-    let a = forward_with(&mut m, ForwardMode::Scan, &x, &ForwardOpts::default());
-    let b = forward_with(&mut m, ForwardMode::Conv, &x, &ForwardOpts::default());
+    let a = forward_with(&mut m, L::Mode::SCAN, &x, &ForwardOpts::default());
+    let b = forward_with(&mut m, L::Mode::CONV, &x, &ForwardOpts::default());
     let err = max_err(&a, &b);
     assert!(err < 2e-5, "scan vs conv: {err}");
 }
 
-#[test]
-fn step_and_prefill_equal_forward() {
-    for kw in step_cases() {
+/// Stepping, prefill then steps, and two prefills all equal the forward.
+pub fn step_and_prefill_equal_forward<L: SsmLayer>() {
+    for kw in L::step_cases() {
         let (b, l, h) = (3, 40, 6);
-        let (m, _) = build(h, kw.clone(), 2, DType::F32);
+        let (m, _) = L::build(h, kw.clone(), 2, DType::F32);
         let x = randn(&[b, l, h], 9, DType::F32);
         let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
         let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();

@@ -1,13 +1,15 @@
 //! S4D against a slow, obviously right reference; step, prefill, scan vs
 //! convolution, kernel, lengths, l_max, gradients, a long sequence, errors.
 
-use std::collections::BTreeMap;
-
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
-use lrnnx_s4d::{ForwardMode, S4d, S4dConfig};
-use lrnnx_testing::{central_difference, max_err, randn, vec1};
+use lrnnx_s4::s4d::{ForwardMode, S4d, S4dConfig};
+use lrnnx_testing::{max_err, randn, vec1};
+use num_complex::Complex64 as Cx;
 use serde_json::{json, Value};
+
+mod common;
+use common::{forward_with, gelu, linear, params, post};
 
 fn config(kw: Value) -> S4dConfig {
     let mut obj = json!({"d_state": 8, "transposed": false});
@@ -23,10 +25,6 @@ fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (S4d, std::sync::Arc<P
     (m, store)
 }
 
-fn cexp(a: Cx) -> Cx {
-    let m = a.0.exp();
-    (m * a.1.cos(), m * a.1.sin())
-}
 /// lrnnx's `param_transform`.
 fn transform(name: &str, x: f64) -> f64 {
     match name {
@@ -78,32 +76,28 @@ fn reference(
             let raw = p["inv_dt"][if dt_tie { hi } else { hi * n2 + n }];
             let raw = if cfg.dt_fast { raw.sinh() } else { raw };
             let dt = transform(&cfg.dt_transform, raw);
-            let lam = (
+            let lam = Cx::new(
                 -transform(&cfg.real_transform, p["A_real"][k * n2 + n]),
                 -transform(&cfg.imag_transform, p["A_imag"][k * n2 + n]),
             );
-            let bb = (p["B"][(k * n2 + n) * 2], p["B"][(k * n2 + n) * 2 + 1]);
-            let dta = (dt * lam.0, dt * lam.1);
+            let bb = Cx::new(p["B"][(k * n2 + n) * 2], p["B"][(k * n2 + n) * 2 + 1]);
+            let dta = lam * dt;
             let (da, db) = if cfg.disc == "zoh" {
-                let da = cexp(dta);
-                (da, cmul(bb, cdiv((da.0 - 1.0, da.1), lam)))
+                let da = dta.exp();
+                (da, bb * ((da - 1.0) / lam))
             } else {
-                let den = (1.0 - dta.0 / 2.0, -dta.1 / 2.0);
-                (
-                    cdiv((1.0 + dta.0 / 2.0, dta.1 / 2.0), den),
-                    cdiv((bb.0 * dt, bb.1 * dt), den),
-                )
+                let den = 1.0 - dta / 2.0;
+                ((1.0 + dta / 2.0) / den, bb * dt / den)
             };
             for bi in 0..b {
-                let mut s = (0.0, 0.0);
+                let mut s = Cx::default();
                 for t in 0..l {
                     let u = xs[(bi * l + t) * h + hi];
-                    let z = cmul(da, s);
-                    s = (z.0 + db.0 * u, z.1 + db.1 * u);
+                    s = da * s + db * u;
                     for ci in 0..c {
                         let at = ((ci * h + hi) * n2 + n) * 2;
-                        let cc = (p["C"][at], p["C"][at + 1]);
-                        ys[((bi * l + t) * c + ci) * h + hi] += 2.0 * cmul(cc, s).0;
+                        let cc = Cx::new(p["C"][at], p["C"][at + 1]);
+                        ys[((bi * l + t) * c + ci) * h + hi] += 2.0 * (cc * s).re;
                     }
                 }
             }
@@ -187,16 +181,16 @@ fn kernel_is_the_impulse_response() {
                 let mut acc = 0.0;
                 for n in 0..n2 {
                     let dt = p["inv_dt"][hi].exp();
-                    let lam = (-p["A_real"][hi * n2 + n].exp(), -p["A_imag"][hi * n2 + n]);
-                    let bb = (p["B"][(hi * n2 + n) * 2], p["B"][(hi * n2 + n) * 2 + 1]);
-                    let da = cexp((dt * lam.0, dt * lam.1));
-                    let db = cmul(bb, cdiv((da.0 - 1.0, da.1), lam));
+                    let lam = Cx::new(-p["A_real"][hi * n2 + n].exp(), -p["A_imag"][hi * n2 + n]);
+                    let bb = Cx::new(p["B"][(hi * n2 + n) * 2], p["B"][(hi * n2 + n) * 2 + 1]);
+                    let da = (lam * dt).exp();
+                    let db = bb * ((da - 1.0) / lam);
                     let at = ((ci * h + hi) * n2 + n) * 2;
-                    let mut z = cmul((p["C"][at], p["C"][at + 1]), db);
+                    let mut z = Cx::new(p["C"][at], p["C"][at + 1]) * db;
                     for _ in 0..t {
-                        z = cmul(z, da);
+                        z *= da;
                     }
-                    acc += 2.0 * z.0;
+                    acc += 2.0 * z.re;
                 }
                 assert!((k[(ci * h + hi) * l + t] - acc).abs() < 1e-12);
             }
@@ -205,10 +199,6 @@ fn kernel_is_the_impulse_response() {
     assert_eq!(m.discretization(), lrnnx_framework::Discretization::Zoh);
 }
 
-/// The layer the shared tests of `testing/ssm_layer_tests.rs` run on.
-type Layer = S4d;
-/// Parameters of the gradient test's layer (gate 2, bottleneck 1, dt_tie false), the input included.
-const GRADIENT_PARAMS: usize = 15;
 /// Configurations the shared step test runs.
 fn step_cases() -> Vec<Value> {
     vec![
@@ -216,7 +206,8 @@ fn step_cases() -> Vec<Value> {
         json!({"disc": "bilinear", "channels": 2, "gate": 3}),
     ]
 }
-include!("../../../testing/ssm_layer_tests.rs");
+
+common::ssm_layer_tests!(S4d, S4dConfig, ForwardMode, gradient_params = 15);
 
 #[test]
 fn parameters_are_saved_under_lrnnx_names() {

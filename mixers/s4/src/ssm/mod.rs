@@ -14,7 +14,6 @@
 //! Files: [`wrapper`] (the block), [`params`] (the parameters, their
 //! transforms and aliases), [`hippo`] (the HiPPO/DPLR initialisations).
 
-pub mod defaults;
 pub mod hippo;
 pub mod params;
 pub mod wrapper;

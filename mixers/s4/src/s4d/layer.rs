@@ -1,8 +1,8 @@
 //! The S4D layer: parameters, discretization, forward by scan or by
 //! convolution, step, kernel.
 
+use crate::ssm::{mask_lengths, SsmParams, SsmWrapper};
 use candle_core::{DType, Device, Tensor, D};
-use lrnnx_framework::layers::{mask_lengths, SsmParams, SsmWrapper};
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Complex, Discretization, Error, Family,
     ForwardOpts, Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
@@ -11,8 +11,8 @@ use lrnnx_kernels::fft_conv::causal_conv;
 use lrnnx_kernels::scan::complex_diag_scan;
 use rayon::prelude::*;
 
-use crate::vandermonde::vandermonde;
-use crate::S4dConfig;
+use super::vandermonde::vandermonde;
+use super::S4dConfig;
 
 /// Below this length `forward_mode = "auto"` runs the recurrence, from it on
 /// the convolution. Measured on two (shared) CPU cores at B in {1, 8, 32},
@@ -365,7 +365,7 @@ fn final_state(x: &Tensor, d: &Discrete) -> Result<Tensor> {
 
 impl Mixer for S4d {
     fn name(&self) -> &str {
-        crate::NAME
+        super::NAME
     }
 
     fn config(&self) -> &dyn MixerConfig {
