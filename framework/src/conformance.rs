@@ -101,20 +101,37 @@ pub fn compare(ours: &Tensor, reference: &Tensor) -> Result<(f64, f64)> {
 }
 
 /// Runs every case in `dir` (and in its sub-directories that are not cases themselves), sorted by name.
+/// Symbolic links are not followed into directories (a link loop would never
+/// end), and groups nest at most [`MAX_CASE_DEPTH`] deep.
 pub fn run_dir(dir: &Path) -> Result<Vec<CaseResult>> {
     let mut results = Vec::new();
-    for p in case_paths(dir)? {
+    for p in case_paths(dir, 0)? {
         results.push(run_case(&p));
     }
     Ok(results)
 }
 
-fn case_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+/// How deep case groups may nest below the directory given.
+pub const MAX_CASE_DEPTH: usize = 16;
+
+/// Whether `entry` is a real directory (not a link to one).
+fn is_real_dir(entry: &std::fs::DirEntry) -> bool {
+    entry.file_type().map(|t| t.is_dir()).unwrap_or(false)
+}
+
+fn case_paths(dir: &Path, depth: usize) -> Result<Vec<PathBuf>> {
+    if depth > MAX_CASE_DEPTH {
+        return Err(Error::file(
+            dir,
+            format!("case groups nest more than {MAX_CASE_DEPTH} directories deep"),
+        ));
+    }
     let mut groups: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::file(dir, e))?
         .flatten()
+        .filter(is_real_dir)
         .map(|e| e.path())
-        .filter(|p| p.is_dir() && !p.join("expected.safetensors").exists())
+        .filter(|p| !p.join("expected.safetensors").exists())
         .collect();
     groups.sort();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -128,7 +145,7 @@ fn case_paths(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     entries.sort();
     for g in groups {
-        entries.extend(case_paths(&g)?);
+        entries.extend(case_paths(&g, depth + 1)?);
     }
     Ok(entries)
 }

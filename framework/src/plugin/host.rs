@@ -85,6 +85,22 @@ pub fn load_plugin(path: impl AsRef<Path>) -> Result<LoadedPlugin> {
     let path = given
         .canonicalize()
         .map_err(|e| plugin_error(given, format!("cannot open the plugin file: {e}")))?;
+    // dlopen of a FIFO would block forever, of a device read without end.
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(plugin_error(
+                &path,
+                "expected a shared library (a regular file), found a directory, FIFO or device",
+            ))
+        }
+        Err(e) => {
+            return Err(plugin_error(
+                &path,
+                format!("cannot open the plugin file: {e}"),
+            ))
+        }
+    }
     let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = loaded.iter().find(|p| p.path == path) {
         return Ok(p.clone());
