@@ -2,8 +2,9 @@
 //!
 //! What the mixer crates share below the framework:
 //!
-//! - [`cpu`]: the float trait, vectorizable math, slice access and AVX2
-//!   dispatch shared by the fused CPU kernels of RG-LRU and S7;
+//! - [`cpu`]: the float trait, vectorizable math, explicit SIMD backends
+//!   (AVX-512, AVX2, portable), the one run-time dispatch and slice access
+//!   shared by the fused CPU kernels of Mamba, RG-LRU, S7 and attention;
 //! - [`scan`]: the diagonal complex linear recurrence `h_t = lambda * h_{t-1} + u_t`
 //!   as a candle custom op with CPU (parallel over batch and channels),
 //!   CUDA (feature `cuda`) and backward passes;

@@ -9,10 +9,10 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use crate::exec::{run_tasks_on, threads, Kernel, SendPtr};
-use crate::math::Float;
 use crate::scan::cpu_slice;
-use crate::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::exec::{run_tasks_on, threads, Kernel, SendPtr};
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {

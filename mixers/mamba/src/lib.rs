@@ -31,10 +31,11 @@
 //!   for the projections, then the forward's own scan kernel over one
 //!   position), so step equals forward for every discretization.
 //!
-//! The kernels use explicit SIMD: AVX-512 or AVX2 + FMA when the CPU has
-//! them (picked at run time; `LRNNX_NO_AVX512=1` / `LRNNX_NO_SIMD=1` turn
-//! them off), otherwise portable code; f64 always takes the portable path.
-//! The f32 `exp` is a Cephes-style polynomial, within about 1 ulp.
+//! The kernels use the explicit SIMD of [`lrnnx_kernels::cpu::simd`]:
+//! AVX-512 or AVX2 + FMA when the CPU has them (picked at run time;
+//! `LRNNX_NO_AVX512=1` / `LRNNX_NO_SIMD=1` turn them off), otherwise
+//! portable code; f64 always takes the portable path. The f32 `exp` is a
+//! Cephes-style polynomial, within about 1 ulp.
 //!
 //! ## How it runs (GPU, feature `cuda`)
 //!
@@ -50,14 +51,11 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device_path;
-mod exec;
 mod mamba;
-pub mod math;
 pub mod reference_scan;
 pub mod scan;
 pub mod scan_args;
 pub mod scan_kernel;
-mod simd;
 mod step;
 mod xproj;
 

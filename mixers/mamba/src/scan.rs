@@ -16,10 +16,10 @@ use std::sync::Mutex;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, WithDType};
 
-use crate::math::Float;
 use crate::scan_kernel::{self, Dims, Rule, ScanInputs, LANES};
-use crate::simd::Dispatch;
 use crate::xproj::{self, XDims};
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::Dispatch;
 
 /// The contiguous CPU slice a tensor views.
 pub(crate) fn cpu_slice<'a, T: Float>(

@@ -5,11 +5,11 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::exec::{run_tasks_on, Kernel, SendPtr};
-use crate::math::Float;
 use crate::scan::cpu_slice;
 use crate::scan_kernel::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
-use crate::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel, SendPtr};
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
 
 /// The layer's parameters as the step reads them.
 #[derive(Debug, Clone, Copy)]

@@ -7,9 +7,9 @@
 // Index loops over the fixed block of rows keep the accumulators in registers.
 #![allow(clippy::needless_range_loop)]
 
-use crate::exec::{run_tasks_on, threads, Kernel, SendPtr};
-use crate::math::Float;
-use crate::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::exec::{run_tasks_on, threads, Kernel, SendPtr};
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
 
 /// Rows sharing one pass over `W`.
 const ROWS: usize = 8;

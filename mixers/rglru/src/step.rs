@@ -6,7 +6,7 @@ use lrnnx_framework::Result;
 
 use crate::RgLru;
 use lrnnx_kernels::cpu::matmul_t;
-use lrnnx_kernels::cpu::{cpu_slice, gelu, log_sigmoid, sigmoid, with_avx2, Float};
+use lrnnx_kernels::cpu::{cpu_slice, gelu, log_sigmoid, sigmoid, with_simd, Float};
 
 /// Binds `$name` to the contiguous CPU slice of `$t` (the guard lives as long as the slice).
 macro_rules! slice_of {
@@ -50,14 +50,14 @@ fn update_impl<T: Float>(
     let yg = &mut yg[..d];
     for j in 0..d {
         let (r, i) = (sigmoid(rz[j]), sigmoid(iz[j]));
-        let ab = (cla[j] * r).exp();
-        let m = (T::of(1.0) - ab * ab).max0().sqrt();
+        let ab = (cla[j] * r).exp_();
+        let m = (T::c(1.0) - ab * ab).relu().sqrt();
         hn[j] = ab * hs[j] + m * i * xc[j];
         yg[j] = gelu(gate[j]) * hn[j];
     }
 }
 
-with_avx2! {
+with_simd! {
     fn update<T: Float>(
         rows: (&[T], &[T], &[T]),
         state: (&[T], &[T]),
@@ -141,7 +141,7 @@ impl RgLru {
         let iz = matmul_t(&xc, d, qw, qb);
         let cla: Vec<T> = a_log
             .iter()
-            .map(|&a| T::of(self.cfg.c) * log_sigmoid(a))
+            .map(|&a| T::c(self.cfg.c) * log_sigmoid(a))
             .collect();
         let mut hn = vec![T::default(); b * d];
         let mut yg = vec![T::default(); b * d];

@@ -2,7 +2,7 @@
 //! checkpoint, then run the adjoint recurrence backwards through it.
 
 use super::*;
-use crate::exec::threads;
+use lrnnx_kernels::cpu::exec::threads;
 
 struct Bwd<'a, S: Simd, const RULE: u8, const EVENT: bool> {
     x: ScanInputs<'a, S::E>,

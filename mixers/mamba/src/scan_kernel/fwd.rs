@@ -1,7 +1,7 @@
 //! The forward scan kernel.
 
 use super::*;
-use crate::exec::threads;
+use lrnnx_kernels::cpu::exec::threads;
 
 struct Fwd<'a, S: Simd, const RULE: u8, const EVENT: bool> {
     x: ScanInputs<'a, S::E>,

@@ -23,16 +23,16 @@
 //! backward recomputes each chunk from its checkpoint, then runs the adjoint
 //! recurrence backwards through it.
 
-use crate::exec::{run_tasks_on, Kernel, SendPtr};
-use crate::math::Float;
-use crate::simd::{dispatch, Dispatch, Simd, SimdFn};
+use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel, SendPtr};
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn};
 
 mod bwd;
 mod fwd;
 
-pub use crate::simd::LANES;
 pub use bwd::{backward, BwdOut};
 pub use fwd::{forward, forward_with, FwdOut};
+pub use lrnnx_kernels::cpu::simd::LANES;
 
 /// Positions between saved states.
 pub const CHUNK: usize = 32;

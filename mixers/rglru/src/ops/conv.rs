@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use lrnnx_kernels::cpu::{
-    contiguous, cpu_slice, for_rows, tensor, with_avx2, Float, Rows, ROWS_PER_TASK,
+    contiguous, cpu_slice, for_rows, tensor, with_simd, Float, Rows, ROWS_PER_TASK,
 };
 
 /// The convolution op on `(x (B, L, D), w (D, W), bias (D))`; `x` may also
@@ -76,7 +76,7 @@ fn rows_fwd_impl<T: Float>(x: &[T], wt: &[T], bias: &[T], l: usize, r0: usize, y
     }
 }
 
-with_avx2! {
+with_simd! {
     fn rows_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], l: usize, r0: usize, y: &mut [T]) = rows_fwd_impl;
 }
 
@@ -120,7 +120,7 @@ fn rows_bwd_impl<T: Float>(
     }
 }
 
-with_avx2! {
+with_simd! {
     #[allow(clippy::too_many_arguments)]
     fn rows_bwd<T: Float>(
         x: &[T],
