@@ -24,6 +24,7 @@ use lrnnx::{
 };
 use serde::{Deserialize, Serialize};
 // typetag's attribute names the crate `typetag`; the framework re-exports it.
+use lrnnx::layers::project;
 use lrnnx::typetag;
 
 /// The registered name.
@@ -51,15 +52,6 @@ struct Glr {
     w_o: Tensor,
 }
 
-/// `x (.., K) @ w^T` for `w (N, K)`.
-fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let k = dims.pop().unwrap_or(0);
-    let y = x.reshape((x.elem_count() / k.max(1), k))?.matmul(&w.t()?)?;
-    dims.push(w.dim(0)?);
-    Ok(y.reshape(dims)?)
-}
-
 impl Glr {
     fn new(d_model: usize, cfg: GlrConfig, pb: &ParamBuilder) -> Result<Self> {
         let (h, d) = (d_model, cfg.d_state);
@@ -79,8 +71,8 @@ impl Glr {
 
     /// Decay `a` and input `(1 - a) * v` for `x (.., H)`.
     fn gates(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let a = sigmoid(&project(x, &self.w_a)?.broadcast_add(&self.b_a)?)?;
-        let u = ((1.0 - &a)? * project(x, &self.w_v)?)?;
+        let a = sigmoid(&project(x, &self.w_a, None)?.broadcast_add(&self.b_a)?)?;
+        let u = ((1.0 - &a)? * project(x, &self.w_v, None)?)?;
         Ok((a, u))
     }
 
@@ -88,7 +80,7 @@ impl Glr {
         let x = x.to_dtype(self.w_o.dtype())?;
         let (a, u) = self.gates(&x)?;
         let h = lrnnx_kernels::scan_real_tv::real_tv_scan(&u, &a, Some(h0))?;
-        Ok((project(&h, &self.w_o)?, h))
+        Ok((project(&h, &self.w_o, None)?, h))
     }
 
     fn zeros(&self, batch: usize, device: &Device) -> Result<Tensor> {
@@ -135,7 +127,7 @@ impl Mixer for Glr {
             check_step_input(x, self.d_model, "MyGLR step input")?.to_dtype(self.w_o.dtype())?;
         let (a, u) = self.gates(&x2)?;
         let h = ((a * state.get("h")?)? + u)?;
-        let y = project(&h, &self.w_o)?;
+        let y = project(&h, &self.w_o, None)?;
         state.set("h", h);
         state.seqlen_offset += 1;
         match_step_rank(y.to_dtype(x.dtype())?, x)

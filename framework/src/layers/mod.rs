@@ -7,7 +7,7 @@ mod norm;
 mod ssm;
 
 pub use block::Block;
-pub use linear::{linear, linear_maybe_bias, linear_no_bias, Linear};
+pub use linear::{linear, linear_maybe_bias, linear_no_bias, project, project_linear, Linear};
 pub use mlp::GatedMlp;
 pub use norm::{Norm, NormKind};
 pub use ssm::defaults as ssm_defaults;

@@ -76,26 +76,6 @@ pub fn run_tasks_on<S: Simd, K: Kernel>(k: &K, tasks: usize, parallel: bool) {
     }
 }
 
-/// A raw pointer that tasks writing disjoint parts of one buffer share.
-#[derive(Clone, Copy)]
-pub struct SendPtr<T>(pub *mut T);
-// SAFETY: every user writes disjoint index ranges from different tasks.
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// A mutable slice `[start, start + len)` of the buffer.
-    ///
-    /// # Safety
-    /// The range must lie inside the buffer and no other live slice may overlap it.
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
-    }
-}
-
 /// Threads rayon runs on.
 pub fn threads() -> usize {
     rayon::current_num_threads().max(1)

@@ -8,11 +8,11 @@
 use candle_core::{Tensor, D};
 use lrnnx_framework::{Error, Result};
 
-use crate::mamba::project;
 use crate::reference_scan::selective_scan_reference;
 use crate::scan_args::ScanArgs;
 use crate::scan_kernel::LANES;
 use crate::Mamba;
+use lrnnx_framework::layers::project_linear as project;
 
 /// What a run on the device returns.
 pub(crate) struct DeviceRun {

@@ -1,7 +1,7 @@
 //! The Mamba layer: parameters, forward through the fused ops, prefill, step.
 
 use candle_core::{DType, Device, Tensor};
-use lrnnx_framework::layers::{linear_maybe_bias, linear_no_bias, Linear};
+use lrnnx_framework::layers::{linear_maybe_bias, linear_no_bias, project_linear, Linear};
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
@@ -74,24 +74,6 @@ fn rule_of(d: Discretization) -> Result<Rule> {
 fn tensor(v: Vec<f64>, shape: &[usize]) -> Result<Tensor> {
     let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
-}
-
-/// `x (.., in) @ w^T (+ b)` as one 2-D matmul (`x` may be a strided view).
-pub(crate) fn project(x: &Tensor, lin: &Linear) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let inner = dims.pop().unwrap_or(0);
-    let rows = x.elem_count() / inner.max(1);
-    let x2 = if x.rank() == 2 {
-        x.clone()
-    } else {
-        x.reshape((rows, inner))?
-    };
-    let mut y = x2.matmul(&lin.weight().t()?)?;
-    if let Some(b) = lin.bias() {
-        y = y.broadcast_add(b)?;
-    }
-    dims.push(lin.weight().dim(0)?);
-    Ok(y.reshape(dims)?)
 }
 
 impl Mamba {
@@ -235,13 +217,13 @@ impl Mamba {
 
     /// `in_proj` and the conv: `(xz, uz)`.
     fn front(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let xz = project(x, &self.in_proj)?;
+        let xz = project_linear(x, &self.in_proj)?;
         let uz = conv_silu(&xz, &self.conv_weight()?, &self.conv_bias()?)?;
         Ok((xz, uz))
     }
 
     fn out(&self, y: &Tensor, dtype: DType) -> Result<Tensor> {
-        Ok(project(y, &self.out_proj)?.to_dtype(dtype)?)
+        Ok(project_linear(y, &self.out_proj)?.to_dtype(dtype)?)
     }
 
     /// Prefill from a fresh state: the parallel forward, then the last

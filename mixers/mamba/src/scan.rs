@@ -14,28 +14,13 @@
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
 
 use crate::scan_kernel::{self, Dims, Rule, ScanInputs, LANES};
 use crate::xproj::{self, XDims};
+use lrnnx_kernels::cpu::cpu_slice;
 use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::Dispatch;
-
-/// The contiguous CPU slice a tensor views.
-pub(crate) fn cpu_slice<'a, T: Float>(
-    s: &'a Storage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    let Storage::Cpu(cs) = s else {
-        candle_core::bail!("Mamba: {what} must be on the CPU (the fused kernels are CPU only)")
-    };
-    let data = T::cpu_storage_as_slice(cs)?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("Mamba: {what} must be contiguous"),
-    }
-}
 
 fn dims_of(uz: &Layout, xw: &Layout, pack: &Layout, n: usize) -> candle_core::Result<Dims> {
     let (b, l, d2) = uz.shape().dims3()?;
@@ -84,7 +69,7 @@ fn its_slice<'a, T: Float>(guard: &'a Guard<'_>, dims: &Dims) -> candle_core::Re
     match guard {
         None => Ok(&[]),
         Some((s, l)) => {
-            let v = cpu_slice::<T>(s, l, "integration_timesteps")?;
+            let v = cpu_slice::<T>(s, l, "Mamba integration_timesteps")?;
             if v.len() != dims.b * dims.l {
                 candle_core::bail!(
                     "selective scan: integration_timesteps must be (B, L) = ({}, {}), found {:?}",
@@ -138,10 +123,10 @@ impl SelectiveScan {
         let (sg, lg) = grad.storage_and_layout();
         let dims = dims_of(lu, lx, lp, self.n)?;
         let (uzs, xws, ps, gs) = (
-            cpu_slice::<T>(&su, lu, "uz")?,
-            cpu_slice::<T>(&sx, lx, "x_proj.weight")?,
-            cpu_slice::<T>(&sp, lp, "pack")?,
-            cpu_slice::<T>(&sg, lg, "grad")?,
+            cpu_slice::<T>(&su, lu, "Mamba uz")?,
+            cpu_slice::<T>(&sx, lx, "Mamba x_proj.weight")?,
+            cpu_slice::<T>(&sp, lp, "Mamba pack")?,
+            cpu_slice::<T>(&sg, lg, "Mamba grad")?,
         );
         let guard = self.its.as_ref().map(|t| t.storage_and_layout());
         let its = its_slice::<T>(&guard, &dims)?;
@@ -315,15 +300,26 @@ fn state_typed<T: Dispatch + WithDType>(
     let dims = dims_of(lu, lx, lp, n)?;
     let guard = its.map(|t| t.storage_and_layout());
     let its_s = its_slice::<T>(&guard, &dims)?;
-    let uzs = cpu_slice::<T>(&su, lu, "uz")?;
-    let xdbl = xproj::forward(xdims(&dims), uzs, cpu_slice::<T>(&sx, lx, "x_proj.weight")?);
+    let uzs = cpu_slice::<T>(&su, lu, "Mamba uz")?;
+    let xdbl = xproj::forward(
+        xdims(&dims),
+        uzs,
+        cpu_slice::<T>(&sx, lx, "Mamba x_proj.weight")?,
+    );
     let x = ScanInputs {
         dims,
         uz: uzs,
         xdbl: &xdbl,
         its: its_s,
     };
-    let out = scan_kernel::forward(rule, x, cpu_slice::<T>(&sp, lp, "pack")?, None, false, true);
+    let out = scan_kernel::forward(
+        rule,
+        x,
+        cpu_slice::<T>(&sp, lp, "Mamba pack")?,
+        None,
+        false,
+        true,
+    );
     let dev = uz.device();
     let y = Tensor::from_vec(out.y, (dims.b, dims.l, dims.d), dev)?;
     let h = Tensor::from_vec(

@@ -5,11 +5,12 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::scan::cpu_slice;
 use crate::scan_kernel::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
-use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel, SendPtr};
+use lrnnx_kernels::cpu::cpu_slice;
+use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel};
 use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::SharedMut;
 
 /// The layer's parameters as the step reads them.
 #[derive(Debug, Clone, Copy)]
@@ -245,7 +246,7 @@ impl<T: Float> SimdFn<T> for MatVecCall<'_, T> {
             b: self.b,
             i: self.i,
             o: self.o,
-            y: SendPtr(self.y.as_mut_ptr()),
+            y: SharedMut::new(&mut *self.y),
         };
         let tasks = self.o.div_ceil(ROWS);
         run_tasks_on::<S, _>(&k, tasks, self.b * self.i * self.o >= 1 << 23);
@@ -259,7 +260,7 @@ struct MatVec<'a, S: Simd> {
     b: usize,
     i: usize,
     o: usize,
-    y: SendPtr<S::E>,
+    y: SharedMut<S::E>,
 }
 
 impl<S: Simd> Kernel for MatVec<'_, S> {
@@ -311,9 +312,9 @@ struct Prep<'a, S: Simd> {
     w: &'a [S::E],
     bias: Option<&'a [S::E]>,
     xp: &'a [S::E],
-    uz: SendPtr<S::E>,
-    xdbl: SendPtr<S::E>,
-    state: SendPtr<S::E>,
+    uz: SharedMut<S::E>,
+    xdbl: SharedMut<S::E>,
+    state: SharedMut<S::E>,
 }
 
 struct PrepCall<'a, T> {
@@ -343,9 +344,9 @@ impl<T: Float> SimdFn<T> for PrepCall<'_, T> {
             w: self.w,
             bias: self.bias,
             xp: self.xp,
-            uz: SendPtr(self.uz.as_mut_ptr()),
-            xdbl: SendPtr(self.xdbl.as_mut_ptr()),
-            state: SendPtr(self.state.as_mut_ptr()),
+            uz: SharedMut::new(&mut *self.uz),
+            xdbl: SharedMut::new(&mut *self.xdbl),
+            state: SharedMut::new(&mut *self.state),
         };
         run_tasks_on::<S, _>(&kern, self.b, self.b * self.d * self.k >= 1 << 20);
     }

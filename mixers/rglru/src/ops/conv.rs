@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use lrnnx_kernels::cpu::{
-    contiguous, cpu_slice, for_rows, tensor, with_simd, Float, Rows, ROWS_PER_TASK,
+    contiguous, cpu_slice, for_rows, tensor, with_simd, Float, SharedMut, ROWS_PER_TASK,
 };
 
 /// The convolution op on `(x (B, L, D), w (D, W), bias (D))`; `x` may also
@@ -138,7 +138,7 @@ pub(crate) fn forward<T: Float>(dims: Dims, x: &[T], w: &[T], bias: &[T]) -> Vec
     let Dims { b, l, d, w: taps } = dims;
     let wt = transpose(w, d, taps);
     let mut y = vec![T::default(); b * l * d];
-    let py = Rows::new(&mut y);
+    let py = SharedMut::new(&mut y);
     for_rows(b * l, d * taps, |r0, n| {
         // SAFETY: rows r0..r0+n of `y` belong to this task only.
         let y = unsafe { py.slice(r0 * d, n * d) };
@@ -161,7 +161,7 @@ pub(crate) fn backward<T: Float>(
     // Per-task partial sums of dw (tap-major) and dbias, reduced below.
     let tasks = rows.div_ceil(ROWS_PER_TASK);
     let mut parts = vec![T::default(); tasks * (taps + 1) * d];
-    let (px, pp) = (Rows::new(&mut dx), Rows::new(&mut parts));
+    let (px, pp) = (SharedMut::new(&mut dx), SharedMut::new(&mut parts));
     for_rows(rows, d * taps, |r0, n| {
         let task = r0 / ROWS_PER_TASK;
         // SAFETY: rows r0..r0+n of `dx` and this task's partial sums belong to it only.

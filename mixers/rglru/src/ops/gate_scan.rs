@@ -24,7 +24,7 @@ use lrnnx_kernels::scan_real_tv::{scan_bwd, scan_in_place, TvDims};
 use lrnnx_kernels::cpu::{
     contiguous, cpu_slice, for_rows, log_sigmoid, sigmoid, tensor, with_simd,
 };
-use lrnnx_kernels::cpu::{Float, Rows, ROWS_PER_TASK};
+use lrnnx_kernels::cpu::{Float, SharedMut, ROWS_PER_TASK};
 
 /// The fused gate + scan op; see the module docs.
 #[derive(Debug, Clone)]
@@ -274,7 +274,7 @@ pub(crate) fn forward<T: Float>(
     let k = consts(p, d, c);
     let mut a = vec![T::default(); b * l * d];
     let mut u = vec![T::default(); b * l * d];
-    let (pa, pu) = (Rows::new(&mut a), Rows::new(&mut u));
+    let (pa, pu) = (SharedMut::new(&mut a), SharedMut::new(&mut u));
     for_rows(b * l, d, |r0, n| {
         // SAFETY: rows r0..r0+n of `a` and `u` belong to this task only.
         let (a, u) = unsafe { (pa.slice(r0 * d, n * d), pu.slice(r0 * d, n * d)) };
@@ -300,7 +300,7 @@ pub(crate) fn backward<T: Float>(
     let k = consts(p, d, c);
     let rows = b * l;
     let mut a = vec![T::default(); rows * d];
-    let pa = Rows::new(&mut a);
+    let pa = SharedMut::new(&mut a);
     for_rows(rows, d, |r0, n| {
         // SAFETY: rows r0..r0+n of `a` belong to this task only.
         let a = unsafe { pa.slice(r0 * d, n * d) };
@@ -314,10 +314,10 @@ pub(crate) fn backward<T: Float>(
     let tasks = rows.div_ceil(ROWS_PER_TASK);
     let mut sums = vec![T::default(); tasks * 3 * d];
     let (pr, pi, px, ps) = (
-        Rows::new(&mut dzr),
-        Rows::new(&mut dzi),
-        Rows::new(&mut dxc),
-        Rows::new(&mut sums),
+        SharedMut::new(&mut dzr),
+        SharedMut::new(&mut dzi),
+        SharedMut::new(&mut dxc),
+        SharedMut::new(&mut sums),
     );
     for_rows(rows, d, |r0, n| {
         let task = r0 / ROWS_PER_TASK;
