@@ -8,10 +8,10 @@ use lrnnx_framework::{
     Init, Ltv, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 
-use crate::conv::conv_silu;
-use crate::scan::{scan_with_state, selective_scan};
-use crate::scan_kernel::{Rule, LANES};
-use crate::step::{self, StepWeights};
+use crate::cpu::conv::conv_silu;
+use crate::cpu::recurrence::{Rule, LANES};
+use crate::cpu::selective_scan::{scan_with_state, selective_scan};
+use crate::cpu::step::{self, StepWeights};
 use crate::MambaConfig;
 
 /// lrnnx's Mamba (S6) mixer.
@@ -278,7 +278,7 @@ impl Mixer for Mamba {
             if l == 0 {
                 return Ok(x.zeros_like()?);
             }
-            let run = self.run_on_device(x, its.as_ref(), None)?;
+            let run = self.run_candle_ops(x, its.as_ref(), None)?;
             return Ok(run.out.to_dtype(dtype)?);
         }
         let x = x.to_dtype(self.dtype())?;
@@ -302,7 +302,7 @@ impl Mixer for Mamba {
                 0 => None,
                 _ => Some((state.get("conv_state")?, state.get("lrnn_state")?)),
             };
-            let run = self.run_on_device(x, its.as_ref(), from)?;
+            let run = self.run_candle_ops(x, its.as_ref(), from)?;
             state.set("conv_state", run.conv_state);
             state.set("lrnn_state", run.h);
             state.seqlen_offset += l;
@@ -348,7 +348,7 @@ impl Mixer for Mamba {
         if !x.device().is_cpu() {
             let from = (state.get("conv_state")?, state.get("lrnn_state")?);
             let its = its.map(|t| t.reshape((b, 1))).transpose()?;
-            let run = self.run_on_device(&x2.unsqueeze(1)?, its.as_ref(), Some(from))?;
+            let run = self.run_candle_ops(&x2.unsqueeze(1)?, its.as_ref(), Some(from))?;
             state.set("conv_state", run.conv_state);
             state.set("lrnn_state", run.h);
             state.seqlen_offset += 1;

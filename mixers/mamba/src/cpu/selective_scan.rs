@@ -1,7 +1,7 @@
 //! The fused selective scan as a candle op with a backward pass (CPU).
 //!
 //! The op takes `uz (B, L, 2D)` = `[u | z]`, `x_proj.weight (R + 2N, D)` and
-//! the parameter pack `(D, N + R + 3)` (see [`crate::scan_kernel`]). In one
+//! the parameter pack `(D, N + R + 3)` (see [`crate::cpu::recurrence`]). In one
 //! op it computes `xdbl = x_proj(u)` = `[dt_low | B | C]`, `dt_proj` +
 //! softplus, the discretization, the recurrence, the `C` read-out, the `D`
 //! skip and the `silu(z)` gate, and returns `y (B, L, D)`. Its backward
@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
 
-use crate::scan_kernel::{self, Dims, Rule, ScanInputs, LANES};
-use crate::xproj::{self, XDims};
+use crate::cpu::recurrence::{self, Dims, Rule, ScanInputs, LANES};
+use crate::cpu::xproj::{self, XDims};
 use lrnnx_kernels::cpu::cpu_slice;
 use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::Dispatch;
@@ -100,7 +100,7 @@ impl SelectiveScan {
             xdbl: &xdbl,
             its,
         };
-        let out = scan_kernel::forward(self.rule, x, pack, None, self.save, false);
+        let out = recurrence::forward(self.rule, x, pack, None, self.save, false);
         if let Some(ck) = out.ck {
             *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved {
                 ck: T::to_cpu_storage_owned(ck),
@@ -145,7 +145,7 @@ impl SelectiveScan {
                     xdbl: &xdbl,
                     its,
                 };
-                let ck = scan_kernel::forward(self.rule, x, ps, None, true, false)
+                let ck = recurrence::forward(self.rule, x, ps, None, true, false)
                     .ck
                     .unwrap_or_default();
                 recomputed = (ck, xdbl);
@@ -158,7 +158,7 @@ impl SelectiveScan {
             xdbl,
             its,
         };
-        let mut out = scan_kernel::backward(self.rule, x, ps, ck, gs);
+        let mut out = recurrence::backward(self.rule, x, ps, ck, gs);
         let dxw = xproj::backward(xdims(&dims), uzs, xws, &out.dxdbl, &mut out.duz);
         let dev = uz.device();
         Ok((
@@ -269,7 +269,7 @@ pub fn selective_scan(
 
 /// The scan from a fresh (zero) state, without gradients: `y (B, L, D)` and
 /// the last state in lane layout `(B, ceil(D / 16), N, 16)` (see
-/// [`scan_kernel::forward`]). For prefill.
+/// [`recurrence::forward`]). For prefill.
 pub fn scan_with_state(
     uz: &Tensor,
     x_proj: &Tensor,
@@ -312,7 +312,7 @@ fn state_typed<T: Dispatch + WithDType>(
         xdbl: &xdbl,
         its: its_s,
     };
-    let out = scan_kernel::forward(
+    let out = recurrence::forward(
         rule,
         x,
         cpu_slice::<T>(&sp, lp, "Mamba pack")?,

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::scan_kernel::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
+use crate::cpu::recurrence::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
 use lrnnx_kernels::cpu::cpu_slice;
 use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel};
 use lrnnx_kernels::cpu::float::Float;
@@ -171,7 +171,7 @@ fn typed<T: Dispatch + candle_core::WithDType>(
         xdbl: &xdbl,
         its: its_s,
     };
-    let out = scan_kernel::forward_with(rule, inputs, &consts, Some(get(&g_h)?), false, true);
+    let out = recurrence::forward_with(rule, inputs, &consts, Some(get(&g_h)?), false, true);
     // out_proj.
     let y = matvec(&out.y, get(&g_ow)?, opt(&g_ob)?, b, d, hm);
     let dev = x.device();

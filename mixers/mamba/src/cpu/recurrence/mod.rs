@@ -31,8 +31,8 @@ use lrnnx_kernels::cpu::SharedMut;
 mod bwd;
 mod fwd;
 
-pub use bwd::{backward, BwdOut};
-pub use fwd::{forward, forward_with, FwdOut};
+pub use bwd::backward;
+pub use fwd::{forward, forward_with};
 pub use lrnnx_kernels::cpu::simd::LANES;
 
 /// Positions between saved states.
