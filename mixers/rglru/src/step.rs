@@ -7,6 +7,7 @@ use lrnnx_framework::Result;
 use crate::RgLru;
 use lrnnx_kernels::cpu::matmul_t;
 use lrnnx_kernels::cpu::{cpu_slice, gelu, log_sigmoid, sigmoid, with_simd, Float};
+use lrnnx_kernels::depthwise_conv::conv_step;
 
 /// Binds `$name` to the contiguous CPU slice of `$t` (the guard lives as long as the slice).
 macro_rules! slice_of {
@@ -128,14 +129,9 @@ impl RgLru {
         let mut xc = vec![T::default(); b * d];
         for r in 0..b * d {
             let (old, new) = (&cs[r * w..(r + 1) * w], &mut window[r * w..(r + 1) * w]);
-            new[..w - 1].copy_from_slice(&old[1..]);
-            new[w - 1] = xi[r];
             let taps = &cw[(r % d) * w..(r % d + 1) * w];
-            let mut acc = cb.map_or(T::default(), |cb| cb[r % d]);
-            for (&v, &k) in new.iter().zip(taps) {
-                acc += v * k;
-            }
-            xc[r] = acc;
+            let bias = cb.map_or(T::default(), |cb| cb[r % d]);
+            xc[r] = conv_step(old, xi[r], taps, bias, new);
         }
         let rz = matmul_t(&xc, d, rw, rb);
         let iz = matmul_t(&xc, d, qw, qb);

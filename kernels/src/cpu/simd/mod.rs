@@ -334,4 +334,4 @@ pub(crate) use x86::{Avx2, Avx512};
 mod x86;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

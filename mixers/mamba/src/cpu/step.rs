@@ -11,6 +11,7 @@ use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel};
 use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
 use lrnnx_kernels::cpu::SharedMut;
+use lrnnx_kernels::depthwise_conv::conv_step;
 
 /// The layer's parameters as the step reads them.
 #[derive(Debug, Clone, Copy)]
@@ -368,15 +369,10 @@ impl<S: Simd> Kernel for Prep<'_, S> {
         for ch in 0..d {
             let old = &self.cs[(bi * d + ch) * taps..(bi * d + ch + 1) * taps];
             let new = &mut st[ch * taps..(ch + 1) * taps];
-            new[..taps - 1].copy_from_slice(&old[1..]);
-            new[taps - 1] = x[ch];
             let wk = &self.w[ch * taps..(ch + 1) * taps];
-            // Same order as the forward conv: bias, then taps 0..W.
-            let mut acc = self.bias.map_or(S::E::ZERO, |b| b[ch]);
-            for (wv, xv) in wk.iter().zip(new.iter()) {
-                acc = wv.fma(*xv, acc);
-            }
-            u[ch] = acc;
+            // Same order as the forward conv: bias, then taps 0..W, fused.
+            let bias = self.bias.map_or(S::E::ZERO, |b| b[ch]);
+            u[ch] = conv_step(old, x[ch], wk, bias, new);
         }
         // silu, vectorized as in the forward conv.
         for d0 in (0..d).step_by(LANES) {
