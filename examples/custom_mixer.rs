@@ -17,6 +17,7 @@
 //! pass), `step` as one update of O(1) state.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx::layers::project;
 use lrnnx::{
     check_sequence, check_step_input, match_step_rank, Error, Family, ForwardOpts, Init,
     LRNNLMHeadModel, LmConfig, LmForwardOpts, Mixer, MixerConfig, MixerState, ParamBuilder,
@@ -63,15 +64,6 @@ struct Glr {
     w_o: Tensor,
 }
 
-/// `x (.., K) @ w^T` for `w (N, K)`.
-fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let k = dims.pop().unwrap_or(0);
-    let y = x.reshape((x.elem_count() / k.max(1), k))?.matmul(&w.t()?)?;
-    dims.push(w.dim(0)?);
-    Ok(y.reshape(dims)?)
-}
-
 impl Glr {
     fn new(d_model: usize, cfg: GlrConfig, pb: &ParamBuilder) -> Result<Self> {
         if cfg.d_state == 0 {
@@ -94,8 +86,8 @@ impl Glr {
 
     /// Decay `a` and input `(1 - a) * v` for `x (.., H)`.
     fn gates(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let a = sigmoid(&project(x, &self.w_a)?.broadcast_add(&self.b_a)?)?;
-        let u = ((1.0 - &a)? * project(x, &self.w_v)?)?;
+        let a = sigmoid(&project(x, &self.w_a, None)?.broadcast_add(&self.b_a)?)?;
+        let u = ((1.0 - &a)? * project(x, &self.w_v, None)?)?;
         Ok((a, u))
     }
 
@@ -103,7 +95,7 @@ impl Glr {
         let x = x.to_dtype(self.w_o.dtype())?;
         let (a, u) = self.gates(&x)?;
         let h = lrnnx_kernels::scan_real_tv::real_tv_scan(&u, &a, Some(h0))?;
-        Ok((project(&h, &self.w_o)?, h))
+        Ok((project(&h, &self.w_o, None)?, h))
     }
 
     fn zeros(&self, batch: usize, device: &Device) -> Result<Tensor> {
@@ -150,7 +142,7 @@ impl Mixer for Glr {
             check_step_input(x, self.d_model, "MyGLR step input")?.to_dtype(self.w_o.dtype())?;
         let (a, u) = self.gates(&x2)?;
         let h = ((a * state.get("h")?)? + u)?;
-        let y = project(&h, &self.w_o)?;
+        let y = project(&h, &self.w_o, None)?;
         state.set("h", h);
         state.seqlen_offset += 1;
         match_step_rank(y.to_dtype(x.dtype())?, x)

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
+use crate::cpu::contiguous;
 use crate::Real;
 
 /// Below this many taps per output the direct sum beats the FFT.
@@ -32,13 +33,6 @@ pub struct ChannelConv {
 #[derive(Debug, Clone, Copy)]
 struct KernelGrad {
     taps: usize,
-}
-
-fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("channel conv: {what} must be contiguous"),
-    }
 }
 
 fn fft_len(n: usize) -> usize {
@@ -259,8 +253,8 @@ impl CustomOp2 for ChannelConv {
         let (b, l, h, taps) = dims(xl, kl)?;
         let out = match (xs, ks) {
             (CpuStorage::F32(x), CpuStorage::F32(k)) => CpuStorage::F32(conv_cpu(
-                contiguous(x, xl, "x")?,
-                contiguous(k, kl, "kernel")?,
+                contiguous(x, xl, "channel conv: x")?,
+                contiguous(k, kl, "channel conv: kernel")?,
                 b,
                 l,
                 h,
@@ -268,8 +262,8 @@ impl CustomOp2 for ChannelConv {
                 self.reverse,
             )),
             (CpuStorage::F64(x), CpuStorage::F64(k)) => CpuStorage::F64(conv_cpu(
-                contiguous(x, xl, "x")?,
-                contiguous(k, kl, "kernel")?,
+                contiguous(x, xl, "channel conv: x")?,
+                contiguous(k, kl, "channel conv: kernel")?,
                 b,
                 l,
                 h,
@@ -325,16 +319,16 @@ impl CustomOp2 for KernelGrad {
         let (b, l, h) = xl.shape().dims3()?;
         let out = match (xs, gs) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(kernel_grad_cpu(
-                contiguous(x, xl, "x")?,
-                contiguous(g, gl, "grad")?,
+                contiguous(x, xl, "channel conv: x")?,
+                contiguous(g, gl, "channel conv: grad")?,
                 b,
                 l,
                 h,
                 self.taps,
             )),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(kernel_grad_cpu(
-                contiguous(x, xl, "x")?,
-                contiguous(g, gl, "grad")?,
+                contiguous(x, xl, "channel conv: x")?,
+                contiguous(g, gl, "channel conv: grad")?,
                 b,
                 l,
                 h,

@@ -2,8 +2,11 @@
 //!
 //! What the mixer crates share below the framework:
 //!
-//! - [`cpu`]: the float trait, vectorizable math, slice access and AVX2
-//!   dispatch shared by the fused CPU kernels of RG-LRU and S7;
+//! - [`cpu`]: the float trait, vectorizable math, explicit SIMD backends
+//!   (AVX-512, AVX2, portable), the one run-time dispatch and slice access
+//!   shared by the fused CPU kernels of Mamba, RG-LRU, S7 and attention;
+//! - [`depthwise_conv`]: the causal depthwise convolution (op with
+//!   backward, and the decoding step) of RG-LRU, mLSTM and Mamba's step;
 //! - [`scan`]: the diagonal complex linear recurrence `h_t = lambda * h_{t-1} + u_t`
 //!   as a candle custom op with CPU (parallel over batch and channels),
 //!   CUDA (feature `cuda`) and backward passes;
@@ -14,6 +17,7 @@
 //!   include (a file, not a dependency, so build scripts stay light).
 
 pub mod cpu;
+pub mod depthwise_conv;
 pub mod fft_conv;
 pub mod linalg;
 pub mod scan;

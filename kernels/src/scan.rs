@@ -9,6 +9,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
+use crate::cpu::contiguous;
 use crate::scan_cpu::{self, ScanDims};
 
 /// The scan op; `reverse` runs from the last position to the first and
@@ -34,13 +35,6 @@ fn dims_of(u: &Layout, lambda: &Layout, h0: &Layout) -> Result<ScanDims> {
     Ok(ScanDims { b, l, n: n2 / 2 })
 }
 
-fn contiguous<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("complex scan: inputs must be contiguous"),
-    }
-}
-
 impl CustomOp3 for ComplexScan {
     fn name(&self) -> &'static str {
         "complex-diag-scan"
@@ -58,11 +52,11 @@ impl CustomOp3 for ComplexScan {
         let dims = dims_of(lu, ll, lh)?;
         let out = match (u, lam, h0) {
             (CpuStorage::F32(u), CpuStorage::F32(lam), CpuStorage::F32(h0)) => {
-                let (u, lam, h0) = (contiguous(u, lu)?, contiguous(lam, ll)?, contiguous(h0, lh)?);
+                let (u, lam, h0) = (contiguous(u, lu, "complex scan: u")?, contiguous(lam, ll, "complex scan: lambda")?, contiguous(h0, lh, "complex scan: h0")?);
                 CpuStorage::F32(scan_cpu::scan(dims, lam, u, Some(h0), self.reverse, self.conj))
             }
             (CpuStorage::F64(u), CpuStorage::F64(lam), CpuStorage::F64(h0)) => {
-                let (u, lam, h0) = (contiguous(u, lu)?, contiguous(lam, ll)?, contiguous(h0, lh)?);
+                let (u, lam, h0) = (contiguous(u, lu, "complex scan: u")?, contiguous(lam, ll, "complex scan: lambda")?, contiguous(h0, lh, "complex scan: h0")?);
                 CpuStorage::F64(scan_cpu::scan(dims, lam, u, Some(h0), self.reverse, self.conj))
             }
             _ => candle_core::bail!(

@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::SharedMut;
 use crate::Real;
 
 /// Channels per task: wide enough to vectorize, narrow enough to keep the
@@ -48,7 +49,7 @@ pub fn scan<T: Real>(
     let blocks = n.div_ceil(BLOCK);
     // Each task owns one (batch, channel block) and writes only its columns,
     // so tasks hand out disjoint raw pointers into `h`.
-    let out = SendPtr(h.as_mut_ptr());
+    let out = SharedMut::new(&mut h);
     let run = |task: usize| {
         let out = &out;
         let (bi, blk) = (task / blocks, task % blocks);
@@ -84,9 +85,8 @@ pub fn scan<T: Real>(
             // SAFETY: row `t` of batch `bi`, columns n0..n0+w (and N+n0..): this
             // task's alone; the buffer outlives the parallel loop.
             unsafe {
-                let p = out.0.add(row);
-                std::ptr::copy_nonoverlapping(hr.as_ptr(), p.add(n0), w);
-                std::ptr::copy_nonoverlapping(hi.as_ptr(), p.add(n + n0), w);
+                out.slice(row + n0, w).copy_from_slice(&hr[..w]);
+                out.slice(row + n + n0, w).copy_from_slice(&hi[..w]);
             }
         }
     };
@@ -98,11 +98,6 @@ pub fn scan<T: Real>(
     }
     h
 }
-
-struct SendPtr<T>(*mut T);
-// SAFETY: used only to hand disjoint regions of one buffer to rayon tasks.
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
 
 #[cfg(test)]
 mod tests {

@@ -15,9 +15,10 @@
 //! There is no CUDA kernel yet: the op runs on CPU tensors only.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu::{contiguous, cpu_slice, SharedMut};
 use crate::Real;
 
 /// Widest channel block of one task. A task reads contiguous runs of up to
@@ -98,24 +99,6 @@ impl TvDims {
     }
 }
 
-/// Lets rayon tasks write disjoint parts of one buffer.
-struct SendPtr<T>(*mut T);
-// SAFETY: only used to hand disjoint regions of one live buffer to rayon tasks.
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// Elements `at..at + len` of the buffer.
-    ///
-    /// # Safety
-    /// The range lies in the buffer and no other task uses it meanwhile.
-    #[inline]
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
-    }
-}
-
 /// `h[b,t] = a[b,t] * h[b,t-1] + u[b,t]` for `t` in `0..L` (from `t = L-1`
 /// down, with `h[b,t+1]` in place of `h[b,t-1]`, when `reverse`), starting
 /// from `h0[b]` (zeros when `None`). `u`, `a` and the result are `(B, L, C)`,
@@ -149,7 +132,7 @@ pub fn scan_in_place<T: Real>(
     if uh.is_empty() {
         return;
     }
-    let out = SendPtr(uh.as_mut_ptr());
+    let out = SharedMut::new(uh);
     dims.for_each_block(|bi, c0, w| {
         let out = &out;
         let mut st = [T::default(); MAX_BLOCK];
@@ -200,9 +183,9 @@ pub fn scan_bwd<T: Real>(
         return (du, da, dh0);
     }
     let (pdu, pda, pdh0) = (
-        SendPtr(du.as_mut_ptr()),
-        SendPtr(da.as_mut_ptr()),
-        SendPtr(dh0.as_mut_ptr()),
+        SharedMut::new(&mut du),
+        SharedMut::new(&mut da),
+        SharedMut::new(&mut dh0),
     );
     dims.for_each_block(|bi, c0, w| {
         let (pdu, pda, pdh0) = (&pdu, &pda, &pdh0);
@@ -258,24 +241,6 @@ fn dims_of(u: &Shape, a: &Shape, h0: &Shape) -> Result<TvDims> {
     Ok(TvDims { b, l, c })
 }
 
-fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((x, y)) => Ok(&s[x..y]),
-        None => candle_core::bail!("real TV scan: {what} must be contiguous"),
-    }
-}
-
-fn cpu_slice<'a, T: candle_core::WithDType>(
-    s: &'a Storage,
-    l: &Layout,
-    what: &str,
-) -> Result<&'a [T]> {
-    match s {
-        Storage::Cpu(c) => contiguous(c.as_slice::<T>()?, l, what),
-        _ => candle_core::bail!("real TV scan backward: {what} must be on the CPU"),
-    }
-}
-
 impl RealTvScan {
     fn bwd_typed<T: Real>(
         &self,
@@ -291,10 +256,10 @@ impl RealTvScan {
         let (sg, lg) = g.storage_and_layout();
         let (du, da, dh0) = scan_bwd(
             dims,
-            cpu_slice::<T>(&sa, la, "a")?,
-            cpu_slice::<T>(&sh, lh, "h")?,
-            Some(cpu_slice::<T>(&s0, l0, "h0")?),
-            cpu_slice::<T>(&sg, lg, "the gradient")?,
+            cpu_slice::<T>(&sa, la, "real TV scan: a")?,
+            cpu_slice::<T>(&sh, lh, "real TV scan: h")?,
+            Some(cpu_slice::<T>(&s0, l0, "real TV scan: h0")?),
+            cpu_slice::<T>(&sg, lg, "real TV scan: the gradient")?,
             self.reverse,
         );
         let dev = a.device();
@@ -324,16 +289,16 @@ impl CustomOp3 for RealTvScan {
         let out = match (u, a, h0) {
             (CpuStorage::F32(u), CpuStorage::F32(a), CpuStorage::F32(h0)) => CpuStorage::F32(scan(
                 dims,
-                contiguous(u, lu, "u")?,
-                contiguous(a, la, "a")?,
-                Some(contiguous(h0, lh, "h0")?),
+                contiguous(u, lu, "real TV scan: u")?,
+                contiguous(a, la, "real TV scan: a")?,
+                Some(contiguous(h0, lh, "real TV scan: h0")?),
                 self.reverse,
             )),
             (CpuStorage::F64(u), CpuStorage::F64(a), CpuStorage::F64(h0)) => CpuStorage::F64(scan(
                 dims,
-                contiguous(u, lu, "u")?,
-                contiguous(a, la, "a")?,
-                Some(contiguous(h0, lh, "h0")?),
+                contiguous(u, lu, "real TV scan: u")?,
+                contiguous(a, la, "real TV scan: a")?,
+                Some(contiguous(h0, lh, "real TV scan: h0")?),
                 self.reverse,
             )),
             _ => candle_core::bail!(

@@ -18,6 +18,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::cpu::{contiguous, SharedMut};
 use crate::Real;
 
 /// Channels per task (see `scan_cpu`).
@@ -36,11 +37,6 @@ pub struct TvDims {
     /// Complex channels (the tensors' last axis is `2n`).
     pub n: usize,
 }
-
-struct SendPtr<T>(*mut T);
-// SAFETY: used only to hand disjoint regions of one buffer to rayon tasks.
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
 
 /// Runs `task` for every (batch, channel block), in parallel when the problem is large.
 fn for_each_block(d: TvDims, task: impl Fn(usize, usize, usize) + Sync + Send) {
@@ -66,7 +62,7 @@ pub fn scan_tv<T: Real>(d: TvDims, lambda: &[T], u: &[T], h0: &[T]) -> Vec<T> {
     if b * l * n == 0 {
         return h;
     }
-    let out = SendPtr(h.as_mut_ptr());
+    let out = SharedMut::new(&mut h);
     for_each_block(d, |bi, n0, w| {
         let out = &out;
         let mut hr = [T::default(); BLOCK];
@@ -94,9 +90,8 @@ pub fn scan_tv<T: Real>(d: TvDims, lambda: &[T], u: &[T], h0: &[T]) -> Vec<T> {
             // SAFETY: row `t` of batch `bi`, columns n0..n0+w (and N+n0..): this
             // task's alone; the buffer outlives the loop.
             unsafe {
-                let p = out.0.add(row);
-                std::ptr::copy_nonoverlapping(hr.as_ptr(), p.add(n0), w);
-                std::ptr::copy_nonoverlapping(hi.as_ptr(), p.add(n + n0), w);
+                out.slice(row + n0, w).copy_from_slice(&hr[..w]);
+                out.slice(row + n + n0, w).copy_from_slice(&hi[..w]);
             }
         }
     });
@@ -115,7 +110,7 @@ pub fn adjoint_tv<T: Real>(d: TvDims, lambda: &[T], g: &[T], h_prev: &[T]) -> Ve
     if b * l * n == 0 {
         return out;
     }
-    let ptr = SendPtr(out.as_mut_ptr());
+    let ptr = SharedMut::new(&mut out);
     for_each_block(d, |bi, n0, w| {
         let ptr = &ptr;
         // carry = conj(lambda_{t+1}) s_{t+1}, zero past the end.
@@ -145,23 +140,14 @@ pub fn adjoint_tv<T: Real>(d: TvDims, lambda: &[T], g: &[T], h_prev: &[T]) -> Ve
             }
             // SAFETY: as in `scan_tv`; the two halves of `out` are disjoint.
             unsafe {
-                let p = ptr.0.add(row);
-                std::ptr::copy_nonoverlapping(sr.as_ptr(), p.add(n0), w);
-                std::ptr::copy_nonoverlapping(si.as_ptr(), p.add(n + n0), w);
-                let q = ptr.0.add(size + row);
-                std::ptr::copy_nonoverlapping(dr.as_ptr(), q.add(n0), w);
-                std::ptr::copy_nonoverlapping(di.as_ptr(), q.add(n + n0), w);
+                ptr.slice(row + n0, w).copy_from_slice(&sr[..w]);
+                ptr.slice(row + n + n0, w).copy_from_slice(&si[..w]);
+                ptr.slice(size + row + n0, w).copy_from_slice(&dr[..w]);
+                ptr.slice(size + row + n + n0, w).copy_from_slice(&di[..w]);
             }
         }
     });
     out
-}
-
-fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("time-varying complex scan: {what} must be contiguous"),
-    }
 }
 
 /// The forward op: inputs `(u, lambda, h0)`.
@@ -237,7 +223,7 @@ impl CustomOp3 for TvComplexScan {
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims3(lu, ll, lh, true)?;
         let out = run3(
-            "inputs",
+            "time-varying complex scan: inputs",
             (u, lu),
             (lam, ll),
             (h0, lh),
@@ -304,7 +290,7 @@ impl CustomOp3 for TvComplexScanAdjoint {
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims3(lg, ll, lh, false)?;
         let out = run3(
-            "backward inputs",
+            "time-varying complex scan: backward inputs",
             (g, lg),
             (lam, ll),
             (hp, lh),

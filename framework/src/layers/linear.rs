@@ -1,5 +1,7 @@
 //! `nn.Linear` with PyTorch's weight layout and default initialisation.
 
+use candle_core::Tensor;
+
 use crate::{Init, ParamBuilder, Result, Role};
 
 /// A dense layer `y = x W^T + b`, `W` stored `(out, in)` as in PyTorch.
@@ -51,4 +53,29 @@ pub fn residual_output(
     let lin = linear_maybe_bias(in_dim, out_dim, bias, pb)?;
     pb.mark("weight", Role::ResidualOutput);
     Ok(lin)
+}
+
+/// `x (.., in) @ w^T (+ b)` for `w (out, in)` and `b (out)`, as one 2-D
+/// matmul over all leading axes (`x` may be a strided view); the result is
+/// `(.., out)`. The one linear map of the mixers' forward passes.
+pub fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let inner = dims.pop().unwrap_or(0);
+    let rows = x.elem_count() / inner.max(1);
+    let x2 = if x.rank() == 2 {
+        x.clone()
+    } else {
+        x.reshape((rows, inner))?
+    };
+    let mut y = x2.matmul(&w.t()?)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(b)?;
+    }
+    dims.push(w.dim(0)?);
+    Ok(y.reshape(dims)?)
+}
+
+/// [`project`] through a [`Linear`]'s weight and bias.
+pub fn project_linear(x: &Tensor, lin: &Linear) -> Result<Tensor> {
+    project(x, lin.weight(), lin.bias())
 }

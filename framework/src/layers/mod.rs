@@ -6,6 +6,8 @@ mod mlp;
 mod norm;
 
 pub use block::Block;
-pub use linear::{linear, linear_maybe_bias, linear_no_bias, residual_output, Linear};
+pub use linear::{
+    linear, linear_maybe_bias, linear_no_bias, project, project_linear, residual_output, Linear,
+};
 pub use mlp::GatedMlp;
 pub use norm::{Norm, NormKind};

@@ -83,24 +83,3 @@ pub fn for_rows(rows: usize, d: usize, f: impl Fn(usize, usize) + Sync + Send) {
         (0..tasks).into_par_iter().for_each(run);
     }
 }
-
-/// Lets rayon tasks write disjoint row ranges of one buffer.
-pub struct Rows<T>(*mut T);
-// SAFETY: only used to hand disjoint row ranges of one live buffer to rayon tasks.
-unsafe impl<T> Sync for Rows<T> {}
-unsafe impl<T> Send for Rows<T> {}
-
-impl<T> Rows<T> {
-    pub fn new(v: &mut [T]) -> Self {
-        Self(v.as_mut_ptr())
-    }
-
-    /// Elements `start..start + len`.
-    ///
-    /// # Safety
-    /// The range lies inside the buffer and no other task uses it meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
-    }
-}

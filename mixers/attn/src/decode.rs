@@ -8,7 +8,7 @@
 
 use candle_core::{Result, Tensor};
 use lrnnx_kernels::cpu::{cpu_slice, tensor, Float};
-use lrnnx_kernels::with_avx2;
+use lrnnx_kernels::with_simd;
 use rayon::prelude::*;
 
 /// Sizes of one decoding step.
@@ -75,10 +75,10 @@ fn group_impl<T: Float>(
         let max = p.iter().fold(p[0], |m, &x| if x > m { x } else { m });
         let mut total = T::default();
         for x in p.iter_mut() {
-            *x = (*x - max).exp();
+            *x = (*x - max).exp_();
             total += *x;
         }
-        let inv = T::of(1.0) / total;
+        let inv = T::c(1.0) / total;
         o.fill(T::default());
         for (&w, vrow) in p.iter().zip(v.chunks_exact(d)) {
             let w = w * inv;
@@ -89,7 +89,7 @@ fn group_impl<T: Float>(
     }
 }
 
-with_avx2! {
+with_simd! {
     fn group<T: Float>(q: &[T], k: &[T], v: &[T], d: usize, scale: T, scores: &mut [T], out: &mut [T]) = group_impl;
 }
 
@@ -148,7 +148,7 @@ pub(crate) fn decode_tensors(
             cpu_slice::<T>(&ks, kl, "attention key cache")?,
             cpu_slice::<T>(&vs, vl, "attention value cache")?,
             s,
-            T::of(scale),
+            T::c(scale),
         );
         tensor(out, (s.batch, 1, s.heads * s.head_dim))
     }

@@ -4,26 +4,11 @@
 //! real "state channels" the convolution runs on (`N`, or `N·M` for `pw`).
 
 use candle_core::{Tensor, D};
+use lrnnx_framework::layers::project;
 use lrnnx_framework::Result;
 use lrnnx_kernels::scan::complex_diag_scan;
 
 use crate::{Centaurus, Mode};
-
-/// `x (.., w)` as `(rows, w)` plus the leading dims.
-fn rows(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
-    let mut dims = x.dims().to_vec();
-    let w = dims.pop().unwrap_or(0);
-    let r: usize = dims.iter().product();
-    Ok((x.reshape((r, w))?, dims))
-}
-
-/// `x (.., in) @ w^T` for `w (out, in)`, as one 2-D matmul.
-fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (x2, mut dims) = rows(x)?;
-    let y = x2.matmul(&w.t()?)?;
-    dims.push(w.dim(0)?);
-    Ok(y.reshape(dims)?)
-}
 
 impl Centaurus {
     /// `(δ·Re A, δ·Im A)`, each `(N, M)`.
@@ -65,7 +50,7 @@ impl Centaurus {
     /// `u = B̄ x`: `x (.., H)` to `(.., S)`, real.
     pub(crate) fn input(&self, x: &Tensor, b_bar: &Tensor) -> Result<Tensor> {
         match self.cfg.mode {
-            Mode::Neck | Mode::Pw => project(x, b_bar),
+            Mode::Neck | Mode::Pw => project(x, b_bar, None),
             Mode::Dws => Ok(x.broadcast_mul(b_bar)?),
             Mode::Full => {
                 let h2 = self.d_model * self.d_model;
@@ -140,7 +125,7 @@ impl Centaurus {
     /// `y = C_eff z`: `z (.., S)` to `(.., H)`.
     pub(crate) fn readout(&self, z: &Tensor) -> Result<Tensor> {
         match self.cfg.mode {
-            Mode::Neck | Mode::Pw => project(z, &self.c),
+            Mode::Neck | Mode::Pw => project(z, &self.c, None),
             Mode::Dws => Ok(z.broadcast_mul(&self.c)?),
             Mode::Full => {
                 let h = self.d_model;

@@ -1,6 +1,7 @@
 //! The LRU layer: parameters, forward by parallel scan, step, kernel.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::project;
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
@@ -132,22 +133,12 @@ impl Lru {
         })
     }
 
-    /// `x (.., H) @ w^T` with `w (out, H)`, as one 2-D matmul.
-    fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let mut dims = x.dims().to_vec();
-        let h = dims.pop().unwrap_or(0);
-        let rows = x.elem_count() / h.max(1);
-        let y = x.reshape((rows, h))?.matmul(&w.t()?)?;
-        dims.push(w.dim(0)?);
-        Ok(y.reshape(dims)?)
-    }
-
     /// Forward from an initial state `h0 (B, 2N)`; returns outputs and every state.
     fn run(&self, x: &Tensor, h0: Option<&Tensor>, ops: &Operators) -> Result<(Tensor, Tensor)> {
         let x = x.to_dtype(self.d.dtype())?;
-        let u = Self::project(&x, &ops.w_in)?;
+        let u = project(&x, &ops.w_in, None)?;
         let h = complex_diag_scan(&u, &ops.lambda, h0)?;
-        let y = (Self::project(&h, &ops.w_out)? + x.broadcast_mul(&self.d)?)?;
+        let y = (project(&h, &ops.w_out, None)? + x.broadcast_mul(&self.d)?)?;
         Ok((y, h))
     }
 

@@ -69,13 +69,13 @@ fn bench(c: &mut Criterion) {
         .expect("scale");
     g.bench_function("scan op forward", |bench| {
         bench.iter(|| {
-            lrnnx_mamba::scan::selective_scan(&uz, &xw, &pack, None, Rule::Mamba, N).expect("scan")
+            lrnnx_mamba::selective_scan(&uz, &xw, &pack, None, Rule::Mamba, N).expect("scan")
         })
     });
     let uzv = Var::from_tensor(&uz).expect("var");
     g.bench_function("scan op forward+backward", |bench| {
         bench.iter(|| {
-            lrnnx_mamba::scan::selective_scan(uzv.as_tensor(), &xw, &pack, None, Rule::Mamba, N)
+            lrnnx_mamba::selective_scan(uzv.as_tensor(), &xw, &pack, None, Rule::Mamba, N)
                 .and_then(|t| t.sum_all())
                 .and_then(|t| t.backward())
                 .expect("scan")

@@ -66,14 +66,14 @@ fn main() -> candle_core::Result<()> {
         a.matmul(&wi.t().unwrap()).unwrap();
     });
     time("conv op", iters, tok, || {
-        lrnnx_mamba::conv::conv_silu(&uz, &w, &bias).unwrap();
+        lrnnx_mamba::conv_silu(&uz, &w, &bias).unwrap();
     });
     time("scan op fwd", iters, tok, || {
-        lrnnx_mamba::scan::selective_scan(&uz, &xw, &pack, None, Rule::Mamba, n).unwrap();
+        lrnnx_mamba::selective_scan(&uz, &xw, &pack, None, Rule::Mamba, n).unwrap();
     });
     let uzv = Var::from_tensor(&uz)?;
     time("scan op fwd+bwd", iters, tok, || {
-        lrnnx_mamba::scan::selective_scan(uzv.as_tensor(), &xw, &pack, None, Rule::Mamba, n)
+        lrnnx_mamba::selective_scan(uzv.as_tensor(), &xw, &pack, None, Rule::Mamba, n)
             .and_then(|t| t.sum_all())
             .and_then(|t| t.backward())
             .unwrap();

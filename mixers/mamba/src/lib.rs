@@ -19,52 +19,51 @@
 //! ## How it runs (CPU)
 //!
 //! - `in_proj` and `out_proj` are candle matmuls.
-//! - [`conv`]: one fused op for the causal depthwise convolution + silu
-//!   (the `z` half of `in_proj`'s output is passed through), with backward.
-//! - [`scan`]: one fused op for `x_proj`, `dt_proj` + softplus, the
+//! - [`conv_silu`] (`cpu/conv.rs`): one fused op for the causal depthwise
+//!   convolution + silu (the `z` half of `in_proj`'s output is passed
+//!   through), with backward.
+//! - [`selective_scan`] (`cpu/selective_scan.rs`, kernels in
+//!   `cpu/recurrence/` and `cpu/xproj.rs`): one fused op for `x_proj`, `dt_proj` + softplus, the
 //!   discretization, the recurrence, the `C` read-out, the `D` skip and the
 //!   `silu(z)` gate, with backward. It is parallel over (batch, channel
 //!   blocks), vectorized over channels, never forms the `(B, L, D, N)`
 //!   states, and its backward recomputes them chunk by chunk from states
-//!   saved every [`scan_kernel::CHUNK`] positions.
-//! - `step` is one fused pass on slices (small-batch matrix-vector products
+//!   saved every `CHUNK` (32) positions.
+//! - `cpu/step.rs` is one fused pass on slices (small-batch matrix-vector products
 //!   for the projections, then the forward's own scan kernel over one
 //!   position), so step equals forward for every discretization.
 //!
-//! The kernels use explicit SIMD: AVX-512 or AVX2 + FMA when the CPU has
-//! them (picked at run time; `LRNNX_NO_AVX512=1` / `LRNNX_NO_SIMD=1` turn
-//! them off), otherwise portable code; f64 always takes the portable path.
-//! The f32 `exp` is a Cephes-style polynomial, within about 1 ulp.
+//! The kernels use the explicit SIMD of [`lrnnx_kernels::cpu::simd`]:
+//! AVX-512 or AVX2 + FMA when the CPU has them (picked at run time;
+//! `LRNNX_NO_AVX512=1` / `LRNNX_NO_SIMD=1` turn them off), otherwise
+//! portable code; f64 always takes the portable path. The f32 `exp` is a
+//! Cephes-style polynomial, within about 1 ulp.
 //!
 //! ## How it runs (GPU, feature `cuda`)
 //!
-//! `device_path`: candle ops for `in_proj`, the conv, `x_proj`,
+//! `candle_ops.rs`: candle ops for `in_proj`, the conv, `x_proj`,
 //! `dt_proj` + softplus and `out_proj`, and one CUDA kernel
-//! (`cuda/selective_scan.cu`) for the discretization, the recurrence, the
+//! (`cuda/selective_scan.cu`, launched from [`cuda`]) for the discretization, the recurrence, the
 //! read-out, the skip and the gate, chunked over `L` inside each block.
 //! Forward, prefill and step run there (step = forward); there is no GPU
 //! backward yet, so training Mamba runs on the CPU. `d_state` up to 64.
+//! On CPU tensors the same candle-ops path runs with [`reference`]'s plain
+//! scan in place of the CUDA kernel, which is how it is tested without a GPU.
 
+mod candle_ops;
 pub mod config;
-pub mod conv;
+mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-mod device_path;
-mod exec;
 mod mamba;
-pub mod math;
-pub mod reference_scan;
-pub mod scan;
-pub mod scan_args;
-pub mod scan_kernel;
-mod simd;
-mod step;
-mod xproj;
+pub mod reference;
+mod scan_args;
 
 pub use config::{DtRank, MambaConfig};
+pub use cpu::recurrence::Rule;
+pub use cpu::{conv_silu, selective_scan};
 pub use mamba::Mamba;
 pub use scan_args::ScanArgs;
-pub use scan_kernel::Rule;
 
 lrnnx_framework::mixers! {
     /// The registered name.

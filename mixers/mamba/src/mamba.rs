@@ -1,7 +1,9 @@
 //! The Mamba layer: parameters, forward through the fused ops, prefill, step.
 
 use candle_core::{DType, Device, Tensor};
-use lrnnx_framework::layers::{linear_maybe_bias, linear_no_bias, residual_output, Linear};
+use lrnnx_framework::layers::{
+    linear_maybe_bias, linear_no_bias, project_linear, residual_output, Linear,
+};
 use lrnnx_framework::params::random;
 use lrnnx_framework::Role;
 use lrnnx_framework::{
@@ -9,10 +11,10 @@ use lrnnx_framework::{
     Init, Ltv, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 
-use crate::conv::conv_silu;
-use crate::scan::{scan_with_state, selective_scan};
-use crate::scan_kernel::{Rule, LANES};
-use crate::step::{self, StepWeights};
+use crate::cpu::conv::conv_silu;
+use crate::cpu::recurrence::{Rule, LANES};
+use crate::cpu::selective_scan::{scan_with_state, selective_scan};
+use crate::cpu::step::{self, StepWeights};
 use crate::MambaConfig;
 
 /// lrnnx's Mamba (S6) mixer.
@@ -75,24 +77,6 @@ fn rule_of(d: Discretization) -> Result<Rule> {
 fn tensor(v: Vec<f64>, shape: &[usize]) -> Result<Tensor> {
     let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
-}
-
-/// `x (.., in) @ w^T (+ b)` as one 2-D matmul (`x` may be a strided view).
-pub(crate) fn project(x: &Tensor, lin: &Linear) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let inner = dims.pop().unwrap_or(0);
-    let rows = x.elem_count() / inner.max(1);
-    let x2 = if x.rank() == 2 {
-        x.clone()
-    } else {
-        x.reshape((rows, inner))?
-    };
-    let mut y = x2.matmul(&lin.weight().t()?)?;
-    if let Some(b) = lin.bias() {
-        y = y.broadcast_add(b)?;
-    }
-    dims.push(lin.weight().dim(0)?);
-    Ok(y.reshape(dims)?)
 }
 
 impl Mamba {
@@ -239,13 +223,13 @@ impl Mamba {
 
     /// `in_proj` and the conv: `(xz, uz)`.
     fn front(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let xz = project(x, &self.in_proj)?;
+        let xz = project_linear(x, &self.in_proj)?;
         let uz = conv_silu(&xz, &self.conv_weight()?, &self.conv_bias()?)?;
         Ok((xz, uz))
     }
 
     fn out(&self, y: &Tensor, dtype: DType) -> Result<Tensor> {
-        Ok(project(y, &self.out_proj)?.to_dtype(dtype)?)
+        Ok(project_linear(y, &self.out_proj)?.to_dtype(dtype)?)
     }
 
     /// Prefill from a fresh state: the parallel forward, then the last
@@ -300,7 +284,7 @@ impl Mixer for Mamba {
             if l == 0 {
                 return Ok(x.zeros_like()?);
             }
-            let run = self.run_on_device(x, its.as_ref(), None)?;
+            let run = self.run_candle_ops(x, its.as_ref(), None)?;
             return Ok(run.out.to_dtype(dtype)?);
         }
         let x = x.to_dtype(self.dtype())?;
@@ -324,7 +308,7 @@ impl Mixer for Mamba {
                 0 => None,
                 _ => Some((state.get("conv_state")?, state.get("lrnn_state")?)),
             };
-            let run = self.run_on_device(x, its.as_ref(), from)?;
+            let run = self.run_candle_ops(x, its.as_ref(), from)?;
             state.set("conv_state", run.conv_state);
             state.set("lrnn_state", run.h);
             state.seqlen_offset += l;
@@ -370,7 +354,7 @@ impl Mixer for Mamba {
         if !x.device().is_cpu() {
             let from = (state.get("conv_state")?, state.get("lrnn_state")?);
             let its = its.map(|t| t.reshape((b, 1))).transpose()?;
-            let run = self.run_on_device(&x2.unsqueeze(1)?, its.as_ref(), Some(from))?;
+            let run = self.run_candle_ops(&x2.unsqueeze(1)?, its.as_ref(), Some(from))?;
             state.set("conv_state", run.conv_state);
             state.set("lrnn_state", run.h);
             state.seqlen_offset += 1;

@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::scan_kernel::{Rule, LANES};
+use crate::cpu::recurrence::{Rule, LANES};
 
 /// `uz (B, L, 2D)` = `[u | z]`, `delta` and `dta (B, L, D)` (equal outside
 /// event mode), `xdbl (B, L, R + 2N)` = `[dt_low | B | C]`, `a = -exp(A_log)

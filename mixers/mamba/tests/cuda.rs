@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use lrnnx_framework::{Discretization, ForwardOpts, Init, Mixer, ParamStore, StepOpts};
-use lrnnx_mamba::reference_scan::selective_scan_reference;
+use lrnnx_mamba::reference::selective_scan_reference;
 use lrnnx_mamba::{cuda::selective_scan_gpu, Mamba, MambaConfig, Rule, ScanArgs};
 use lrnnx_testing::{max_rel, randn};
 

@@ -1,10 +1,12 @@
 //! xLSTM's `CausalConv1d`: a depthwise causal convolution with bias
 //! (`nn.Conv1d(D, D, K, groups=D, padding=K-1)` cut to the input length),
-//! over a sequence or one step at a time with a window of the last `K` inputs.
+//! over a sequence or one step at a time with a window of the last `K` inputs,
+//! both through [`lrnnx_kernels::depthwise_conv`] (its backward gives the
+//! gradients).
 
 use candle_core::Tensor;
 use lrnnx_framework::{Init, ParamBuilder, Result};
-use lrnnx_kernels::fft_conv::causal_conv;
+use lrnnx_kernels::depthwise_conv::depthwise_conv;
 
 /// Parameters `conv.weight (D, 1, K)` and `conv.bias (D)` (PyTorch default init).
 #[derive(Debug, Clone)]
@@ -29,28 +31,20 @@ impl CausalConv1d {
         self.taps
     }
 
-    /// `k[d, s]`: the weight applied to `x[t - s]`, `(D, K)`.
-    fn kernel(&self) -> Result<Tensor> {
-        let w = self.weight.squeeze(1)?;
-        let rev: Vec<u32> = (0..self.taps as u32).rev().collect();
-        let idx = Tensor::new(rev.as_slice(), w.device())?;
-        Ok(w.index_select(&idx, 1)?)
-    }
-
     /// `x (B, L, D)` -> `(B, L, D)`; `window (B, K, D)`, the last `K` inputs
     /// before `x` (zeros at the start), supplies the left context.
     pub fn forward(&self, x: &Tensor, window: Option<&Tensor>) -> Result<Tensor> {
-        let k = self.kernel()?;
-        let y = match window {
-            None => causal_conv(x, &k)?,
-            Some(w) if self.taps > 1 => {
-                let ctx = w.narrow(1, 1, self.taps - 1)?.to_dtype(x.dtype())?;
+        let w = self.weight.squeeze(1)?.to_dtype(x.dtype())?;
+        let bias = self.bias.to_dtype(x.dtype())?;
+        let b = x.dim(0)?;
+        Ok(match window {
+            Some(win) if self.taps > 1 => {
+                let ctx = win.narrow(1, 1, self.taps - 1)?.to_dtype(x.dtype())?;
                 let ext = Tensor::cat(&[&ctx, x], 1)?;
-                causal_conv(&ext, &k)?.narrow(1, self.taps - 1, x.dim(1)?)?
+                depthwise_conv(&ext, &w, &bias, b)?.narrow(1, self.taps - 1, x.dim(1)?)?
             }
-            Some(_) => causal_conv(x, &k)?,
-        };
-        Ok(y.broadcast_add(&self.bias)?)
+            _ => depthwise_conv(x, &w, &bias, b)?,
+        })
     }
 
     /// The window after consuming `x (B, L, D)`: the last `K` inputs, `(B, K, D)`.
@@ -62,13 +56,8 @@ impl CausalConv1d {
 
     /// One step: `x (B, D)` and `window (B, K, D)` -> `(y (B, D), new window)`.
     pub fn step(&self, x: &Tensor, window: &Tensor) -> Result<(Tensor, Tensor)> {
-        let window = self.next_window(window, &x.unsqueeze(1)?)?;
-        // window[:, j] meets weight[:, 0, j] (oldest first).
-        let w = self.weight.squeeze(1)?.t()?; // (K, D)
-        let y = window
-            .broadcast_mul(&w)?
-            .sum(1)?
-            .broadcast_add(&self.bias)?;
-        Ok((y, window))
+        let x = x.unsqueeze(1)?;
+        let y = self.forward(&x, Some(window))?.squeeze(1)?;
+        Ok((y, self.next_window(window, &x)?))
     }
 }

@@ -6,7 +6,8 @@ use lrnnx_framework::Result;
 
 use crate::RgLru;
 use lrnnx_kernels::cpu::matmul_t;
-use lrnnx_kernels::cpu::{cpu_slice, gelu, log_sigmoid, sigmoid, with_avx2, Float};
+use lrnnx_kernels::cpu::{cpu_slice, gelu, log_sigmoid, sigmoid, with_simd, Float};
+use lrnnx_kernels::depthwise_conv::conv_step;
 
 /// Binds `$name` to the contiguous CPU slice of `$t` (the guard lives as long as the slice).
 macro_rules! slice_of {
@@ -50,14 +51,14 @@ fn update_impl<T: Float>(
     let yg = &mut yg[..d];
     for j in 0..d {
         let (r, i) = (sigmoid(rz[j]), sigmoid(iz[j]));
-        let ab = (cla[j] * r).exp();
-        let m = (T::of(1.0) - ab * ab).max0().sqrt();
+        let ab = (cla[j] * r).exp_();
+        let m = (T::c(1.0) - ab * ab).relu().sqrt();
         hn[j] = ab * hs[j] + m * i * xc[j];
         yg[j] = gelu(gate[j]) * hn[j];
     }
 }
 
-with_avx2! {
+with_simd! {
     fn update<T: Float>(
         rows: (&[T], &[T], &[T]),
         state: (&[T], &[T]),
@@ -128,20 +129,15 @@ impl RgLru {
         let mut xc = vec![T::default(); b * d];
         for r in 0..b * d {
             let (old, new) = (&cs[r * w..(r + 1) * w], &mut window[r * w..(r + 1) * w]);
-            new[..w - 1].copy_from_slice(&old[1..]);
-            new[w - 1] = xi[r];
             let taps = &cw[(r % d) * w..(r % d + 1) * w];
-            let mut acc = cb.map_or(T::default(), |cb| cb[r % d]);
-            for (&v, &k) in new.iter().zip(taps) {
-                acc += v * k;
-            }
-            xc[r] = acc;
+            let bias = cb.map_or(T::default(), |cb| cb[r % d]);
+            xc[r] = conv_step(old, xi[r], taps, bias, new);
         }
         let rz = matmul_t(&xc, d, rw, rb);
         let iz = matmul_t(&xc, d, qw, qb);
         let cla: Vec<T> = a_log
             .iter()
-            .map(|&a| T::of(self.cfg.c) * log_sigmoid(a))
+            .map(|&a| T::c(self.cfg.c) * log_sigmoid(a))
             .collect();
         let mut hn = vec![T::default(); b * d];
         let mut yg = vec![T::default(); b * d];

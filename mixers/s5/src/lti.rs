@@ -2,6 +2,7 @@
 //! by convolution, step, kernel.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::project;
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Complex, Discretization, Error, Family,
@@ -11,7 +12,7 @@ use lrnnx_kernels::fft_conv::causal_conv;
 use lrnnx_kernels::scan::complex_diag_scan;
 
 use crate::config::{ForwardMode, LtiDiscretization, S5Config, S5LtiConfig};
-use crate::util::{complex_of, matmul_last, powers, project, softplus, tensor};
+use crate::util::{complex_of, matmul_last, powers, softplus, tensor};
 
 /// The LTI S5 layer: a MIMO diagonal state space model
 /// `h_t = A_bar h_{t-1} + B_bar x_t`, `y_t = Re(C h_t) + x_t @ D`.
@@ -168,9 +169,9 @@ impl S5Lti {
     /// Forward from `h0 (B, 2N)`; returns outputs and every state.
     fn run(&self, x: &Tensor, h0: Option<&Tensor>, ops: &Operators) -> Result<(Tensor, Tensor)> {
         let x = x.to_dtype(self.d.dtype())?;
-        let u = project(&x, &ops.w_in)?;
+        let u = project(&x, &ops.w_in, None)?;
         let h = self.states(&u, h0, ops)?;
-        let y = (project(&h, &ops.w_out)? + matmul_last(&x, &self.d)?)?;
+        let y = (project(&h, &ops.w_out, None)? + matmul_last(&x, &self.d)?)?;
         Ok((y, h))
     }
 
@@ -255,9 +256,9 @@ impl Mixer for S5Lti {
             state.get("w_out")?,
         );
         let h0 = state.get("h")?;
-        let u = project(&x2, w_in)?.unsqueeze(1)?;
+        let u = project(&x2, w_in, None)?.unsqueeze(1)?;
         let h = complex_diag_scan(&u, lambda, Some(h0))?.squeeze(1)?;
-        let y = (project(&h, w_out)? + x2.matmul(&self.d)?)?;
+        let y = (project(&h, w_out, None)? + x2.matmul(&self.d)?)?;
         state.set("h", h);
         state.seqlen_offset += 1;
         match_step_rank(y.to_dtype(dtype)?, x)

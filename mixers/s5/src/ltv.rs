@@ -2,6 +2,7 @@
 //! forward by (time-varying) scan, step.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::project;
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Complex, Discretization, Error, Family,
@@ -12,7 +13,7 @@ use lrnnx_kernels::scan_tv::complex_diag_scan_tv;
 
 use crate::config::{LtvDiscretization, S5Config, S5LtvConfig};
 use crate::hippo::make_dplr_hippo;
-use crate::util::{complex_of, project, tensor, timesteps_seq, timesteps_step};
+use crate::util::{complex_of, tensor, timesteps_seq, timesteps_step};
 
 /// The LTV S5 layer: `s_t = A_bar_t s_{t-1} + gamma (B x_t)`,
 /// `y_t = Re(C s_t) + D x_t` (times 2 on `Re` with `conj_sym`).
@@ -215,7 +216,7 @@ impl S5Ltv {
         ops: &Operators,
     ) -> Result<(Tensor, Tensor)> {
         let x = x.to_dtype(self.d.dtype())?;
-        let u = project(&x, &ops.w_in)?;
+        let u = project(&x, &ops.w_in, None)?;
         let h = match tau {
             None => complex_diag_scan(&u, &ops.lambda, h0)?,
             Some(tau) => {
@@ -223,7 +224,7 @@ impl S5Ltv {
                 complex_diag_scan_tv(&u, &lam, h0)?
             }
         };
-        let y = (project(&h, &ops.w_out)? + x.broadcast_mul(&self.d)?)?;
+        let y = (project(&h, &ops.w_out, None)? + x.broadcast_mul(&self.d)?)?;
         Ok((y, h))
     }
 

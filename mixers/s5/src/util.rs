@@ -3,11 +3,6 @@
 use candle_core::{Device, Tensor, D};
 use lrnnx_framework::{Complex, Error, Result};
 
-/// `x (.., H) @ w^T` with `w (out, H)`, as one 2-D matmul.
-pub(crate) fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    matmul_last(x, &w.t()?)
-}
-
 /// `x (.., H) @ m` with `m (H, out)`, as one 2-D matmul.
 pub(crate) fn matmul_last(x: &Tensor, m: &Tensor) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();

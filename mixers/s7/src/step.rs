@@ -64,7 +64,7 @@ impl S7 {
             let sr = &mut s_new[r * n..(r + 1) * n];
             for (k, sk) in sr.iter_mut().enumerate() {
                 let a = a_raw[r * n + k] + base[k];
-                let a_bar = T::of(1.0) - T::of(1.0) / (a * a + T::of(0.5));
+                let a_bar = T::c(1.0) - T::c(1.0) / (a * a + T::c(0.5));
                 *sk = a_bar * ss[r * n + k] + biasr[k];
             }
             let br = &bm[r * h * n..(r + 1) * h * n];
@@ -88,7 +88,7 @@ impl S7 {
             .iter()
             .zip(&y)
             .zip(xs)
-            .map(|((&z, &y), &x)| T::of(1.0) / (T::of(1.0) + (-z).exp()) * y + x)
+            .map(|((&z, &y), &x)| T::c(1.0) / (T::c(1.0) + (-z).exp_()) * y + x)
             .collect();
         let dev = Device::Cpu;
         Ok((

@@ -1,6 +1,7 @@
 //! The minGRU layer: parameters, forward by linear scan, step.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::project;
 use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
     Init, Ltv, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
@@ -21,16 +22,6 @@ pub struct MinGru {
     d_inner: usize,
     w_in: Tensor,
     w_out: Option<Tensor>,
-}
-
-/// `x (.., K) @ w^T` with `w (N, K)`, as one 2-D matmul.
-fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let k = dims.pop().unwrap_or(0);
-    let rows = x.elem_count() / k.max(1);
-    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
-    dims.push(w.dim(0)?);
-    Ok(y.reshape(dims)?)
 }
 
 /// `g(v) = v + 1/2` for `v >= 0`, `sigmoid(v)` below: `relu(v) + sigmoid(min(v, 0))`.
@@ -73,7 +64,7 @@ impl MinGru {
 
     /// Decay `a = 1 - z` and input `u = z * g(h~)` for `x (.., H)`.
     fn gates(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let hg = project(&x.to_dtype(self.w_in.dtype())?, &self.w_in)?;
+        let hg = project(&x.to_dtype(self.w_in.dtype())?, &self.w_in, None)?;
         let last = hg.rank() - 1;
         let hidden = hg.narrow(last, 0, self.d_inner)?;
         let gate = hg.narrow(last, self.d_inner, self.d_inner)?;
@@ -85,7 +76,7 @@ impl MinGru {
 
     fn read_out(&self, h: &Tensor) -> Result<Tensor> {
         match &self.w_out {
-            Some(w) => project(h, w),
+            Some(w) => project(h, w, None),
             None => Ok(h.clone()),
         }
     }

@@ -19,8 +19,9 @@ use std::sync::Mutex;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::{conv, gate_scan, gelu_mul};
+use super::{gate_scan, gelu_mul};
 use lrnnx_kernels::cpu::{cpu_slice, tensor, Float};
+use lrnnx_kernels::depthwise_conv as conv;
 
 /// A dense layer's weight `(out, in)` and optional bias `(out)`.
 #[derive(Debug, Clone)]

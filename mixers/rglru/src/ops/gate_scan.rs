@@ -22,9 +22,9 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use lrnnx_kernels::scan_real_tv::{scan_bwd, scan_in_place, TvDims};
 
 use lrnnx_kernels::cpu::{
-    contiguous, cpu_slice, for_rows, log_sigmoid, sigmoid, tensor, with_avx2,
+    contiguous, cpu_slice, for_rows, log_sigmoid, sigmoid, tensor, with_simd,
 };
-use lrnnx_kernels::cpu::{Float, Rows, ROWS_PER_TASK};
+use lrnnx_kernels::cpu::{Float, SharedMut, ROWS_PER_TASK};
 
 /// The fused gate + scan op; see the module docs.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ struct Consts<T> {
 
 fn consts<T: Float>(p: &[T], d: usize, c: f64) -> Consts<T> {
     Consts {
-        cla: p[..d].iter().map(|&a| T::of(c) * log_sigmoid(a)).collect(),
+        cla: p[..d].iter().map(|&a| T::c(c) * log_sigmoid(a)).collect(),
         br: p[d..2 * d].to_vec(),
         bi: p[2 * d..3 * d].to_vec(),
     }
@@ -91,8 +91,8 @@ fn consts<T: Float>(p: &[T], d: usize, c: f64) -> Consts<T> {
 fn gates<T: Float>(zr: T, zi: T, cla: T, br: T, bi: T) -> (T, T, T, T) {
     let r = sigmoid(zr + br);
     let i = sigmoid(zi + bi);
-    let ab = (cla * r).exp();
-    let m = (T::of(1.0) - ab * ab).max0().sqrt();
+    let ab = (cla * r).exp_();
+    let m = (T::c(1.0) - ab * ab).relu().sqrt();
     (r, i, ab, m)
 }
 
@@ -152,7 +152,7 @@ fn coeffs_impl<T: Float>(pre: Pre<'_, T>, xc: &[T], k: &Consts<T>, a: &mut [T], 
     }
 }
 
-with_avx2! {
+with_simd! {
     fn coeffs<T: Float>(pre: Pre<'_, T>, xc: &[T], k: &Consts<T>, a: &mut [T], u: &mut [T]) = coeffs_impl;
 }
 
@@ -165,12 +165,12 @@ fn decay_impl<T: Float>(pre: Pre<'_, T>, k: &Consts<T>, a: &mut [T]) {
         let (zr, _) = pre.row(row, d);
         let a = &mut a[..d];
         for j in 0..d {
-            a[j] = (cla[j] * sigmoid(zr[j] + br[j])).exp();
+            a[j] = (cla[j] * sigmoid(zr[j] + br[j])).exp_();
         }
     }
 }
 
-with_avx2! {
+with_simd! {
     fn decay<T: Float>(pre: Pre<'_, T>, k: &Consts<T>, a: &mut [T]) = decay_impl;
 }
 
@@ -201,12 +201,12 @@ fn grads_row<T: Float>(
         // a_bar = 1 (m = 0): left out there.
         // (Written as selects of computed values, so the loop stays branch-free.)
         let live = m > T::default();
-        let q = v * ab / if live { m } else { T::of(1.0) };
+        let q = v * ab / if live { m } else { T::c(1.0) };
         let dm = if live { q } else { T::default() };
         let dlog_ab = (da[j] - s[j] * dm) * ab;
         let dv = s[j] * m;
-        let dzi_j = dv * x[j] * i * (T::of(1.0) - i);
-        let dzr_j = dlog_ab * cla[j] * r * (T::of(1.0) - r);
+        let dzi_j = dv * x[j] * i * (T::c(1.0) - i);
+        let dzr_j = dlog_ab * cla[j] * r * (T::c(1.0) - r);
         dx[j] = dv * i;
         dzi[j] = dzi_j;
         dzr[j] = dzr_j;
@@ -248,7 +248,7 @@ fn grads_impl<T: Float>(
     }
 }
 
-with_avx2! {
+with_simd! {
     #[allow(clippy::too_many_arguments)]
     fn grads<T: Float>(
         pre: Pre<'_, T>,
@@ -274,7 +274,7 @@ pub(crate) fn forward<T: Float>(
     let k = consts(p, d, c);
     let mut a = vec![T::default(); b * l * d];
     let mut u = vec![T::default(); b * l * d];
-    let (pa, pu) = (Rows::new(&mut a), Rows::new(&mut u));
+    let (pa, pu) = (SharedMut::new(&mut a), SharedMut::new(&mut u));
     for_rows(b * l, d, |r0, n| {
         // SAFETY: rows r0..r0+n of `a` and `u` belong to this task only.
         let (a, u) = unsafe { (pa.slice(r0 * d, n * d), pu.slice(r0 * d, n * d)) };
@@ -300,7 +300,7 @@ pub(crate) fn backward<T: Float>(
     let k = consts(p, d, c);
     let rows = b * l;
     let mut a = vec![T::default(); rows * d];
-    let pa = Rows::new(&mut a);
+    let pa = SharedMut::new(&mut a);
     for_rows(rows, d, |r0, n| {
         // SAFETY: rows r0..r0+n of `a` belong to this task only.
         let a = unsafe { pa.slice(r0 * d, n * d) };
@@ -314,10 +314,10 @@ pub(crate) fn backward<T: Float>(
     let tasks = rows.div_ceil(ROWS_PER_TASK);
     let mut sums = vec![T::default(); tasks * 3 * d];
     let (pr, pi, px, ps) = (
-        Rows::new(&mut dzr),
-        Rows::new(&mut dzi),
-        Rows::new(&mut dxc),
-        Rows::new(&mut sums),
+        SharedMut::new(&mut dzr),
+        SharedMut::new(&mut dzi),
+        SharedMut::new(&mut dxc),
+        SharedMut::new(&mut sums),
     );
     for_rows(rows, d, |r0, n| {
         let task = r0 / ROWS_PER_TASK;
@@ -342,7 +342,7 @@ pub(crate) fn backward<T: Float>(
     }
     // d/d a_log of c r log(sigmoid(a_log)) = c r (1 - sigmoid(a_log)).
     for j in 0..d {
-        dp[j] = dp[j] * T::of(c) * sigmoid(-p[j]);
+        dp[j] = dp[j] * T::c(c) * sigmoid(-p[j]);
     }
     (dzr, dzi, dxc, dp)
 }

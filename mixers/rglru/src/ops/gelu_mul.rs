@@ -5,7 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use lrnnx_kernels::cpu::{contiguous, cpu_slice, gelu, gelu_and_grad, tensor, with_avx2, Float};
+use lrnnx_kernels::cpu::{contiguous, cpu_slice, gelu, gelu_and_grad, tensor, with_simd, Float};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -23,7 +23,7 @@ fn chunk_fwd_impl<T: Float>(g: &[T], h: &[T], o: &mut [T]) {
     }
 }
 
-with_avx2! {
+with_simd! {
     fn chunk_fwd<T: Float>(g: &[T], h: &[T], o: &mut [T]) = chunk_fwd_impl;
 }
 
@@ -38,7 +38,7 @@ fn chunk_bwd_impl<T: Float>(g: &[T], h: &[T], dy: &[T], dg: &mut [T], dh: &mut [
     }
 }
 
-with_avx2! {
+with_simd! {
     fn chunk_bwd<T: Float>(g: &[T], h: &[T], dy: &[T], dg: &mut [T], dh: &mut [T]) = chunk_bwd_impl;
 }
 

@@ -5,7 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use lrnnx_kernels::cpu::{contiguous, cpu_slice, tensor, with_avx2, Float};
+use lrnnx_kernels::cpu::{contiguous, cpu_slice, tensor, with_simd, Float};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -16,7 +16,7 @@ pub struct GateResidual;
 
 #[inline(always)]
 fn sigmoid<T: Float>(z: T) -> T {
-    T::of(1.0) / (T::of(1.0) + (-z).exp())
+    T::c(1.0) / (T::c(1.0) + (-z).exp_())
 }
 
 #[inline(always)]
@@ -28,7 +28,7 @@ fn chunk_fwd_impl<T: Float>(z: &[T], y: &[T], x: &[T], o: &mut [T]) {
     }
 }
 
-with_avx2! {
+with_simd! {
     fn chunk_fwd<T: Float>(z: &[T], y: &[T], x: &[T], o: &mut [T]) = chunk_fwd_impl;
 }
 
@@ -38,12 +38,12 @@ fn chunk_bwd_impl<T: Float>(z: &[T], y: &[T], g: &[T], dz: &mut [T], dy: &mut [T
     let (z, y, g, dy) = (&z[..n], &y[..n], &g[..n], &mut dy[..n]);
     for i in 0..n {
         let s = sigmoid(z[i]);
-        dz[i] = g[i] * y[i] * s * (T::of(1.0) - s);
+        dz[i] = g[i] * y[i] * s * (T::c(1.0) - s);
         dy[i] = g[i] * s;
     }
 }
 
-with_avx2! {
+with_simd! {
     fn chunk_bwd<T: Float>(z: &[T], y: &[T], g: &[T], dz: &mut [T], dy: &mut [T]) = chunk_bwd_impl;
 }
 

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use lrnnx_kernels::cpu::{
-    self as util, contiguous, cpu_slice, gelu_and_grad, tensor, with_avx2, Float,
+    self as util, contiguous, cpu_slice, gelu_and_grad, tensor, with_simd, Float,
 };
 
 /// Elements per parallel task.
@@ -26,7 +26,7 @@ fn chunk_fwd_impl<T: Float>(x: &[T], o: &mut [T]) {
     }
 }
 
-with_avx2! {
+with_simd! {
     fn chunk_fwd<T: Float>(x: &[T], o: &mut [T]) = chunk_fwd_impl;
 }
 
@@ -39,7 +39,7 @@ fn chunk_bwd_impl<T: Float>(x: &[T], g: &[T], o: &mut [T]) {
     }
 }
 
-with_avx2! {
+with_simd! {
     fn chunk_bwd<T: Float>(x: &[T], g: &[T], o: &mut [T]) = chunk_bwd_impl;
 }
 

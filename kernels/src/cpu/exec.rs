@@ -2,11 +2,10 @@
 //! vector features of the CPU (AVX-512 or AVX2 + FMA on x86-64), so that the
 //! kernels' vector code and fixed-width lane loops compile to wide SIMD.
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
 
-use crate::simd::Simd;
+use super::dispatch::{cpu_supports, has_avx2, has_avx512, SimdLevel};
+use super::simd::Simd;
 
 /// A kernel made of independent tasks.
 ///
@@ -15,38 +14,6 @@ use crate::simd::Simd;
 pub trait Kernel: Sync {
     /// Runs task `task`.
     fn run(&self, task: usize);
-}
-
-fn features() -> (bool, bool) {
-    static F: OnceLock<(bool, bool)> = OnceLock::new();
-    *F.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma") && std::env::var_os("LRNNX_NO_SIMD").is_none();
-            let avx512 = avx2
-                && has!("avx512f")
-                && has!("avx512vl")
-                && has!("avx512dq")
-                && std::env::var_os("LRNNX_NO_AVX512").is_none();
-            (avx512, avx2)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            (false, false)
-        }
-    })
-}
-
-/// Whether the AVX-512 kernels can run (set `LRNNX_NO_AVX512` to turn them
-/// off, `LRNNX_NO_SIMD` to turn off every intrinsic backend).
-pub fn has_avx512() -> bool {
-    features().0
-}
-
-/// Whether the AVX2 + FMA kernels can run.
-pub fn has_avx2() -> bool {
-    features().1
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -65,7 +32,10 @@ unsafe fn run_avx512<K: Kernel>(k: &K, task: usize) {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub fn run_on_avx512<K: Kernel>(k: &K, task: usize) {
-    assert!(has_avx512(), "AVX-512 kernel on a CPU without AVX-512");
+    assert!(
+        cpu_supports(SimdLevel::Avx512),
+        "AVX-512 kernel on a CPU without AVX-512"
+    );
     // SAFETY: the CPU supports the features `run_avx512` is compiled for.
     unsafe { run_avx512(k, task) }
 }
@@ -74,12 +44,15 @@ pub fn run_on_avx512<K: Kernel>(k: &K, task: usize) {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub fn run_on_avx2<K: Kernel>(k: &K, task: usize) {
-    assert!(has_avx2(), "AVX2 kernel on a CPU without AVX2");
+    assert!(
+        cpu_supports(SimdLevel::Avx2),
+        "AVX2 kernel on a CPU without AVX2"
+    );
     // SAFETY: the CPU supports the features `run_avx2` is compiled for.
     unsafe { run_avx2(k, task) }
 }
 
-/// Runs `k`'s task compiled for the widest features the CPU has.
+/// Runs `k`'s task compiled for the [`super::simd_level`] in force.
 #[inline]
 pub fn run_best<K: Kernel>(k: &K, task: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -100,26 +73,6 @@ pub fn run_tasks_on<S: Simd, K: Kernel>(k: &K, tasks: usize, parallel: bool) {
         (0..tasks).into_par_iter().for_each(|t| S::enter(k, t));
     } else {
         (0..tasks).for_each(|t| S::enter(k, t));
-    }
-}
-
-/// A raw pointer that tasks writing disjoint parts of one buffer share.
-#[derive(Clone, Copy)]
-pub struct SendPtr<T>(pub *mut T);
-// SAFETY: every user writes disjoint index ranges from different tasks.
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// A mutable slice `[start, start + len)` of the buffer.
-    ///
-    /// # Safety
-    /// The range must lie inside the buffer and no other live slice may overlap it.
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
 

@@ -5,11 +5,13 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::exec::{run_tasks_on, Kernel, SendPtr};
-use crate::math::Float;
-use crate::scan::cpu_slice;
-use crate::scan_kernel::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
-use crate::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use crate::cpu::recurrence::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
+use lrnnx_kernels::cpu::cpu_slice;
+use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel};
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::SharedMut;
+use lrnnx_kernels::depthwise_conv::conv_step;
 
 /// The layer's parameters as the step reads them.
 #[derive(Debug, Clone, Copy)]
@@ -170,7 +172,7 @@ fn typed<T: Dispatch + candle_core::WithDType>(
         xdbl: &xdbl,
         its: its_s,
     };
-    let out = scan_kernel::forward_with(rule, inputs, &consts, Some(get(&g_h)?), false, true);
+    let out = recurrence::forward_with(rule, inputs, &consts, Some(get(&g_h)?), false, true);
     // out_proj.
     let y = matvec(&out.y, get(&g_ow)?, opt(&g_ob)?, b, d, hm);
     let dev = x.device();
@@ -245,7 +247,7 @@ impl<T: Float> SimdFn<T> for MatVecCall<'_, T> {
             b: self.b,
             i: self.i,
             o: self.o,
-            y: SendPtr(self.y.as_mut_ptr()),
+            y: SharedMut::new(&mut *self.y),
         };
         let tasks = self.o.div_ceil(ROWS);
         run_tasks_on::<S, _>(&k, tasks, self.b * self.i * self.o >= 1 << 23);
@@ -259,7 +261,7 @@ struct MatVec<'a, S: Simd> {
     b: usize,
     i: usize,
     o: usize,
-    y: SendPtr<S::E>,
+    y: SharedMut<S::E>,
 }
 
 impl<S: Simd> Kernel for MatVec<'_, S> {
@@ -311,9 +313,9 @@ struct Prep<'a, S: Simd> {
     w: &'a [S::E],
     bias: Option<&'a [S::E]>,
     xp: &'a [S::E],
-    uz: SendPtr<S::E>,
-    xdbl: SendPtr<S::E>,
-    state: SendPtr<S::E>,
+    uz: SharedMut<S::E>,
+    xdbl: SharedMut<S::E>,
+    state: SharedMut<S::E>,
 }
 
 struct PrepCall<'a, T> {
@@ -343,9 +345,9 @@ impl<T: Float> SimdFn<T> for PrepCall<'_, T> {
             w: self.w,
             bias: self.bias,
             xp: self.xp,
-            uz: SendPtr(self.uz.as_mut_ptr()),
-            xdbl: SendPtr(self.xdbl.as_mut_ptr()),
-            state: SendPtr(self.state.as_mut_ptr()),
+            uz: SharedMut::new(&mut *self.uz),
+            xdbl: SharedMut::new(&mut *self.xdbl),
+            state: SharedMut::new(&mut *self.state),
         };
         run_tasks_on::<S, _>(&kern, self.b, self.b * self.d * self.k >= 1 << 20);
     }
@@ -367,15 +369,10 @@ impl<S: Simd> Kernel for Prep<'_, S> {
         for ch in 0..d {
             let old = &self.cs[(bi * d + ch) * taps..(bi * d + ch + 1) * taps];
             let new = &mut st[ch * taps..(ch + 1) * taps];
-            new[..taps - 1].copy_from_slice(&old[1..]);
-            new[taps - 1] = x[ch];
             let wk = &self.w[ch * taps..(ch + 1) * taps];
-            // Same order as the forward conv: bias, then taps 0..W.
-            let mut acc = self.bias.map_or(S::E::ZERO, |b| b[ch]);
-            for (wv, xv) in wk.iter().zip(new.iter()) {
-                acc = wv.fma(*xv, acc);
-            }
-            u[ch] = acc;
+            // Same order as the forward conv: bias, then taps 0..W, fused.
+            let bias = self.bias.map_or(S::E::ZERO, |b| b[ch]);
+            u[ch] = conv_step(old, x[ch], wk, bias, new);
         }
         // silu, vectorized as in the forward conv.
         for d0 in (0..d).step_by(LANES) {

@@ -1,16 +1,16 @@
 //! The forward scan kernel.
 
 use super::*;
-use crate::exec::threads;
+use lrnnx_kernels::cpu::exec::threads;
 
 struct Fwd<'a, S: Simd, const RULE: u8, const EVENT: bool> {
     x: ScanInputs<'a, S::E>,
     c: &'a Consts<S::E>,
     h0: Option<&'a [S::E]>,
     blocks: usize,
-    y: SendPtr<S::E>,
-    ck: Option<SendPtr<S::E>>,
-    hout: Option<SendPtr<S::E>>,
+    y: SharedMut<S::E>,
+    ck: Option<SharedMut<S::E>>,
+    hout: Option<SharedMut<S::E>>,
 }
 
 impl<S: Simd, const RULE: u8, const EVENT: bool> Kernel for Fwd<'_, S, RULE, EVENT> {
@@ -111,9 +111,9 @@ impl<T: Float> SimdFn<T> for FwdCall<'_, T> {
                     c: self.c,
                     h0: self.h0,
                     blocks,
-                    y: SendPtr(self.out.y.as_mut_ptr()),
-                    ck: self.out.ck.as_mut().map(|v| SendPtr(v.as_mut_ptr())),
-                    hout: self.out.h_last.as_mut().map(|v| SendPtr(v.as_mut_ptr())),
+                    y: SharedMut::new(&mut self.out.y),
+                    ck: self.out.ck.as_mut().map(|v| SharedMut::new(v)),
+                    hout: self.out.h_last.as_mut().map(|v| SharedMut::new(v)),
                 };
                 run_tasks_on::<S, _>(&k, dims.b * blocks, parallel);
             }};

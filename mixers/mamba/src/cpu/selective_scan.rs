@@ -1,7 +1,7 @@
 //! The fused selective scan as a candle op with a backward pass (CPU).
 //!
 //! The op takes `uz (B, L, 2D)` = `[u | z]`, `x_proj.weight (R + 2N, D)` and
-//! the parameter pack `(D, N + R + 3)` (see [`crate::scan_kernel`]). In one
+//! the parameter pack `(D, N + R + 3)` (see [`crate::cpu::recurrence`]). In one
 //! op it computes `xdbl = x_proj(u)` = `[dt_low | B | C]`, `dt_proj` +
 //! softplus, the discretization, the recurrence, the `C` read-out, the `D`
 //! skip and the `silu(z)` gate, and returns `y (B, L, D)`. Its backward
@@ -14,28 +14,13 @@
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
 
-use crate::math::Float;
-use crate::scan_kernel::{self, Dims, Rule, ScanInputs, LANES};
-use crate::simd::Dispatch;
-use crate::xproj::{self, XDims};
-
-/// The contiguous CPU slice a tensor views.
-pub(crate) fn cpu_slice<'a, T: Float>(
-    s: &'a Storage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    let Storage::Cpu(cs) = s else {
-        candle_core::bail!("Mamba: {what} must be on the CPU (the fused kernels are CPU only)")
-    };
-    let data = T::cpu_storage_as_slice(cs)?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("Mamba: {what} must be contiguous"),
-    }
-}
+use crate::cpu::recurrence::{self, Dims, Rule, ScanInputs, LANES};
+use crate::cpu::xproj::{self, XDims};
+use lrnnx_kernels::cpu::cpu_slice;
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::Dispatch;
 
 fn dims_of(uz: &Layout, xw: &Layout, pack: &Layout, n: usize) -> candle_core::Result<Dims> {
     let (b, l, d2) = uz.shape().dims3()?;
@@ -84,7 +69,7 @@ fn its_slice<'a, T: Float>(guard: &'a Guard<'_>, dims: &Dims) -> candle_core::Re
     match guard {
         None => Ok(&[]),
         Some((s, l)) => {
-            let v = cpu_slice::<T>(s, l, "integration_timesteps")?;
+            let v = cpu_slice::<T>(s, l, "Mamba integration_timesteps")?;
             if v.len() != dims.b * dims.l {
                 candle_core::bail!(
                     "selective scan: integration_timesteps must be (B, L) = ({}, {}), found {:?}",
@@ -115,7 +100,7 @@ impl SelectiveScan {
             xdbl: &xdbl,
             its,
         };
-        let out = scan_kernel::forward(self.rule, x, pack, None, self.save, false);
+        let out = recurrence::forward(self.rule, x, pack, None, self.save, false);
         if let Some(ck) = out.ck {
             *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Saved {
                 ck: T::to_cpu_storage_owned(ck),
@@ -138,10 +123,10 @@ impl SelectiveScan {
         let (sg, lg) = grad.storage_and_layout();
         let dims = dims_of(lu, lx, lp, self.n)?;
         let (uzs, xws, ps, gs) = (
-            cpu_slice::<T>(&su, lu, "uz")?,
-            cpu_slice::<T>(&sx, lx, "x_proj.weight")?,
-            cpu_slice::<T>(&sp, lp, "pack")?,
-            cpu_slice::<T>(&sg, lg, "grad")?,
+            cpu_slice::<T>(&su, lu, "Mamba uz")?,
+            cpu_slice::<T>(&sx, lx, "Mamba x_proj.weight")?,
+            cpu_slice::<T>(&sp, lp, "Mamba pack")?,
+            cpu_slice::<T>(&sg, lg, "Mamba grad")?,
         );
         let guard = self.its.as_ref().map(|t| t.storage_and_layout());
         let its = its_slice::<T>(&guard, &dims)?;
@@ -160,7 +145,7 @@ impl SelectiveScan {
                     xdbl: &xdbl,
                     its,
                 };
-                let ck = scan_kernel::forward(self.rule, x, ps, None, true, false)
+                let ck = recurrence::forward(self.rule, x, ps, None, true, false)
                     .ck
                     .unwrap_or_default();
                 recomputed = (ck, xdbl);
@@ -173,7 +158,7 @@ impl SelectiveScan {
             xdbl,
             its,
         };
-        let mut out = scan_kernel::backward(self.rule, x, ps, ck, gs);
+        let mut out = recurrence::backward(self.rule, x, ps, ck, gs);
         let dxw = xproj::backward(xdims(&dims), uzs, xws, &out.dxdbl, &mut out.duz);
         let dev = uz.device();
         Ok((
@@ -284,7 +269,7 @@ pub fn selective_scan(
 
 /// The scan from a fresh (zero) state, without gradients: `y (B, L, D)` and
 /// the last state in lane layout `(B, ceil(D / 16), N, 16)` (see
-/// [`scan_kernel::forward`]). For prefill.
+/// [`recurrence::forward`]). For prefill.
 pub fn scan_with_state(
     uz: &Tensor,
     x_proj: &Tensor,
@@ -315,15 +300,26 @@ fn state_typed<T: Dispatch + WithDType>(
     let dims = dims_of(lu, lx, lp, n)?;
     let guard = its.map(|t| t.storage_and_layout());
     let its_s = its_slice::<T>(&guard, &dims)?;
-    let uzs = cpu_slice::<T>(&su, lu, "uz")?;
-    let xdbl = xproj::forward(xdims(&dims), uzs, cpu_slice::<T>(&sx, lx, "x_proj.weight")?);
+    let uzs = cpu_slice::<T>(&su, lu, "Mamba uz")?;
+    let xdbl = xproj::forward(
+        xdims(&dims),
+        uzs,
+        cpu_slice::<T>(&sx, lx, "Mamba x_proj.weight")?,
+    );
     let x = ScanInputs {
         dims,
         uz: uzs,
         xdbl: &xdbl,
         its: its_s,
     };
-    let out = scan_kernel::forward(rule, x, cpu_slice::<T>(&sp, lp, "pack")?, None, false, true);
+    let out = recurrence::forward(
+        rule,
+        x,
+        cpu_slice::<T>(&sp, lp, "Mamba pack")?,
+        None,
+        false,
+        true,
+    );
     let dev = uz.device();
     let y = Tensor::from_vec(out.y, (dims.b, dims.l, dims.d), dev)?;
     let h = Tensor::from_vec(

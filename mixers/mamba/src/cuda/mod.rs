@@ -17,8 +17,8 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor,
 };
 
+use crate::cpu::recurrence::{Rule, LANES};
 use crate::scan_args::{ScanArgs, ScanSizes};
-use crate::scan_kernel::{Rule, LANES};
 
 /// SASS for the build's GPU (sm_90 by default) and PTX for later ones.
 const FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/selective_scan.fatbin"));

@@ -1,21 +1,23 @@
-//! Mamba on a GPU: candle ops for the projections, the conv and softplus, and
-//! the CUDA selective-scan kernel (`crate::cuda`, feature `cuda`) for the
-//! recurrence. On CPU tensors the same path runs with the plain reference
-//! scan, which is how its tests run without a GPU. One function serves forward, prefill and step, since each is
+//! Mamba from candle ops, on any device: candle ops for the projections, the
+//! conv and softplus, and for the recurrence the CUDA selective-scan kernel
+//! (`crate::cuda`, feature `cuda`) on a GPU or the plain reference scan
+//! (`crate::reference`) on the CPU, which is how this path is tested
+//! without a GPU. It is what GPUs run; on the CPU the fused ops of
+//! `crate::cpu` run instead. One function serves forward, prefill and step, since each is
 //! "run these positions from this state". Forward only: training Mamba runs
 //! on the CPU, whose fused ops have backward passes.
 
 use candle_core::{Tensor, D};
 use lrnnx_framework::{Error, Result};
 
-use crate::mamba::project;
-use crate::reference_scan::selective_scan_reference;
+use crate::cpu::recurrence::LANES;
+use crate::reference::selective_scan_reference;
 use crate::scan_args::ScanArgs;
-use crate::scan_kernel::LANES;
 use crate::Mamba;
+use lrnnx_framework::layers::project_linear as project;
 
 /// What a run on the device returns.
-pub(crate) struct DeviceRun {
+pub(crate) struct CandleOpsRun {
     /// `out_proj`'s output `(B, L, d_model)`.
     pub out: Tensor,
     /// The last `d_conv` pre-conv inputs `(B, D, d_conv)`.
@@ -33,12 +35,12 @@ fn softplus(x: &Tensor) -> Result<Tensor> {
 impl Mamba {
     /// Runs `x (B, L, d_model)`, `L > 0`, from `state = (conv_state, h)` (zeros
     /// when `None`), with event timesteps `its (B, L)` if given.
-    pub(crate) fn run_on_device(
+    pub(crate) fn run_candle_ops(
         &self,
         x: &Tensor,
         its: Option<&Tensor>,
         state: Option<(&Tensor, &Tensor)>,
-    ) -> Result<DeviceRun> {
+    ) -> Result<CandleOpsRun> {
         let (b, l, _) = x.dims3()?;
         let (d, w, n) = (self.d_inner, self.cfg.d_conv, self.cfg.d_state);
         let dev = x.device();
@@ -98,7 +100,7 @@ impl Mamba {
             h0: &h0,
             rule: self.rule,
         })?;
-        Ok(DeviceRun {
+        Ok(CandleOpsRun {
             out: project(&y, &self.out_proj)?,
             conv_state,
             h,
@@ -137,7 +139,7 @@ mod tests {
     /// fused CPU kernels: whole sequences, a split prefill and single steps,
     /// every rule, with and without event timesteps, channels not a multiple of 16.
     #[test]
-    fn device_path_equals_the_fused_cpu_path() {
+    fn candle_ops_path_equals_the_fused_cpu_path() {
         let (b, l, h, split) = (2, 13, 12, 6);
         for (i, rule) in [
             Discretization::Mamba,
@@ -174,7 +176,7 @@ mod tests {
                 };
                 let want = m.forward(&x, &opts).expect("fused forward");
                 let whole = m
-                    .run_on_device(&x, its.as_ref(), None)
+                    .run_candle_ops(&x, its.as_ref(), None)
                     .expect("device path");
                 let e = max_rel(&whole.out, &want);
                 assert!(e < 1e-12, "{rule:?} events={events}: forward {e:e}");
@@ -185,12 +187,12 @@ mod tests {
                     (x.narrow(1, t0, n).expect("positions"), ts)
                 };
                 let (x0, t0) = part(0, split);
-                let mut run = m.run_on_device(&x0, t0.as_ref(), None).expect("prefill");
+                let mut run = m.run_candle_ops(&x0, t0.as_ref(), None).expect("prefill");
                 let mut outs = vec![run.out.clone()];
                 for t in split..l {
                     let (xt, tt) = part(t, 1);
                     run = m
-                        .run_on_device(&xt, tt.as_ref(), Some((&run.conv_state, &run.h)))
+                        .run_candle_ops(&xt, tt.as_ref(), Some((&run.conv_state, &run.h)))
                         .expect("step");
                     outs.push(run.out.clone());
                 }

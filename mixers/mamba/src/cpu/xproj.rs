@@ -7,9 +7,10 @@
 // Index loops over the fixed block of rows keep the accumulators in registers.
 #![allow(clippy::needless_range_loop)]
 
-use crate::exec::{run_tasks_on, threads, Kernel, SendPtr};
-use crate::math::Float;
-use crate::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::exec::{run_tasks_on, threads, Kernel};
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::SharedMut;
 
 /// Rows sharing one pass over `W`.
 const ROWS: usize = 8;
@@ -41,7 +42,7 @@ struct Fwd<'a, S: Simd> {
     uz: &'a [S::E],
     w: &'a [S::E],
     tasks: usize,
-    out: SendPtr<S::E>,
+    out: SharedMut<S::E>,
 }
 
 impl<S: Simd> Kernel for Fwd<'_, S> {
@@ -98,7 +99,7 @@ impl<T: Float> SimdFn<T> for FwdCall<'_, T> {
             uz: self.uz,
             w: self.w,
             tasks,
-            out: SendPtr(self.out.as_mut_ptr()),
+            out: SharedMut::new(&mut *self.out),
         };
         run_tasks_on::<S, _>(&kern, tasks, self.x.rows * self.x.d * self.x.k >= 1 << 20);
     }
@@ -124,9 +125,9 @@ struct Bwd<'a, S: Simd> {
     w: &'a [S::E],
     dx: &'a [S::E],
     tasks: usize,
-    duz: SendPtr<S::E>,
+    duz: SharedMut<S::E>,
     /// `(tasks, K, Dp)`.
-    dw: SendPtr<S::E>,
+    dw: SharedMut<S::E>,
 }
 
 impl<S: Simd> Kernel for Bwd<'_, S> {
@@ -197,8 +198,8 @@ impl<T: Float> SimdFn<T> for BwdCall<'_, T> {
             w: self.w,
             dx: self.dx,
             tasks: self.tasks,
-            duz: SendPtr(self.duz.as_mut_ptr()),
-            dw: SendPtr(self.dw.as_mut_ptr()),
+            duz: SharedMut::new(&mut *self.duz),
+            dw: SharedMut::new(&mut *self.dw),
         };
         run_tasks_on::<S, _>(
             &kern,

@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 /// AVX-512F, one `__m512` of f32.
 #[derive(Debug, Clone, Copy)]
-pub struct Avx512;
+pub(crate) struct Avx512;
 
 // SAFETY (every `unsafe` block below): these functions only run inside
 // `Avx512::enter`, i.e. on a CPU with AVX-512F/VL/DQ, AVX2 and FMA
@@ -16,7 +16,7 @@ impl Simd for Avx512 {
     type V = __m512;
     #[inline(always)]
     fn enter<K: Kernel>(k: &K, task: usize) {
-        crate::exec::run_on_avx512(k, task)
+        crate::cpu::exec::run_on_avx512(k, task)
     }
     #[inline(always)]
     fn splat(x: f32) -> __m512 {
@@ -112,7 +112,7 @@ fn pow2i_512(kf: __m512) -> __m512 {
 
 /// AVX2 + FMA, two `__m256` of f32.
 #[derive(Debug, Clone, Copy)]
-pub struct Avx2;
+pub(crate) struct Avx2;
 
 type P = [__m256; 2];
 
@@ -129,7 +129,7 @@ impl Simd for Avx2 {
     type V = P;
     #[inline(always)]
     fn enter<K: Kernel>(k: &K, task: usize) {
-        crate::exec::run_on_avx2(k, task)
+        crate::cpu::exec::run_on_avx2(k, task)
     }
     #[inline(always)]
     fn splat(x: f32) -> P {

@@ -1,12 +1,12 @@
 //! The selective scan written plainly, in f64, one channel and position at a
-//! time: the reference the GPU kernel is tested against, and what the device
+//! time: the reference the GPU kernel is tested against, and what the candle-ops
 //! path runs when its tensors are on the CPU (so that path is tested without
 //! a GPU).
 
 use candle_core::{DType, Result, Tensor};
 
+use crate::cpu::recurrence::{Rule, LANES};
 use crate::scan_args::{ScanArgs, ScanSizes};
-use crate::scan_kernel::{Rule, LANES};
 
 fn values(t: &Tensor) -> Result<Vec<f64>> {
     t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()

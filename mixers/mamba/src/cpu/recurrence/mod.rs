@@ -23,16 +23,17 @@
 //! backward recomputes each chunk from its checkpoint, then runs the adjoint
 //! recurrence backwards through it.
 
-use crate::exec::{run_tasks_on, Kernel, SendPtr};
-use crate::math::Float;
-use crate::simd::{dispatch, Dispatch, Simd, SimdFn};
+use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel};
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn};
+use lrnnx_kernels::cpu::SharedMut;
 
 mod bwd;
 mod fwd;
 
-pub use crate::simd::LANES;
-pub use bwd::{backward, BwdOut};
-pub use fwd::{forward, forward_with, FwdOut};
+pub use bwd::backward;
+pub use fwd::{forward, forward_with};
+pub use lrnnx_kernels::cpu::simd::LANES;
 
 /// Positions between saved states.
 pub const CHUNK: usize = 32;
@@ -229,12 +230,12 @@ impl<T: Float> SimdFn<T> for UnpackCall<'_, '_, T> {
         let k = Unpack::<S> {
             dims: self.dims,
             src: self.src,
-            a: SendPtr(c.a.as_mut_ptr()),
-            wt: SendPtr(c.wt.as_mut_ptr()),
-            bias: SendPtr(c.bias.as_mut_ptr()),
-            skip: SendPtr(c.skip.as_mut_ptr()),
-            spa: SendPtr(c.spa.as_mut_ptr()),
-            abias: SendPtr(c.abias.as_mut_ptr()),
+            a: SharedMut::new(&mut c.a),
+            wt: SharedMut::new(&mut c.wt),
+            bias: SharedMut::new(&mut c.bias),
+            skip: SharedMut::new(&mut c.skip),
+            spa: SharedMut::new(&mut c.spa),
+            abias: SharedMut::new(&mut c.abias),
         };
         run_tasks_on::<S, _>(&k, 1, false);
     }
@@ -243,12 +244,12 @@ impl<T: Float> SimdFn<T> for UnpackCall<'_, '_, T> {
 struct Unpack<'a, S: Simd> {
     dims: Dims,
     src: Params<'a, S::E>,
-    a: SendPtr<S::E>,
-    wt: SendPtr<S::E>,
-    bias: SendPtr<S::E>,
-    skip: SendPtr<S::E>,
-    spa: SendPtr<S::E>,
-    abias: SendPtr<S::E>,
+    a: SharedMut<S::E>,
+    wt: SharedMut<S::E>,
+    bias: SharedMut<S::E>,
+    skip: SharedMut<S::E>,
+    spa: SharedMut<S::E>,
+    abias: SharedMut<S::E>,
 }
 
 impl<S: Simd> Kernel for Unpack<'_, S> {

@@ -12,11 +12,12 @@
 //! vectorized and a scalar evaluation agree to the bit.
 //!
 //! Soundness: the intrinsic backends may only run on CPUs with their
-//! features. Their code is only reached through [`Simd::enter`], which
-//! [`dispatch`] hands out after checking the CPU; the module is private.
+//! features. Their types are private to this crate, so code outside it
+//! only reaches them through [`dispatch`], which hands a backend out after
+//! checking the CPU (and [`Simd::enter`] checks again).
 
-use crate::exec::Kernel;
-use crate::math::Float;
+use super::exec::Kernel;
+use super::float::Float;
 
 /// Elements per vector (also the channel-group width of the kernels).
 pub const LANES: usize = 16;
@@ -154,10 +155,10 @@ impl Dispatch for f32 {
     fn dispatch<F: SimdFn<Self>>(f: F) -> F::Out {
         #[cfg(target_arch = "x86_64")]
         {
-            if crate::exec::has_avx512() {
+            if super::dispatch::has_avx512() {
                 return f.call::<Avx512>();
             }
-            if crate::exec::has_avx2() {
+            if super::dispatch::has_avx2() {
                 return f.call::<Avx2>();
             }
         }
@@ -190,7 +191,7 @@ impl<T: Float + 'static> Simd for Lanes<T> {
     type V = [T; LANES];
     #[inline(always)]
     fn enter<K: Kernel>(k: &K, task: usize) {
-        crate::exec::run_best(k, task)
+        super::exec::run_best(k, task)
     }
     #[inline(always)]
     fn splat(x: T) -> Self::V {
@@ -285,11 +286,11 @@ impl<T: Float + 'static> Simd for Lanes<T> {
     }
 }
 
-/// f32 `exp` pieces on any f32 backend, as `math::exp_parts`: `(2^k, expm1(r))`.
+/// f32 `exp` pieces on any f32 backend, as `float::exp_parts`: `(2^k, expm1(r))`.
 #[inline(always)]
 fn exp_parts<S: Simd<E = f32>>(x: S::V, pow2i: impl Fn(S::V) -> S::V) -> (S::V, S::V) {
-    use crate::math::consts::*;
-    let x = S::min(S::max(x, S::splat(-87.0)), S::splat(88.0));
+    use super::float::consts::*;
+    let x = S::min(S::max(x, S::splat(EXP_MIN)), S::splat(EXP_MAX));
     let magic = S::splat(MAGIC);
     let t = S::fma(x, S::splat(LOG2E), magic);
     let kf = S::sub(t, magic);
@@ -304,7 +305,7 @@ fn exp_parts<S: Simd<E = f32>>(x: S::V, pow2i: impl Fn(S::V) -> S::V) -> (S::V, 
 
 #[inline(always)]
 fn ln1p_unit_f32<S: Simd<E = f32>>(w: S::V) -> S::V {
-    use crate::math::consts::LN1P_P;
+    use super::float::consts::LN1P_P;
     let s = S::div(w, S::add(S::splat(2.0), w));
     let s2 = S::mul(s, s);
     let mut p = S::splat(LN1P_P[0]);
@@ -316,7 +317,7 @@ fn ln1p_unit_f32<S: Simd<E = f32>>(w: S::V) -> S::V {
 
 #[inline(always)]
 fn phi2_f32<S: Simd<E = f32>>(x: S::V) -> S::V {
-    use crate::math::consts::PHI2_P;
+    use super::float::consts::PHI2_P;
     let mut s = S::c(PHI2_P[0]);
     for &c in &PHI2_P[1..] {
         s = S::fma(x, s, S::c(c));
@@ -327,87 +328,10 @@ fn phi2_f32<S: Simd<E = f32>>(x: S::V) -> S::V {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::{Avx2, Avx512};
+pub(crate) use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::exec::{run_tasks_on, SendPtr};
-
-    const FUNCS: usize = 6;
-
-    struct K<'a, S> {
-        xs: &'a [f32],
-        out: SendPtr<f32>,
-        _s: std::marker::PhantomData<S>,
-    }
-
-    impl<S: Simd<E = f32>> Kernel for K<'_, S> {
-        #[inline(always)]
-        fn run(&self, _task: usize) {
-            for (i, x) in self.xs.chunks_exact(LANES).enumerate() {
-                let v = S::load(x);
-                let fs = [
-                    S::exp(v),
-                    S::expm1_exp(v).0,
-                    S::softplus(v),
-                    S::softplus_grad(v),
-                    S::sigmoid(v),
-                    S::phi2(v),
-                ];
-                for (j, f) in fs.into_iter().enumerate() {
-                    // SAFETY: one task writes every row once.
-                    S::store(f, unsafe { self.out.slice((i * FUNCS + j) * LANES, LANES) });
-                }
-            }
-        }
-    }
-
-    struct Eval<'a>(&'a [f32], SendPtr<f32>);
-
-    impl SimdFn<f32> for Eval<'_> {
-        type Out = &'static str;
-        fn call<S: Simd<E = f32>>(self) -> &'static str {
-            let k = K::<S> {
-                xs: self.0,
-                out: self.1,
-                _s: std::marker::PhantomData,
-            };
-            run_tasks_on::<S, _>(&k, 1, false);
-            std::any::type_name::<S>()
-        }
-    }
-
-    #[test]
-    fn vector_backend_equals_scalar_math() {
-        let xs: Vec<f32> = (0..LANES * 64)
-            .map(|i| -30.0 + 60.0 * (i as f32) / (LANES * 64) as f32)
-            .chain((0..LANES).map(|i| 1e-3 * i as f32 - 0.008))
-            .collect();
-        let mut out = vec![0f32; xs.len() * FUNCS];
-        let backend = dispatch::<f32, _>(Eval(&xs, SendPtr(out.as_mut_ptr())));
-        for (i, x) in xs.chunks_exact(LANES).enumerate() {
-            for (l, &v) in x.iter().enumerate() {
-                let want = [
-                    v.exp_(),
-                    v.expm1_exp().0,
-                    v.softplus(),
-                    v.softplus_grad(),
-                    v.sigmoid(),
-                    v.phi2(),
-                ];
-                for (j, w) in want.iter().enumerate() {
-                    let got = out[(i * FUNCS + j) * LANES + l];
-                    assert_eq!(
-                        got.to_bits(),
-                        w.to_bits(),
-                        "{backend}: function {j} at {v}: {got} vs {w}"
-                    );
-                }
-            }
-        }
-    }
-}
+pub(crate) mod tests;

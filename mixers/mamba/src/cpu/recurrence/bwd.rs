@@ -2,7 +2,7 @@
 //! checkpoint, then run the adjoint recurrence backwards through it.
 
 use super::*;
-use crate::exec::threads;
+use lrnnx_kernels::cpu::exec::threads;
 
 struct Bwd<'a, S: Simd, const RULE: u8, const EVENT: bool> {
     x: ScanInputs<'a, S::E>,
@@ -10,11 +10,11 @@ struct Bwd<'a, S: Simd, const RULE: u8, const EVENT: bool> {
     g: &'a [S::E],
     ck: &'a [S::E],
     blocks: usize,
-    duz: SendPtr<S::E>,
+    duz: SharedMut<S::E>,
     /// `(blocks, B, L, K)`.
-    dx: SendPtr<S::E>,
+    dx: SharedMut<S::E>,
     /// `(B, N + R + 3, Dp)`: dA, dD, dW (R rows), dbias, dspa.
-    dpar: SendPtr<S::E>,
+    dpar: SharedMut<S::E>,
 }
 
 impl<S: Simd, const RULE: u8, const EVENT: bool> Kernel for Bwd<'_, S, RULE, EVENT> {
@@ -340,9 +340,9 @@ impl<T: Float> SimdFn<T> for BwdCall<'_, T> {
                     g: self.g,
                     ck: self.ck,
                     blocks: self.blocks,
-                    duz: SendPtr(self.duz.as_mut_ptr()),
-                    dx: SendPtr(self.dx.as_mut_ptr()),
-                    dpar: SendPtr(self.dpar.as_mut_ptr()),
+                    duz: SharedMut::new(&mut *self.duz),
+                    dx: SharedMut::new(&mut *self.dx),
+                    dpar: SharedMut::new(&mut *self.dpar),
                 };
                 run_tasks_on::<S, _>(&kern, dims.b * self.blocks, self.parallel);
             }};

@@ -9,10 +9,11 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use crate::exec::{run_tasks_on, threads, Kernel, SendPtr};
-use crate::math::Float;
-use crate::scan::cpu_slice;
-use crate::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::cpu_slice;
+use lrnnx_kernels::cpu::exec::{run_tasks_on, threads, Kernel};
+use lrnnx_kernels::cpu::float::Float;
+use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::SharedMut;
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -99,7 +100,7 @@ struct Fwd<'a, S: Simd> {
     xz: &'a [S::E],
     taps: &'a Taps<S::E>,
     chunks: usize,
-    out: SendPtr<S::E>,
+    out: SharedMut<S::E>,
 }
 
 impl<S: Simd> Kernel for Fwd<'_, S> {
@@ -135,9 +136,9 @@ struct Bwd<'a, S: Simd> {
     taps: &'a Taps<S::E>,
     g: &'a [S::E],
     chunks: usize,
-    dxz: SendPtr<S::E>,
+    dxz: SharedMut<S::E>,
     /// `(tasks, W + 1, Dp)`: weight rows (per tap) then the bias row.
-    part: SendPtr<S::E>,
+    part: SharedMut<S::E>,
 }
 
 impl<S: Simd> Kernel for Bwd<'_, S> {
@@ -219,7 +220,7 @@ impl<T: Float> SimdFn<T> for FwdCall<'_, T> {
             xz: self.xz,
             taps: self.taps,
             chunks,
-            out: SendPtr(self.out.as_mut_ptr()),
+            out: SharedMut::new(&mut *self.out),
         };
         let parallel = self.dims.b * self.dims.l * self.dims.d >= 1 << 14;
         run_tasks_on::<S, _>(&k, self.dims.b * chunks, parallel);
@@ -260,8 +261,8 @@ impl<T: Float> SimdFn<T> for BwdCall<'_, T> {
             taps: self.taps,
             g: self.g,
             chunks: self.chunks,
-            dxz: SendPtr(self.dxz.as_mut_ptr()),
-            part: SendPtr(self.part.as_mut_ptr()),
+            dxz: SharedMut::new(&mut *self.dxz),
+            part: SharedMut::new(&mut *self.part),
         };
         let parallel = dims.b * dims.l * dims.d >= 1 << 14;
         run_tasks_on::<S, _>(&k, dims.b * self.chunks, parallel);
@@ -363,10 +364,10 @@ impl CustomOp3 for ConvSilu {
             ($t:ty) => {{
                 let (dxz, dw, db) = bwd_typed::<$t>(
                     dims,
-                    cpu_slice(&sx, lx, "conv input")?,
-                    cpu_slice(&sw, lw, "conv weight")?,
-                    cpu_slice(&sb, lb, "conv bias")?,
-                    cpu_slice(&sg, lg, "conv grad")?,
+                    cpu_slice(&sx, lx, "Mamba conv input")?,
+                    cpu_slice(&sw, lw, "Mamba conv weight")?,
+                    cpu_slice(&sb, lb, "Mamba conv bias")?,
+                    cpu_slice(&sg, lg, "Mamba conv grad")?,
                 );
                 (
                     Tensor::from_vec(dxz, lx.shape(), dev)?,
