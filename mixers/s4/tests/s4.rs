@@ -155,19 +155,7 @@ fn reference_ssm(
 #[test]
 fn forward_matches_reference_in_both_modes() {
     let cases = [
-        (1, 1, 3, json!({"d_state": 2})),
-        (3, 37, 5, json!({"d_state": 7})),
         (2, 20, 4, json!({"dt_tie": false, "disc": "zoh"})),
-        (
-            2,
-            33,
-            6,
-            json!({"channels": 2, "n_ssm": 3, "dt_min": 0.01, "dt_max": 0.5}),
-        ),
-        (2, 17, 4, json!({"channels": 3, "swap_channels": true})),
-        (2, 12, 4, json!({"gate": 2, "bottleneck": 1})),
-        (2, 12, 4, json!({"final_act": null, "init": "diag-lin"})),
-        (1, 9, 4, json!({"init": "hippo", "n_ssm": 2})),
         (2, 11, 4, json!({"init": "dplr-lin", "d_state": 10})),
     ];
     common::forward_matches_reference_in_both_modes::<S4>(cases);
@@ -175,11 +163,7 @@ fn forward_matches_reference_in_both_modes() {
 
 #[test]
 fn kernel_is_the_impulse_response() {
-    let (h, n2, l) = (3, 4, 25);
-    let (m, store) = build(h, json!({"channels": 2}), 4, DType::F64);
-    let k = vec1(&m.kernel(l).unwrap());
-    assert_eq!(m.kernel(l).unwrap().dims(), &[2 * h, l]);
-    let p = params(&store);
+    let (k, p, (h, n2, l), m) = common::two_channel_kernel::<S4>();
     for hi in 0..h {
         let (abar, bbar) = dense_system(&p, hi, n2, h);
         for ci in 0..2 {
@@ -206,7 +190,7 @@ fn kernel_is_the_impulse_response() {
 #[test]
 fn stored_c_tilde_is_converted_on_load() {
     let (h, n2, lk) = (3, 4, 16);
-    let (m, store) = build(h, json!({}), 4, DType::F64);
+    let (m, store) = common::build::<S4>(h, json!({}), 4, DType::F64);
     let x = randn(&[2, 20, h], 1, DType::F64);
     let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
     let p = params(&store);
@@ -237,7 +221,7 @@ fn stored_c_tilde_is_converted_on_load() {
         Tensor::new(lk as i64, &Device::Cpu).unwrap(),
     );
     let loaded = ParamStore::load(saved, DType::F64, &Device::Cpu);
-    let m2 = S4::new(h, config(json!({})), &loaded.builder()).unwrap();
+    let m2 = S4::new(h, common::config(json!({})), &loaded.builder()).unwrap();
     assert!(
         loaded.unused_keys().is_empty(),
         "{:?}",

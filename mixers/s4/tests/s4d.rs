@@ -1,15 +1,14 @@
 //! S4D against a slow, obviously right reference; step, prefill, scan vs
 //! convolution, kernel, lengths, l_max, gradients, a long sequence, errors.
 
-use candle_core::DType;
-use lrnnx_framework::{Lti, ParamStore};
+use lrnnx_framework::Lti;
 use lrnnx_s4::s4d::{S4d, S4dConfig, S4dDisc};
 use lrnnx_testing::vec1;
 use num_complex::Complex64 as Cx;
 use serde_json::{json, Value};
 
 mod common;
-use common::{params, Params};
+use common::Params;
 
 /// lrnnx's `param_transform`.
 fn transform(name: &str, x: f64) -> f64 {
@@ -74,19 +73,7 @@ fn reference_ssm(
 #[test]
 fn forward_matches_reference_in_both_modes() {
     let cases = [
-        (1, 1, 3, json!({"d_state": 2})),
-        (3, 37, 5, json!({"d_state": 7})),
         (2, 20, 4, json!({"disc": "bilinear", "dt_tie": false})),
-        (
-            2,
-            33,
-            6,
-            json!({"channels": 2, "n_ssm": 3, "dt_min": 0.01, "dt_max": 0.5}),
-        ),
-        (2, 17, 4, json!({"channels": 3, "swap_channels": true})),
-        (2, 12, 4, json!({"gate": 2, "bottleneck": 1})),
-        (2, 12, 4, json!({"final_act": null, "init": "diag-lin"})),
-        (1, 9, 4, json!({"init": "hippo", "n_ssm": 2})),
         (
             2,
             10,
@@ -106,11 +93,7 @@ fn forward_matches_reference_in_both_modes() {
 
 #[test]
 fn kernel_is_the_impulse_response() {
-    let (h, n2, l) = (3, 4, 25);
-    let (m, store) = build(h, json!({"channels": 2}), 4, DType::F64);
-    let k = vec1(&m.kernel(l).unwrap());
-    assert_eq!(m.kernel(l).unwrap().dims(), &[2 * h, l]);
-    let p = params(&store);
+    let (k, p, (h, n2, l), m) = common::two_channel_kernel::<S4d>();
     for hi in 0..h {
         for ci in 0..2 {
             for t in 0..l {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use lrnnx_framework::{ForwardOpts, Mixer, ParamBuilder, ParamStore, Result, StepOpts};
+use lrnnx_framework::{ForwardOpts, Lti, Mixer, ParamBuilder, ParamStore, Result, StepOpts};
 use lrnnx_s4::ssm::{SsmBlockConfig, SsmDisc};
 use lrnnx_s4::ForwardMode;
 use lrnnx_testing::{
@@ -134,22 +134,6 @@ macro_rules! ssm_layer_tests {
             fn step_cases() -> Vec<Value> {
                 step_cases()
             }
-        }
-
-        /// The config of `kw` over the test defaults.
-        #[allow(dead_code)]
-        fn config(kw: Value) -> lrnnx_s4::ssm::SsmBlockConfig<$disc> {
-            common::config(kw)
-        }
-
-        /// The layer of width `h` and config `kw` on a fresh store drawn from `seed`.
-        fn build(
-            h: usize,
-            kw: Value,
-            seed: u64,
-            dtype: DType,
-        ) -> ($layer, std::sync::Arc<ParamStore>) {
-            common::build(h, kw, seed, dtype)
         }
 
         #[test]
@@ -474,11 +458,27 @@ pub fn step_and_prefill_equal_forward<L: SsmLayer>() {
 }
 
 /// The forward in every mode, in f64 and in f32, against the slow reference
-/// for each `(B, L, H, kwargs)` of `cases`.
+/// for each `(B, L, H, kwargs)` the two layers share (odd sizes, channels,
+/// `n_ssm`, swapped channels, gate and bottleneck, no output linear, inits)
+/// and then each of the layer's `own_cases`.
 pub fn forward_matches_reference_in_both_modes<L: SsmLayer>(
-    cases: impl IntoIterator<Item = (usize, usize, usize, Value)>,
+    own_cases: impl IntoIterator<Item = (usize, usize, usize, Value)>,
 ) {
-    for (b, l, h, kw) in cases {
+    let shared = [
+        (1, 1, 3, json!({"d_state": 2})),
+        (3, 37, 5, json!({"d_state": 7})),
+        (
+            2,
+            33,
+            6,
+            json!({"channels": 2, "n_ssm": 3, "dt_min": 0.01, "dt_max": 0.5}),
+        ),
+        (2, 17, 4, json!({"channels": 3, "swap_channels": true})),
+        (2, 12, 4, json!({"gate": 2, "bottleneck": 1})),
+        (2, 12, 4, json!({"final_act": null, "init": "diag-lin"})),
+        (1, 9, 4, json!({"init": "hippo", "n_ssm": 2})),
+    ];
+    for (b, l, h, kw) in shared.into_iter().chain(own_cases) {
         let (mut m, store) = build::<L>(h, kw.clone(), 3, DType::F64);
         let x = randn(&[b, l, h], 7, DType::F64);
         let want = reference::<L>(&store, &config(kw.clone()), &x, None);
@@ -544,4 +544,15 @@ pub fn bad_shapes_and_kwargs_are_named<L: SsmLayer>(
     assert_eq!(j["type"], L::NAME);
     assert_eq!(j["disc"], disc);
     assert_eq!(j["B_clip"], 2.0);
+}
+
+/// The kernel of 25 taps of a layer of width 3, `d_state = 8`, two channels
+/// (its shape checked), the layer's parameters and `(H, N/2, len)`; the
+/// layer to check its discretization.
+pub fn two_channel_kernel<L: SsmLayer + Lti>() -> (Vec<f64>, Params, (usize, usize, usize), L) {
+    let (h, n2, l) = (3, 4, 25);
+    let (m, store) = build::<L>(h, json!({"channels": 2}), 4, DType::F64);
+    let k = m.kernel(l).unwrap();
+    assert_eq!(k.dims(), &[2 * h, l]);
+    (vec1(&k), params(&store), (h, n2, l), m)
 }
