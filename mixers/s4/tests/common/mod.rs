@@ -108,6 +108,15 @@ pub fn reference<L: SsmLayer>(
 /// `reference_ssm` and `step_cases` functions and the layer's `new` and
 /// `set_forward_mode`, and adds the shared tests as `#[test]` functions.
 macro_rules! ssm_layer_tests {
+    // One `#[test]` per shared test function, run on `$layer`.
+    (@tests $layer:ty: $($test:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                common::$test::<$layer>();
+            }
+        )+
+    };
     ($layer:ty, $disc:ty, name = $name:expr, gradient_params = $params:expr) => {
         impl common::SsmLayer for $layer {
             type Disc = $disc;
@@ -136,30 +145,13 @@ macro_rules! ssm_layer_tests {
             }
         }
 
-        #[test]
-        fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
-            common::lengths_mask_the_inputs_and_l_max_truncates_the_kernel::<$layer>();
-        }
-
-        #[test]
-        fn gradients_match_finite_differences() {
-            common::gradients_match_finite_differences::<$layer>();
-        }
-
-        #[test]
-        fn long_sequence_stays_finite_and_matches_stepping() {
-            common::long_sequence_stays_finite_and_matches_stepping::<$layer>();
-        }
-
-        #[test]
-        fn scan_equals_convolution_at_length() {
-            common::scan_equals_convolution_at_length::<$layer>();
-        }
-
-        #[test]
-        fn step_and_prefill_equal_forward() {
-            common::step_and_prefill_equal_forward::<$layer>();
-        }
+        common::ssm_layer_tests!(@tests $layer:
+            lengths_mask_the_inputs_and_l_max_truncates_the_kernel,
+            gradients_match_finite_differences,
+            long_sequence_stays_finite_and_matches_stepping,
+            scan_equals_convolution_at_length,
+            step_and_prefill_equal_forward,
+        );
     };
 }
 pub(crate) use ssm_layer_tests;
