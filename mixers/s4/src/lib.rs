@@ -29,7 +29,7 @@ pub mod s4;
 pub mod s4d;
 pub mod ssm;
 
-pub use config::S4Config;
+pub use config::{S4Config, S4Disc};
 pub use s4::{ForwardMode, S4};
 
 lrnnx_framework::mixers! {

@@ -1,17 +1,18 @@
 //! The S4 layer: parameters (with lrnnx's `C~` convention converted on
 //! load), forward by recurrence or by convolution, step, kernel.
 
-use crate::ssm::{mask_lengths, SsmParams, SsmWrapper};
+use crate::ssm::{f64_values, SsmBlock};
 use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_framework::{
-    check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
-    Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+    Discretization, Error, Family, ForwardOpts, Lti, Mixer, MixerConfig, MixerState, ParamBuilder,
+    Result, StepOpts,
 };
-use lrnnx_kernels::fft_conv::causal_conv;
 use num_complex::Complex64;
 
+use crate::config::S4Disc;
 use crate::ctilde;
 use crate::dplr::{self, dplr_scan, Dims};
+pub use crate::ssm::ForwardMode;
 use crate::S4Config;
 
 /// Below this length `forward_mode = "auto"` runs the recurrence, from it on
@@ -21,18 +22,6 @@ use crate::S4Config;
 /// H in {64, 256}, N in {4, 16, 64}: within noise up to 4 positions, the
 /// convolution faster from there on at B >= 8 (2-4x at B = 8, H = 256, N = 64).
 pub const AUTO_CONV_FROM: usize = 4;
-
-/// How a forward pass is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardMode {
-    /// By length and batch: recurrence at batch 1 or below [`AUTO_CONV_FROM`]
-    /// positions, convolution otherwise.
-    Auto,
-    /// The DPLR recurrence over the input.
-    Scan,
-    /// The kernel (the recurrence's impulse response), then a causal FFT convolution.
-    Conv,
-}
 
 /// lrnnx's `S4`: a diagonal-plus-low-rank state-space kernel (`S4Kernel`,
 /// always bilinear) inside the S4 block. Parameters `inv_dt`, `A_real`,
@@ -47,45 +36,19 @@ pub enum ForwardMode {
 /// consistent for lrnnx; training then works on the true `C`.
 #[derive(Debug)]
 pub struct S4 {
-    cfg: S4Config,
-    d_model: usize,
-    n2: usize,
-    mode: ForwardMode,
-    ssm: SsmParams,
-    wrapper: SsmWrapper,
+    block: SsmBlock<S4Disc>,
 }
 
 impl S4 {
     /// Builds the layer, drawing parameters as lrnnx does unless `pb` loads them.
     pub fn new(d_model: usize, cfg: S4Config, pb: &ParamBuilder) -> Result<Self> {
-        cfg.validate(d_model).map_err(Error::Config)?;
-        let wopts = cfg.wrapper_opts(d_model);
-        let input_linear = SsmWrapper::build_bottleneck(&wopts, pb)?;
-        let ssm = SsmParams::new(cfg.spec(d_model).map_err(Error::Config)?, pb)?;
+        let layer = Self {
+            block: SsmBlock::new(crate::NAME, d_model, cfg, pb)?,
+        };
         let l_kernel = pb.buffer("layer.kernel.l_kernel", || {
             Ok(Tensor::new(0i64, &Device::Cpu)?)
         })?;
-        let wrapper = SsmWrapper::new(wopts, input_linear, pb)?;
-        let mode = match cfg.forward_mode.as_str() {
-            "scan" => ForwardMode::Scan,
-            "conv" => ForwardMode::Conv,
-            _ => ForwardMode::Auto,
-        };
-        let layer = Self {
-            n2: cfg.d_state / 2,
-            d_model,
-            mode,
-            ssm,
-            wrapper,
-            cfg,
-        };
-        let lk = l_kernel
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?
-            .first()
-            .copied()
-            .unwrap_or(0.0);
+        let lk = f64_values(&l_kernel)?.first().copied().unwrap_or(0.0);
         if lk > 0.0 {
             layer.untilde_c(lk as usize, pb)?;
             pb.set_buffer("layer.kernel.l_kernel", Tensor::new(0i64, pb.device())?);
@@ -95,12 +58,8 @@ impl S4 {
 
     /// Replaces the stored `C~` by the true `C` (see the type's docs).
     fn untilde_c(&self, l_kernel: usize, pb: &ParamBuilder) -> Result<()> {
-        let (h, n2, ch) = (self.d_model, self.n2, self.cfg.channels);
-        let rows = self
-            .packed()?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
+        let (h, n2, ch) = (self.block.d_model, self.block.n2, self.block.channels());
+        let rows = f64_values(&self.packed()?)?;
         let k = dplr::FIXED + 2 * ch;
         let mut c_true = vec![0.0; ch * h * n2 * 2];
         for hi in 0..h {
@@ -140,27 +99,24 @@ impl S4 {
 
     /// Overrides the forward mode (e.g. to compare scan and convolution).
     pub fn set_forward_mode(&mut self, mode: ForwardMode) {
-        self.mode = mode;
+        self.block.mode = mode;
     }
 
     /// Complex modes per feature, `N/2`.
     pub fn n2(&self) -> usize {
-        self.n2
+        self.block.n2
     }
 
     /// The op's packed parameters `(H, N/2, 7 + 2*channels)`, differentiable.
     fn packed(&self) -> Result<Tensor> {
-        let (h, n2) = (self.d_model, self.n2);
-        let dt = self.ssm.dt()?.broadcast_as((h, n2))?.contiguous()?;
-        let (lr, li) = self.ssm.lambda()?;
-        let (pr, pi) = self
-            .ssm
-            .p()?
-            .ok_or_else(|| Error::Config("S4 needs P".into()))?;
-        let (br, bi) = self.ssm.b()?;
-        let (cr, ci) = self.ssm.c()?;
+        let (h, n2, ssm) = (self.block.d_model, self.block.n2, &self.block.ssm);
+        let dt = ssm.dt()?.broadcast_as((h, n2))?.contiguous()?;
+        let (lr, li) = ssm.lambda()?;
+        let (pr, pi) = ssm.p()?.ok_or_else(|| Error::Config("S4 needs P".into()))?;
+        let (br, bi) = ssm.b()?;
+        let (cr, ci) = ssm.c()?;
         let mut cols = vec![lr, li, pr.squeeze(0)?, pi.squeeze(0)?, br, bi, dt];
-        for c in 0..self.cfg.channels {
+        for c in 0..self.block.channels() {
             cols.push(cr.narrow(0, c, 1)?.squeeze(0)?);
             cols.push(ci.narrow(0, c, 1)?.squeeze(0)?);
         }
@@ -169,7 +125,7 @@ impl S4 {
 
     /// The kernel `(channels*H, len)`, row `c*H + h`: the impulse response.
     fn kernel_of(&self, packed: &Tensor, len: usize) -> Result<Tensor> {
-        let (h, c) = (self.d_model, self.cfg.channels);
+        let (h, c) = (self.block.d_model, self.block.channels());
         let dtype = packed.dtype();
         let dev = packed.device();
         let one = Tensor::ones((1, 1, h), dtype, dev)?;
@@ -182,66 +138,43 @@ impl S4 {
         Ok(k.reshape((len, c * h))?.t()?.contiguous()?)
     }
 
-    /// The mode used for `batch` sequences of length `l`.
-    fn pick(&self, batch: usize, l: usize) -> Result<ForwardMode> {
-        let truncated = self.cfg.l_max.is_some_and(|m| l > m);
-        match self.mode {
-            ForwardMode::Scan if truncated => Err(Error::Config(format!(
-                "S4 forward_mode = \"scan\" cannot run L = {l} > l_max = {}: lrnnx then drops the \
-                 kernel taps past l_max, which only the convolution reproduces",
-                self.cfg.l_max.unwrap_or(0)
-            ))),
-            ForwardMode::Auto if truncated || (batch > 1 && l >= AUTO_CONV_FROM) => {
-                Ok(ForwardMode::Conv)
-            }
-            ForwardMode::Auto => Ok(ForwardMode::Scan),
-            m => Ok(m),
-        }
-    }
-
-    /// The SSM over `x (B, L, H)`: `(B, L, channels, H)`.
+    /// The SSM over `x (B, L, H)`: `(B, L, channels, H)`. `auto` is the
+    /// recurrence at batch 1 (the kernel is itself a batch-1 run of it).
     fn ssm_forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, h) = x.dims3()?;
-        let c = self.cfg.channels;
+        let (b, l, _) = x.dims3()?;
         let packed = self.packed()?;
-        if self.pick(b, l)? == ForwardMode::Scan {
-            return Ok(dplr_scan(x, &packed, None, c)?);
+        if self.block.pick(l, b > 1 && l >= AUTO_CONV_FROM)? == ForwardMode::Scan {
+            return Ok(dplr_scan(x, &packed, None, self.block.channels())?);
         }
-        let taps = self.cfg.l_max.map_or(l, |m| m.min(l));
-        let k = self.kernel_of(&packed, taps)?;
-        let xr = if c > 1 {
-            Tensor::cat(&vec![x.clone(); c], 2)?
-        } else {
-            x.clone()
-        };
-        Ok(causal_conv(&xr, &k)?.reshape((b, l, c, h))?)
+        let k = self.kernel_of(&packed, self.block.taps(l))?;
+        self.block.conv(x, &k)
     }
 
     /// Runs the recurrence without autograd from `state`: `(y (B, L, C, H), new state)`.
     fn run_raw(&self, x: &Tensor, packed: &Tensor, s0: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, l, h) = x.dims3()?;
-        let flat = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-        };
         let d = Dims {
             b,
             l,
             h,
-            n2: self.n2,
-            c: self.cfg.channels,
+            n2: self.block.n2,
+            c: self.block.channels(),
         };
-        let (y, s) = dplr::run(&flat(x)?, &flat(packed)?, &flat(s0)?, d);
+        let (y, s) = dplr::run(&f64_values(x)?, &f64_values(packed)?, &f64_values(s0)?, d);
         let (dtype, dev) = (x.dtype(), x.device());
         Ok((
             Tensor::from_vec(y, (b, l, d.c, h), dev)?.to_dtype(dtype)?,
-            Tensor::from_vec(s, (b, h, self.n2, 2), dev)?.to_dtype(s0.dtype())?,
+            Tensor::from_vec(s, (b, h, d.n2, 2), dev)?.to_dtype(s0.dtype())?,
         ))
     }
 
-    fn prepare(&self, x: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
-        check_sequence(x, self.d_model, "S4 input")?;
-        let x = x.to_dtype(self.wrapper.d().dtype())?;
-        mask_lengths(&x, opts.lengths.as_ref())
+    /// The recurrence from the state's `lrnn_state` with its packed `params`;
+    /// the new state goes back into it.
+    fn run_from_state(&self, x: &Tensor, state: &mut MixerState) -> Result<Tensor> {
+        let packed = state.get("params")?.clone();
+        let (y, s) = self.run_raw(x, &packed, state.get("lrnn_state")?)?;
+        state.set("lrnn_state", s);
+        Ok(y)
     }
 }
 
@@ -251,56 +184,23 @@ impl Mixer for S4 {
     }
 
     fn config(&self) -> &dyn MixerConfig {
-        &self.cfg
+        &self.block.cfg
     }
 
     fn forward(&self, x: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = self.prepare(x, opts)?;
-        let (b, l, _) = x.dims3()?;
-        if l == 0 {
-            return Ok(Tensor::zeros(
-                (b, 0, self.wrapper.output_width()),
-                dtype,
-                x.device(),
-            )?);
-        }
-        let (xs, v) = self.wrapper.input(&x)?;
-        let y = self.ssm_forward(&xs)?;
-        Ok(self.wrapper.output(&y, &xs, v.as_ref())?.to_dtype(dtype)?)
+        self.block.forward(x, opts, |xs| self.ssm_forward(xs))
     }
 
     /// The recurrence over the prompt (parallel over batch and features), from `state`.
     fn prefill(&self, x: &Tensor, state: &mut MixerState, opts: &ForwardOpts) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = self.prepare(x, opts)?;
-        let (b, l, _) = x.dims3()?;
-        if l == 0 {
-            return Ok(Tensor::zeros(
-                (b, 0, self.wrapper.output_width()),
-                dtype,
-                x.device(),
-            )?);
-        }
-        let (xs, v) = self.wrapper.input(&x)?;
-        let packed = state.get("params")?.clone();
-        let (y, s) = self.run_raw(&xs, &packed, state.get("lrnn_state")?)?;
-        state.set("lrnn_state", s);
-        state.seqlen_offset += l;
-        Ok(self.wrapper.output(&y, &xs, v.as_ref())?.to_dtype(dtype)?)
+        self.block
+            .prefill(x, state, opts, |xs, state| self.run_from_state(xs, state))
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
-        let x2 = check_step_input(x, self.d_model, "S4 step input")?;
-        let dtype = x.dtype();
-        let x2 = x2.to_dtype(self.wrapper.d().dtype())?;
-        let (xs, v) = self.wrapper.input(&x2)?;
-        let packed = state.get("params")?.clone();
-        let (y, s) = self.run_raw(&xs.unsqueeze(1)?, &packed, state.get("lrnn_state")?)?;
-        state.set("lrnn_state", s);
-        state.seqlen_offset += 1;
-        let y = self.wrapper.output(&y.squeeze(1)?, &xs, v.as_ref())?;
-        match_step_rank(y.to_dtype(dtype)?, x)
+        self.block.step(x, state, |xs, state| {
+            Ok(self.run_from_state(&xs.unsqueeze(1)?, state)?.squeeze(1)?)
+        })
     }
 
     /// State `lrnn_state (B, H, N/2, 2)` (the half basis of lrnnx's `(B, H, N)`
@@ -313,8 +213,8 @@ impl Mixer for S4 {
         _dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let dtype = self.wrapper.d().dtype();
-        let s = Tensor::zeros((batch, self.d_model, self.n2, 2), dtype, device)?;
+        let dtype = self.block.wrapper.d().dtype();
+        let s = Tensor::zeros((batch, self.block.d_model, self.block.n2, 2), dtype, device)?;
         let packed = self.packed()?.detach().to_device(device)?;
         Ok(MixerState::new()
             .with("lrnn_state", s)
@@ -337,11 +237,7 @@ impl Lti for S4 {
     fn kernel(&self, len: usize) -> Result<Tensor> {
         let packed = self.packed()?;
         if len == 0 {
-            return Ok(Tensor::zeros(
-                (self.cfg.channels * self.d_model, 0),
-                packed.dtype(),
-                packed.device(),
-            )?);
+            return self.block.empty_kernel(packed.dtype(), packed.device());
         }
         self.kernel_of(&packed, len)
     }

@@ -1,31 +1,15 @@
 //! S4 against a slow, obviously right reference; step, prefill, scan vs
 //! convolution, kernel, lengths, l_max, gradients, a long sequence, errors.
 
-use std::collections::BTreeMap;
-
 use candle_core::{DType, Device, Tensor};
-use lrnnx_framework::{BuildArgs, ForwardOpts, Lti, Mixer, ParamStore, StepOpts};
-use lrnnx_s4::{ForwardMode, S4Config, S4};
+use lrnnx_framework::{ForwardOpts, Lti, Mixer, ParamStore};
+use lrnnx_s4::{S4Config, S4Disc, S4};
 use lrnnx_testing::{max_err, randn, vec1};
 use num_complex::Complex64 as Cx;
 use serde_json::{json, Value};
 
 mod common;
-use common::{forward_with, gelu, linear, params, post};
-
-fn config(kw: Value) -> S4Config {
-    let mut obj = json!({"d_state": 8, "transposed": false});
-    for (k, v) in kw.as_object().unwrap() {
-        obj[k] = v.clone();
-    }
-    serde_json::from_value(obj).unwrap()
-}
-
-fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (S4, std::sync::Arc<ParamStore>) {
-    let store = ParamStore::init(seed, dtype, &Device::Cpu);
-    let m = S4::new(h, config(kw), &store.builder()).unwrap();
-    (m, store)
-}
+use common::{params, Params};
 
 fn inverse(a: &[Cx], n: usize) -> Vec<Cx> {
     let mut m = a.to_vec();
@@ -62,12 +46,7 @@ fn inverse(a: &[Cx], n: usize) -> Vec<Cx> {
 
 /// Dense bilinear system of feature `hi` in the conjugate-augmented basis:
 /// `(Abar (2N2 x 2N2), Bbar (2N2))`, `Abar = (2/dt - A)^{-1}(2/dt + A)`, `A = diag(Λa) - pa pa^H`.
-fn dense_system(
-    p: &BTreeMap<String, Vec<f64>>,
-    hi: usize,
-    n2: usize,
-    h: usize,
-) -> (Vec<Cx>, Vec<Cx>) {
+fn dense_system(p: &Params, hi: usize, n2: usize, h: usize) -> (Vec<Cx>, Vec<Cx>) {
     let n_ssm = p["A_real"].len() / n2;
     let k = hi % n_ssm;
     let dt_tie = p["inv_dt"].len() == h;
@@ -125,7 +104,7 @@ fn matvec(a: &[Cx], v: &[Cx]) -> Vec<Cx> {
 }
 
 /// `C_c` of feature `hi`, conjugate-augmented.
-fn c_aug(p: &BTreeMap<String, Vec<f64>>, ci: usize, hi: usize, h: usize, n2: usize) -> Vec<Cx> {
+fn c_aug(p: &Params, ci: usize, hi: usize, h: usize, n2: usize) -> Vec<Cx> {
     (0..2 * n2)
         .map(|i| {
             let at = ((ci * h + hi) * n2 + i % n2) * 2;
@@ -143,37 +122,16 @@ fn c_aug(p: &BTreeMap<String, Vec<f64>>, ci: usize, hi: usize, h: usize, n2: usi
 
 /// The whole layer in f64 with dense matrices: mask, gate, bottleneck,
 /// `v = Abar v + Bbar x`, `y = Re(C v)`, D, two GELUs, output gate, output linear + GELU.
-fn reference(
-    store: &ParamStore,
+fn reference_ssm(
+    p: &Params,
     cfg: &S4Config,
-    x: &Tensor,
-    lengths: Option<&[usize]>,
+    xs: &[f64],
+    (b, l, h): (usize, usize, usize),
 ) -> Vec<f64> {
-    let p = params(store);
-    let (b, l, h) = x.dims3().unwrap();
-    let mut xs = vec1(x);
-    if let Some(lens) = lengths {
-        for bi in 0..b {
-            for t in lens[bi]..l {
-                for i in 0..h {
-                    xs[(bi * l + t) * h + i] = 0.0;
-                }
-            }
-        }
-    }
-    let v = cfg.gate.map(|_| {
-        linear(&p, "input_gate.0", &xs, h)
-            .into_iter()
-            .map(gelu)
-            .collect::<Vec<_>>()
-    });
-    if cfg.bottleneck.is_some() {
-        xs = linear(&p, "input_linear", &xs, h);
-    }
     let (n2, c) = (cfg.d_state / 2, cfg.channels);
     let mut ys = vec![0.0; b * l * c * h];
     for hi in 0..h {
-        let (abar, bbar) = dense_system(&p, hi, n2, h);
+        let (abar, bbar) = dense_system(p, hi, n2, h);
         for bi in 0..b {
             let mut s = vec![Cx::default(); 2 * n2];
             for t in 0..l {
@@ -184,73 +142,28 @@ fn reference(
                     .map(|(z, bb)| z + bb * u)
                     .collect();
                 for ci in 0..c {
-                    let ca = c_aug(&p, ci, hi, h, n2);
+                    let ca = c_aug(p, ci, hi, h, n2);
                     let y: f64 = ca.iter().zip(&s).map(|(a, z)| (a * z).re).sum();
                     ys[((bi * l + t) * c + ci) * h + hi] = y;
                 }
             }
         }
     }
-    post(
-        &p,
-        cfg.gate,
-        cfg.swap_channels,
-        &ys,
-        &xs,
-        v.as_deref(),
-        b * l,
-        h,
-        c,
-    )
+    ys
 }
 
 #[test]
 fn forward_matches_reference_in_both_modes() {
     let cases = [
-        (1, 1, 3, json!({"d_state": 2})),
-        (3, 37, 5, json!({"d_state": 7})),
         (2, 20, 4, json!({"dt_tie": false, "disc": "zoh"})),
-        (
-            2,
-            33,
-            6,
-            json!({"channels": 2, "n_ssm": 3, "dt_min": 0.01, "dt_max": 0.5}),
-        ),
-        (2, 17, 4, json!({"channels": 3, "swap_channels": true})),
-        (2, 12, 4, json!({"gate": 2, "bottleneck": 1})),
-        (2, 12, 4, json!({"final_act": null, "init": "diag-lin"})),
-        (1, 9, 4, json!({"init": "hippo", "n_ssm": 2})),
         (2, 11, 4, json!({"init": "dplr-lin", "d_state": 10})),
     ];
-    for (b, l, h, kw) in cases {
-        let (mut m, store) = build(h, kw.clone(), 3, DType::F64);
-        let x = randn(&[b, l, h], 7, DType::F64);
-        let want = reference(&store, &config(kw.clone()), &x, None);
-        for mode in [ForwardMode::Scan, ForwardMode::Conv, ForwardMode::Auto] {
-            let got = forward_with(&mut m, mode, &x, &ForwardOpts::default());
-            let err = max_err(&got, &want);
-            assert!(err < 1e-10, "{kw} ({b},{l},{h}) {mode:?}: {err}");
-        }
-        // f32 parameters and input.
-        let (m32, store32) = build(h, kw.clone(), 3, DType::F32);
-        let x32 = x.to_dtype(DType::F32).unwrap();
-        let got = vec1(&m32.forward(&x32, &ForwardOpts::default()).unwrap());
-        let want = reference(&store32, &config(kw.clone()), &x32, None);
-        // Relative to the output's scale, as the conformance criterion; f32
-        // rounding of exp(dtA) - 1 for tiny dtA (fourier modes) reaches ~1e-4.
-        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
-        let err = max_err(&got, &want) / scale;
-        assert!(err < 3e-4, "{kw} f32: {err}");
-    }
+    common::forward_matches_reference_in_both_modes::<S4>(cases);
 }
 
 #[test]
 fn kernel_is_the_impulse_response() {
-    let (h, n2, l) = (3, 4, 25);
-    let (m, store) = build(h, json!({"channels": 2}), 4, DType::F64);
-    let k = vec1(&m.kernel(l).unwrap());
-    assert_eq!(m.kernel(l).unwrap().dims(), &[2 * h, l]);
-    let p = params(&store);
+    let (k, p, (h, n2, l), m) = common::two_channel_kernel::<S4>();
     for hi in 0..h {
         let (abar, bbar) = dense_system(&p, hi, n2, h);
         for ci in 0..2 {
@@ -277,7 +190,7 @@ fn kernel_is_the_impulse_response() {
 #[test]
 fn stored_c_tilde_is_converted_on_load() {
     let (h, n2, lk) = (3, 4, 16);
-    let (m, store) = build(h, json!({}), 4, DType::F64);
+    let (m, store) = common::build::<S4>(h, json!({}), 4, DType::F64);
     let x = randn(&[2, 20, h], 1, DType::F64);
     let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
     let p = params(&store);
@@ -308,7 +221,7 @@ fn stored_c_tilde_is_converted_on_load() {
         Tensor::new(lk as i64, &Device::Cpu).unwrap(),
     );
     let loaded = ParamStore::load(saved, DType::F64, &Device::Cpu);
-    let m2 = S4::new(h, config(json!({})), &loaded.builder()).unwrap();
+    let m2 = S4::new(h, common::config(json!({})), &loaded.builder()).unwrap();
     assert!(
         loaded.unused_keys().is_empty(),
         "{:?}",
@@ -328,13 +241,11 @@ fn step_cases() -> Vec<Value> {
     vec![json!({}), json!({"channels": 2, "d_state": 6})]
 }
 
-common::ssm_layer_tests!(S4, S4Config, ForwardMode, gradient_params = 16);
+common::ssm_layer_tests!(S4, S4Disc, name = "S4", gradient_params = 16);
 
 #[test]
 fn parameters_are_saved_under_lrnnx_names() {
-    let (_, store) = build(4, json!({}), 0, DType::F32);
-    let keys: Vec<String> = store.tensors().into_keys().collect();
-    for k in [
+    let t = common::saved_tensors::<S4>(&[
         "A_imag",
         "A_real",
         "B",
@@ -351,11 +262,7 @@ fn parameters_are_saved_under_lrnnx_names() {
         "layer.kernel.l_kernel",
         "output_linear.0.bias",
         "output_linear.0.weight",
-    ] {
-        assert!(keys.contains(&k.to_string()), "{k} missing from {keys:?}");
-    }
-    assert_eq!(keys.len(), 16, "{keys:?}");
-    let t = store.tensors();
+    ]);
     assert_eq!(t["P"].dims(), &[1, 4, 4, 2]);
     assert_eq!(t["layer.kernel.l_kernel"].dims(), &[] as &[usize]);
     assert!(vec1(&t["A_real"])
@@ -376,71 +283,11 @@ fn parameters_are_saved_under_lrnnx_names() {
 
 #[test]
 fn bad_shapes_and_kwargs_are_named() {
-    let (m, _) = build(4, json!({}), 1, DType::F32);
-    let e = m
-        .forward(&randn(&[2, 8, 5], 1, DType::F32), &ForwardOpts::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("(batch, seqlen, 4)") && e.contains("[2, 8, 5]"),
-        "{e}"
+    common::bad_shapes_and_kwargs_are_named::<S4>(
+        &[
+            (r#"{"rank": 2}"#, &["rank", "2"]),
+            (r#"{"gate": 2, "channels": 3}"#, &["gate", "output_gate"]),
+        ],
+        Value::Null,
     );
-    let mut st = m.init_state(2, 8, DType::F32, &Device::Cpu).unwrap();
-    let e = m
-        .step(
-            &randn(&[2, 3], 1, DType::F32),
-            &mut st,
-            &StepOpts::default(),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("[2, 3]"), "{e}");
-    let store = ParamStore::init(0, DType::F32, &Device::Cpu);
-    let build = |kw: &str| {
-        let args = BuildArgs {
-            d_model: 4,
-            d_state: 8,
-            layer_idx: 2,
-            kwargs: serde_json::from_str(kw).unwrap(),
-            params: store.builder(),
-        };
-        lrnnx_framework::Registry::build("S4", &args)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string()
-    };
-    let e = build(r#"{"transposed": true}"#);
-    assert!(
-        e.contains("layer 2") && e.contains("transposed") && e.contains("(batch, seqlen, d_model)"),
-        "{e}"
-    );
-    let e = build(r#"{"rank": 2}"#);
-    assert!(e.contains("rank") && e.contains('2'), "{e}");
-    let e = build(r#"{"d_stat": 8}"#);
-    assert!(e.contains("d_stat") && e.contains("d_state"), "{e}");
-    let e = build(r#"{"bottleneck": 2}"#);
-    assert!(e.contains("bottleneck") && e.contains('2'), "{e}");
-    let e = build(r#"{"gate": 2, "channels": 3}"#);
-    assert!(e.contains("gate") && e.contains("output_gate"), "{e}");
-    let e = build(r#"{"forward_mode": "fast"}"#);
-    assert!(e.contains("forward_mode") && e.contains("fast"), "{e}");
-    let e = build(r#"{"init": "legt"}"#);
-    assert!(e.contains("legt"), "{e}");
-    let e = build(r#"{"n_ssm": 3}"#);
-    assert!(e.contains("n_ssm") && e.contains('3'), "{e}");
-    let e = build(r#"{"is_real": true}"#);
-    assert!(e.contains("is_real"), "{e}");
-    // The default build works and its config round-trips through JSON.
-    let args = BuildArgs {
-        d_model: 4,
-        d_state: 8,
-        layer_idx: 0,
-        kwargs: serde_json::Map::new(),
-        params: ParamStore::init(0, DType::F32, &Device::Cpu).builder(),
-    };
-    let m = lrnnx_framework::Registry::build("S4", &args).unwrap();
-    let j = lrnnx_framework::config_to_json(m.config()).unwrap();
-    assert_eq!(j["type"], "S4");
-    assert_eq!(j["disc"], Value::Null);
-    assert_eq!(j["B_clip"], 2.0);
 }

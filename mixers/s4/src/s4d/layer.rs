@@ -1,18 +1,19 @@
 //! The S4D layer: parameters, discretization, forward by scan or by
 //! convolution, step, kernel.
 
-use crate::ssm::{mask_lengths, SsmParams, SsmWrapper};
+use crate::ssm::{f64_values, SsmBlock};
 use candle_core::{DType, Device, Tensor, D};
 use lrnnx_framework::{
-    check_sequence, check_step_input, match_step_rank, Complex, Discretization, Error, Family,
-    ForwardOpts, Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+    Complex, Discretization, Family, ForwardOpts, Lti, Mixer, MixerConfig, MixerState,
+    ParamBuilder, Result, StepOpts,
 };
-use lrnnx_kernels::fft_conv::causal_conv;
 use lrnnx_kernels::scan::complex_diag_scan;
 use rayon::prelude::*;
 
+use super::config::S4dDisc;
 use super::vandermonde::vandermonde;
 use super::S4dConfig;
+pub use crate::ssm::ForwardMode;
 
 /// Below this length `forward_mode = "auto"` runs the recurrence, from it on
 /// the convolution. Measured on two (shared) CPU cores at B in {1, 8, 32},
@@ -24,17 +25,6 @@ pub const AUTO_CONV_FROM: usize = 4;
 /// Largest number of elements of one intermediate tensor of the scan path;
 /// longer problems are split into groups of features.
 const CHUNK_ELEMS: usize = 1 << 24;
-
-/// How a forward pass is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardMode {
-    /// By length: scan below [`AUTO_CONV_FROM`], convolution from it on.
-    Auto,
-    /// The recurrence, as a parallel complex diagonal scan.
-    Scan,
-    /// The kernel (an impulse response), then a causal FFT convolution.
-    Conv,
-}
 
 /// The discrete diagonal system, `(H, N/2)` complex (`C` is `(channels, H, N/2)`).
 #[derive(Debug, Clone)]
@@ -64,59 +54,36 @@ struct ScanSys {
 /// ```
 #[derive(Debug)]
 pub struct S4d {
-    cfg: S4dConfig,
-    d_model: usize,
-    n2: usize,
+    block: SsmBlock<S4dDisc>,
     zoh: bool,
-    mode: ForwardMode,
-    ssm: SsmParams,
-    wrapper: SsmWrapper,
 }
 
 impl S4d {
     /// Builds the layer, drawing parameters as lrnnx does unless `pb` loads them.
     pub fn new(d_model: usize, cfg: S4dConfig, pb: &ParamBuilder) -> Result<Self> {
-        cfg.validate(d_model).map_err(Error::Config)?;
-        let wopts = cfg.wrapper_opts(d_model);
-        let input_linear = SsmWrapper::build_bottleneck(&wopts, pb)?;
-        let ssm = SsmParams::new(cfg.spec(d_model).map_err(Error::Config)?, pb)?;
-        let wrapper = SsmWrapper::new(wopts, input_linear, pb)?;
-        let mode = match cfg.forward_mode.as_str() {
-            "scan" => ForwardMode::Scan,
-            "conv" => ForwardMode::Conv,
-            _ => ForwardMode::Auto,
-        };
         Ok(Self {
-            n2: cfg.d_state / 2,
-            zoh: cfg.disc == "zoh",
-            d_model,
-            mode,
-            ssm,
-            wrapper,
-            cfg,
+            zoh: cfg.disc.is_zoh(),
+            block: SsmBlock::new(super::NAME, d_model, cfg, pb)?,
         })
     }
 
     /// Overrides the forward mode (e.g. to compare scan and convolution).
     pub fn set_forward_mode(&mut self, mode: ForwardMode) {
-        self.mode = mode;
+        self.block.mode = mode;
     }
 
     /// Complex modes per feature, `N/2`.
     pub fn n2(&self) -> usize {
-        self.n2
-    }
-
-    fn channels(&self) -> usize {
-        self.cfg.channels
+        self.block.n2
     }
 
     fn discrete(&self) -> Result<Discrete> {
-        let dt = self.ssm.dt()?;
-        let (lr, li) = self.ssm.lambda()?;
+        let ssm = &self.block.ssm;
+        let dt = ssm.dt()?;
+        let (lr, li) = ssm.lambda()?;
         let lam = Complex::new(lr, li);
         let dta = lam.mul_real(&dt)?;
-        let (br, bi) = self.ssm.b()?;
+        let (br, bi) = ssm.b()?;
         let b = Complex::new(br, bi);
         let (da, db) = if self.zoh {
             let da = dta.exp()?;
@@ -129,7 +96,7 @@ impl S4d {
             let db = b.mul_real(&dt)?.div(&den)?;
             (da, db)
         };
-        let (cr, ci) = self.ssm.c()?;
+        let (cr, ci) = ssm.c()?;
         Ok(Discrete {
             da,
             db,
@@ -150,8 +117,8 @@ impl S4d {
 
     /// Features per group so that one intermediate stays under [`CHUNK_ELEMS`].
     fn group(&self, rows: usize) -> usize {
-        let per_feature = rows * 2 * self.n2 * self.channels().max(1);
-        (CHUNK_ELEMS / per_feature.max(1)).clamp(1, self.d_model.max(1))
+        let per_feature = rows * 2 * self.block.n2 * self.block.channels().max(1);
+        (CHUNK_ELEMS / per_feature.max(1)).clamp(1, self.block.d_model.max(1))
     }
 
     /// States `(B, L, 2, hc, N/2)` (real parts, then imaginary parts) of
@@ -165,7 +132,7 @@ impl S4d {
         s0: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
-        let n2 = self.n2;
+        let n2 = self.block.n2;
         let xc = x.narrow(2, h0, hc)?.reshape((b, l, 1, hc, 1))?;
         let u = xc
             .broadcast_mul(&sys.db.narrow(1, h0, hc)?)?
@@ -209,44 +176,8 @@ impl S4d {
         let w = d.c.mul(&d.db)?;
         let w = Tensor::stack(&[&w.re, &w.im], 3)?;
         let z = Tensor::stack(&[&d.da.re, &d.da.im], 2)?;
-        Ok(vandermonde(&w, &z, len)?.reshape((self.channels() * self.d_model, len))?)
-    }
-
-    /// Causal convolution of `x (B, L, H)` with the kernel: `(B, L, channels, H)`.
-    fn run_conv(&self, x: &Tensor, k: &Tensor) -> Result<Tensor> {
-        let (b, l, h) = x.dims3()?;
-        let c = self.channels();
-        let xr = if c > 1 {
-            Tensor::cat(&vec![x.clone(); c], 2)?
-        } else {
-            x.clone()
-        };
-        Ok(causal_conv(&xr, k)?.reshape((b, l, c, h))?)
-    }
-
-    /// The mode used for a sequence of length `l` on `device`. Off the CPU
-    /// `auto` is the scan: the convolution ops here are CPU-only, while the
-    /// complex scan has a CUDA kernel.
-    fn pick(&self, l: usize, device: &Device) -> Result<ForwardMode> {
-        let truncated = self.cfg.l_max.is_some_and(|m| l > m);
-        match self.mode {
-            ForwardMode::Auto if !device.is_cpu() && !truncated => Ok(ForwardMode::Scan),
-            ForwardMode::Scan if truncated => Err(Error::Config(format!(
-                "S4D forward_mode = \"scan\" cannot run L = {l} > l_max = {}: lrnnx then drops the \
-                 kernel taps past l_max, which only the convolution reproduces",
-                self.cfg.l_max.unwrap_or(0)
-            ))),
-            ForwardMode::Auto if truncated || l >= AUTO_CONV_FROM => Ok(ForwardMode::Conv),
-            ForwardMode::Auto => Ok(ForwardMode::Scan),
-            m => Ok(m),
-        }
-    }
-
-    /// Prepares `x`: shape check, dtype of the parameters, lengths mask.
-    fn prepare(&self, x: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
-        check_sequence(x, self.d_model, "S4D input")?;
-        let x = x.to_dtype(self.wrapper.d().dtype())?;
-        mask_lengths(&x, opts.lengths.as_ref())
+        let rows = self.block.channels() * self.block.d_model;
+        Ok(vandermonde(&w, &z, len)?.reshape((rows, len))?)
     }
 
     /// The SSM part over a whole sequence, by `mode`; also the last state when `want_state`.
@@ -258,13 +189,16 @@ impl S4d {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let l = x.dim(1)?;
         let d = self.discrete()?;
-        let mode = self.pick(l, x.device())?;
+        let mode = self
+            .block
+            .pick(l, x.device().is_cpu() && l >= AUTO_CONV_FROM)?;
         if mode == ForwardMode::Scan || s0.is_some() {
             let (y, s) = self.run_scan(x, &self.scan_sys(&d)?, s0)?;
             return Ok((y, Some(s)));
         }
-        let taps = self.cfg.l_max.map_or(l, |m| m.min(l));
-        let y = self.run_conv(x, &self.kernel_of(&d, taps)?)?;
+        let y = self
+            .block
+            .conv(x, &self.kernel_of(&d, self.block.taps(l))?)?;
         let s = if want_state {
             Some(final_state(x, &d)?)
         } else {
@@ -281,15 +215,12 @@ fn step_cpu(x: &Tensor, sys: &ScanSys, s0: &Tensor) -> Result<(Tensor, Tensor)> 
     let (b, h) = x.dims2()?;
     let c = sys.c.dim(0)?;
     let n2 = sys.lam.dim(2)?;
-    let flat = |t: &Tensor| -> Result<Vec<f64>> {
-        Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-    };
     let (xs, lam, db, cc, mut s) = (
-        flat(x)?,
-        flat(&sys.lam)?,
-        flat(&sys.db)?,
-        flat(&sys.c)?,
-        flat(s0)?,
+        f64_values(x)?,
+        f64_values(&sys.lam)?,
+        f64_values(&sys.db)?,
+        f64_values(&sys.c)?,
+        f64_values(s0)?,
     );
     let hn = h * n2;
     let mut y = vec![0.0; b * c * h];
@@ -323,15 +254,12 @@ fn step_cpu(x: &Tensor, sys: &ScanSys, s0: &Tensor) -> Result<(Tensor, Tensor)> 
 /// after a convolution forward; no autograd.
 fn final_state(x: &Tensor, d: &Discrete) -> Result<Tensor> {
     let (b, l, h) = x.dims3()?;
-    let flat = |t: &Tensor| -> Result<Vec<f64>> {
-        Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-    };
     let (xs, ar, ai, br, bi) = (
-        flat(x)?,
-        flat(&d.da.re)?,
-        flat(&d.da.im)?,
-        flat(&d.db.re)?,
-        flat(&d.db.im)?,
+        f64_values(x)?,
+        f64_values(&d.da.re)?,
+        f64_values(&d.da.im)?,
+        f64_values(&d.db.re)?,
+        f64_values(&d.db.im)?,
     );
     let n2 = ar.len() / h.max(1);
     let per: Vec<Vec<(f64, f64)>> = (0..b * h)
@@ -369,69 +297,44 @@ impl Mixer for S4d {
     }
 
     fn config(&self) -> &dyn MixerConfig {
-        &self.cfg
+        &self.block.cfg
     }
 
     fn forward(&self, x: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = self.prepare(x, opts)?;
-        let (b, l, _) = x.dims3()?;
-        if l == 0 {
-            return Ok(Tensor::zeros(
-                (b, 0, self.wrapper.output_width()),
-                dtype,
-                x.device(),
-            )?);
-        }
-        let (xs, v) = self.wrapper.input(&x)?;
-        let (y, _) = self.ssm_forward(&xs, None, false)?;
-        Ok(self.wrapper.output(&y, &xs, v.as_ref())?.to_dtype(dtype)?)
+        self.block
+            .forward(x, opts, |xs| Ok(self.ssm_forward(xs, None, false)?.0))
     }
 
     fn prefill(&self, x: &Tensor, state: &mut MixerState, opts: &ForwardOpts) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = self.prepare(x, opts)?;
-        let (b, l, _) = x.dims3()?;
-        if l == 0 {
-            return Ok(Tensor::zeros(
-                (b, 0, self.wrapper.output_width()),
-                dtype,
-                x.device(),
-            )?);
-        }
-        let (xs, v) = self.wrapper.input(&x)?;
-        let s0 = state.get("lrnn_state")?.clone();
-        let start = (state.seqlen_offset > 0).then_some(&s0);
-        let (y, s) = self.ssm_forward(&xs, start, true)?;
-        if let Some(s) = s {
-            state.set("lrnn_state", s);
-        }
-        state.seqlen_offset += l;
-        Ok(self.wrapper.output(&y, &xs, v.as_ref())?.to_dtype(dtype)?)
+        self.block.prefill(x, state, opts, |xs, state| {
+            let s0 = state.get("lrnn_state")?.clone();
+            let start = (state.seqlen_offset > 0).then_some(&s0);
+            let (y, s) = self.ssm_forward(xs, start, true)?;
+            if let Some(s) = s {
+                state.set("lrnn_state", s);
+            }
+            Ok(y)
+        })
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
-        let x2 = check_step_input(x, self.d_model, "S4D step input")?;
-        let dtype = x.dtype();
-        let x2 = x2.to_dtype(self.wrapper.d().dtype())?;
-        let get = |k: &str| -> Result<Tensor> { Ok(state.get(k)?.clone()) };
-        let sys = ScanSys {
-            lam: get("lambda")?,
-            db: get("dB")?,
-            c: get("C")?,
-        };
-        let (xs, v) = self.wrapper.input(&x2)?;
-        let s0 = get("lrnn_state")?;
-        let (y, s) = if xs.device().is_cpu() {
-            step_cpu(&xs, &sys, &s0)?
-        } else {
-            let (y, s) = self.run_scan(&xs.unsqueeze(1)?, &sys, Some(&s0))?;
-            (y.squeeze(1)?, s)
-        };
-        state.set("lrnn_state", s);
-        state.seqlen_offset += 1;
-        let y = self.wrapper.output(&y, &xs, v.as_ref())?;
-        match_step_rank(y.to_dtype(dtype)?, x)
+        self.block.step(x, state, |xs, state| {
+            let get = |k: &str| -> Result<Tensor> { Ok(state.get(k)?.clone()) };
+            let sys = ScanSys {
+                lam: get("lambda")?,
+                db: get("dB")?,
+                c: get("C")?,
+            };
+            let s0 = get("lrnn_state")?;
+            let (y, s) = if xs.device().is_cpu() {
+                step_cpu(xs, &sys, &s0)?
+            } else {
+                let (y, s) = self.run_scan(&xs.unsqueeze(1)?, &sys, Some(&s0))?;
+                (y.squeeze(1)?, s)
+            };
+            state.set("lrnn_state", s);
+            Ok(y)
+        })
     }
 
     /// State `lrnn_state (B, 2, H, N/2)` (real parts, imaginary parts) and the
@@ -446,8 +349,8 @@ impl Mixer for S4d {
         device: &Device,
     ) -> Result<MixerState> {
         let sys = self.scan_sys(&self.discrete()?)?;
-        let dtype = self.wrapper.d().dtype();
-        let s = Tensor::zeros((batch, 2, self.d_model, self.n2), dtype, device)?;
+        let dtype = self.block.wrapper.d().dtype();
+        let s = Tensor::zeros((batch, 2, self.block.d_model, self.block.n2), dtype, device)?;
         let on = |t: &Tensor| -> Result<Tensor> { Ok(t.detach().to_device(device)?) };
         Ok(MixerState::new()
             .with("lrnn_state", s)
@@ -472,11 +375,8 @@ impl Lti for S4d {
     fn kernel(&self, len: usize) -> Result<Tensor> {
         let d = self.discrete()?;
         if len == 0 {
-            return Ok(Tensor::zeros(
-                (self.channels() * self.d_model, 0),
-                self.wrapper.d().dtype(),
-                self.wrapper.d().device(),
-            )?);
+            let d = self.block.wrapper.d();
+            return self.block.empty_kernel(d.dtype(), d.device());
         }
         self.kernel_of(&d, len)
     }

@@ -21,5 +21,5 @@ pub mod layer;
 mod vandermonde;
 
 pub use crate::NAME_S4D as NAME;
-pub use config::S4dConfig;
+pub use config::{S4dConfig, S4dDisc};
 pub use layer::{ForwardMode, S4d};

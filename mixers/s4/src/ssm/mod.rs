@@ -11,12 +11,18 @@
 //! are two GELUs before it (`conv_activation`, then `mult_activation`). Every
 //! GELU is the exact erf form of `nn.GELU()`.
 //!
-//! Files: [`wrapper`] (the block), [`params`] (the parameters, their
-//! transforms and aliases), [`hippo`] (the HiPPO/DPLR initialisations).
+//! Files: [`wrapper`] (the block), [`block`] (the block's passes around a
+//! layer's own SSM part, the forward mode), [`block_config`] (the arguments
+//! both take), [`params`] (the parameters, their transforms and aliases),
+//! [`hippo`] (the HiPPO/DPLR initialisations).
 
+pub mod block;
+pub mod block_config;
 pub mod hippo;
 pub mod params;
 pub mod wrapper;
 
+pub use block::{f64_values, ForwardMode, SsmBlock};
+pub use block_config::{SsmBlockConfig, SsmDisc};
 pub use params::{SsmParams, SsmSpec, Transform};
 pub use wrapper::{mask_lengths, GateStyle, SsmWrapper, SsmWrapperOpts};

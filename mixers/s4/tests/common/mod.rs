@@ -5,88 +5,139 @@
 //! from one-line `#[test]` functions.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use lrnnx_framework::{ForwardOpts, Mixer, ParamStore, StepOpts};
-use lrnnx_testing::{central_difference, max_err, randn, vec1};
+use lrnnx_framework::{ForwardOpts, Lti, Mixer, ParamBuilder, ParamStore, Result, StepOpts};
+use lrnnx_s4::ssm::{SsmBlockConfig, SsmDisc};
+use lrnnx_s4::ForwardMode;
+use lrnnx_testing::{
+    assert_mentions, assert_wrong_width_is_named, central_difference, max_err, randn, step_error,
+    vec1, BuildSite,
+};
 use serde_json::{json, Value};
 
-/// How a layer's forward is computed, as the shared tests need it: both
-/// layers have their own `ForwardMode` with these two variants.
-pub trait Modes: Copy + Debug {
-    /// The recurrence.
-    const SCAN: Self;
-    /// The convolution.
-    const CONV: Self;
-}
-
-impl Modes for lrnnx_s4::ForwardMode {
-    const SCAN: Self = Self::Scan;
-    const CONV: Self = Self::Conv;
-}
-
-impl Modes for lrnnx_s4::s4d::ForwardMode {
-    const SCAN: Self = Self::Scan;
-    const CONV: Self = Self::Conv;
-}
+/// The parameters of a stored layer as `f64` values, by name.
+pub type Params = BTreeMap<String, Vec<f64>>;
 
 /// A layer the shared tests run on, with its slow reference.
 pub trait SsmLayer: Mixer + Sized {
-    /// The layer's arguments.
-    type Config;
-    /// The layer's forward modes.
-    type Mode: Modes;
+    /// The type of the layer's `disc` argument.
+    type Disc: SsmDisc;
+    /// The layer's registered name.
+    const NAME: &'static str;
     /// Parameters of the gradient test's layer (gate 2, bottleneck 1,
     /// dt_tie false), the input included.
     const GRADIENT_PARAMS: usize;
-    /// The config of `kw` over the test defaults.
-    fn layer_config(kw: Value) -> Self::Config;
-    /// The layer of width `h` and config `kw` on a fresh store drawn from `seed`.
-    fn build(h: usize, kw: Value, seed: u64, dtype: DType) -> (Self, Arc<ParamStore>);
-    /// The slow, obviously right forward of the layer stored in `store`.
-    fn reference(
-        store: &ParamStore,
-        cfg: &Self::Config,
-        x: &Tensor,
-        lengths: Option<&[usize]>,
+    /// The layer's constructor.
+    fn new_layer(h: usize, cfg: SsmBlockConfig<Self::Disc>, pb: &ParamBuilder) -> Result<Self>;
+    /// The SSM part of the slow, obviously right forward of the layer stored
+    /// as `p`: `ys (B, L, channels, H)` from the SSM's input `xs (B, L, H)`.
+    fn reference_ssm(
+        p: &Params,
+        cfg: &SsmBlockConfig<Self::Disc>,
+        xs: &[f64],
+        dims: (usize, usize, usize),
     ) -> Vec<f64>;
     /// Picks how the forward is computed.
-    fn set_mode(&mut self, mode: Self::Mode);
+    fn set_mode(&mut self, mode: ForwardMode);
     /// Configurations the shared step test runs.
     fn step_cases() -> Vec<Value>;
 }
 
-/// Implements [`SsmLayer`] for `$layer` from the test file's `config`,
-/// `build`, `reference` and `step_cases` functions and its
+/// The config of `kw` over the test defaults (`d_state = 8`, `transposed = false`).
+pub fn config<D: SsmDisc>(kw: Value) -> SsmBlockConfig<D> {
+    let mut obj = json!({"d_state": 8, "transposed": false});
+    for (k, v) in kw.as_object().unwrap() {
+        obj[k] = v.clone();
+    }
+    serde_json::from_value(obj).unwrap()
+}
+
+/// The layer of width `h` and config `kw` on a fresh store drawn from `seed`.
+pub fn build<L: SsmLayer>(h: usize, kw: Value, seed: u64, dtype: DType) -> (L, Arc<ParamStore>) {
+    let store = ParamStore::init(seed, dtype, &Device::Cpu);
+    let m = L::new_layer(h, config(kw), &store.builder()).unwrap();
+    (m, store)
+}
+
+/// The whole layer stored in `store` in f64 loops: mask, gate, bottleneck,
+/// the layer's reference SSM, D, two GELUs, output gate, output linear + GELU.
+pub fn reference<L: SsmLayer>(
+    store: &ParamStore,
+    cfg: &SsmBlockConfig<L::Disc>,
+    x: &Tensor,
+    lengths: Option<&[usize]>,
+) -> Vec<f64> {
+    let p = params(store);
+    let (b, l, h) = x.dims3().unwrap();
+    let mut xs = vec1(x);
+    if let Some(lens) = lengths {
+        for bi in 0..b {
+            for t in lens[bi]..l {
+                for i in 0..h {
+                    xs[(bi * l + t) * h + i] = 0.0;
+                }
+            }
+        }
+    }
+    let v = cfg.gate.map(|_| {
+        linear(&p, "input_gate.0", &xs, h)
+            .into_iter()
+            .map(gelu)
+            .collect::<Vec<_>>()
+    });
+    if cfg.bottleneck.is_some() {
+        xs = linear(&p, "input_linear", &xs, h);
+    }
+    let ys = L::reference_ssm(&p, cfg, &xs, (b, l, h));
+    post(
+        &p,
+        cfg.gate,
+        cfg.swap_channels,
+        &ys,
+        &xs,
+        v.as_deref(),
+        b * l,
+        h,
+        cfg.channels,
+    )
+}
+
+/// Implements [`SsmLayer`] for `$layer` from the test file's
+/// `reference_ssm` and `step_cases` functions and the layer's `new` and
 /// `set_forward_mode`, and adds the shared tests as `#[test]` functions.
 macro_rules! ssm_layer_tests {
-    ($layer:ty, $config:ty, $mode:ty, gradient_params = $params:expr) => {
+    // One `#[test]` per shared test function, run on `$layer`.
+    (@tests $layer:ty: $($test:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                common::$test::<$layer>();
+            }
+        )+
+    };
+    ($layer:ty, $disc:ty, name = $name:expr, gradient_params = $params:expr) => {
         impl common::SsmLayer for $layer {
-            type Config = $config;
-            type Mode = $mode;
+            type Disc = $disc;
+            const NAME: &'static str = $name;
             const GRADIENT_PARAMS: usize = $params;
-            fn layer_config(kw: Value) -> $config {
-                config(kw)
-            }
-            fn build(
+            fn new_layer(
                 h: usize,
-                kw: Value,
-                seed: u64,
-                dtype: DType,
-            ) -> (Self, std::sync::Arc<ParamStore>) {
-                build(h, kw, seed, dtype)
+                cfg: lrnnx_s4::ssm::SsmBlockConfig<$disc>,
+                pb: &lrnnx_framework::ParamBuilder,
+            ) -> lrnnx_framework::Result<Self> {
+                <$layer>::new(h, cfg, pb)
             }
-            fn reference(
-                store: &ParamStore,
-                cfg: &$config,
-                x: &Tensor,
-                lengths: Option<&[usize]>,
+            fn reference_ssm(
+                p: &common::Params,
+                cfg: &lrnnx_s4::ssm::SsmBlockConfig<$disc>,
+                xs: &[f64],
+                dims: (usize, usize, usize),
             ) -> Vec<f64> {
-                reference(store, cfg, x, lengths)
+                reference_ssm(p, cfg, xs, dims)
             }
-            fn set_mode(&mut self, mode: $mode) {
+            fn set_mode(&mut self, mode: lrnnx_s4::ForwardMode) {
                 self.set_forward_mode(mode);
             }
             fn step_cases() -> Vec<Value> {
@@ -94,30 +145,13 @@ macro_rules! ssm_layer_tests {
             }
         }
 
-        #[test]
-        fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel() {
-            common::lengths_mask_the_inputs_and_l_max_truncates_the_kernel::<$layer>();
-        }
-
-        #[test]
-        fn gradients_match_finite_differences() {
-            common::gradients_match_finite_differences::<$layer>();
-        }
-
-        #[test]
-        fn long_sequence_stays_finite_and_matches_stepping() {
-            common::long_sequence_stays_finite_and_matches_stepping::<$layer>();
-        }
-
-        #[test]
-        fn scan_equals_convolution_at_length() {
-            common::scan_equals_convolution_at_length::<$layer>();
-        }
-
-        #[test]
-        fn step_and_prefill_equal_forward() {
-            common::step_and_prefill_equal_forward::<$layer>();
-        }
+        common::ssm_layer_tests!(@tests $layer:
+            lengths_mask_the_inputs_and_l_max_truncates_the_kernel,
+            gradients_match_finite_differences,
+            long_sequence_stays_finite_and_matches_stepping,
+            scan_equals_convolution_at_length,
+            step_and_prefill_equal_forward,
+        );
     };
 }
 pub(crate) use ssm_layer_tests;
@@ -128,7 +162,7 @@ pub fn gelu(x: f64) -> f64 {
 }
 
 /// `x (rows, din) W^T + b` with `W (dout, din)`.
-pub fn linear(p: &BTreeMap<String, Vec<f64>>, key: &str, x: &[f64], din: usize) -> Vec<f64> {
+pub fn linear(p: &Params, key: &str, x: &[f64], din: usize) -> Vec<f64> {
     let w = &p[&format!("{key}.weight")];
     let b = &p[&format!("{key}.bias")];
     let dout = b.len();
@@ -147,7 +181,7 @@ pub fn linear(p: &BTreeMap<String, Vec<f64>>, key: &str, x: &[f64], din: usize) 
 }
 
 /// Every parameter of `store` as `f64` values, by name.
-pub fn params(store: &ParamStore) -> BTreeMap<String, Vec<f64>> {
+pub fn params(store: &ParamStore) -> Params {
     store
         .tensors()
         .into_iter()
@@ -159,7 +193,7 @@ pub fn params(store: &ParamStore) -> BTreeMap<String, Vec<f64>> {
 /// output linear, as the layers compute them.
 #[allow(clippy::too_many_arguments)]
 pub fn post(
-    p: &BTreeMap<String, Vec<f64>>,
+    p: &Params,
     gate: Option<usize>,
     swap: bool,
     ys: &[f64],
@@ -201,7 +235,7 @@ pub fn post(
 /// The layer's forward in `mode`, as `f64` values.
 pub fn forward_with<L: SsmLayer>(
     m: &mut L,
-    mode: L::Mode,
+    mode: ForwardMode,
     x: &Tensor,
     opts: &ForwardOpts,
 ) -> Vec<f64> {
@@ -214,14 +248,14 @@ pub fn forward_with<L: SsmLayer>(
 /// makes the scan refuse.
 pub fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel<L: SsmLayer>() {
     let (b, l, h) = (2, 40, 4);
-    let (m, store) = L::build(h, json!({}), 6, DType::F64);
+    let (m, store) = build::<L>(h, json!({}), 6, DType::F64);
     let x = randn(&[b, l, h], 2, DType::F64);
     let opts = ForwardOpts {
         lengths: Some(Tensor::new(&[40i64, 23], &Device::Cpu).unwrap()),
         ..Default::default()
     };
     let got = vec1(&m.forward(&x, &opts).unwrap());
-    let want = L::reference(&store, &L::layer_config(json!({})), &x, Some(&[40, 23]));
+    let want = reference::<L>(&store, &config(json!({})), &x, Some(&[40, 23]));
     assert!(max_err(&got, &want) < 1e-10);
     // A length equal to L everywhere changes nothing; a (1,) length broadcasts.
     let opts1 = ForwardOpts {
@@ -232,7 +266,7 @@ pub fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel<L: SsmLayer>() {
     assert!(
         max_err(
             &got,
-            &L::reference(&store, &L::layer_config(json!({})), &x, Some(&[23, 23]))
+            &reference::<L>(&store, &config(json!({})), &x, Some(&[23, 23]))
         ) < 1e-10
     );
     let bad = ForwardOpts {
@@ -243,7 +277,7 @@ pub fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel<L: SsmLayer>() {
     assert!(e.contains("lengths") && e.contains("[3]"), "{e}");
 
     // l_max = 10 < L: the taps past 10 are dropped (as lrnnx); prefix outputs agree.
-    let (mut ml, _) = L::build(h, json!({"l_max": 10}), 6, DType::F64);
+    let (mut ml, _) = build::<L>(h, json!({"l_max": 10}), 6, DType::F64);
     let full = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
     let cut = vec1(&ml.forward(&x, &ForwardOpts::default()).unwrap());
     for bi in 0..b {
@@ -257,7 +291,7 @@ pub fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel<L: SsmLayer>() {
         }
     }
     assert!(max_err(&full, &cut) > 1e-6);
-    ml.set_mode(L::Mode::SCAN);
+    ml.set_mode(ForwardMode::Scan);
     let e = ml
         .forward(&x, &ForwardOpts::default())
         .unwrap_err()
@@ -270,13 +304,13 @@ pub fn lengths_mask_the_inputs_and_l_max_truncates_the_kernel<L: SsmLayer>() {
 pub fn gradients_match_finite_differences<L: SsmLayer>() {
     let (b, l, h) = (2, 6, 3);
     let kw = json!({"d_state": 6, "gate": 2, "bottleneck": 1, "dt_tie": false});
-    let (mut m, store) = L::build(h, kw, 8, DType::F64);
+    let (mut m, store) = build::<L>(h, kw, 8, DType::F64);
     let x = Var::from_tensor(&randn(&[b, l, h], 3, DType::F64)).unwrap();
     let w = randn(&[b, l, h], 4, DType::F64);
     let mut params: Vec<(String, Var)> = store.vars().into_iter().collect();
     params.push(("x".into(), x.clone()));
     assert_eq!(params.len(), L::GRADIENT_PARAMS);
-    for mode in [L::Mode::SCAN, L::Mode::CONV] {
+    for mode in [ForwardMode::Scan, ForwardMode::Conv] {
         m.set_mode(mode);
         let loss = |m: &L| -> f64 {
             (m.forward(x.as_tensor(), &ForwardOpts::default()).unwrap() * &w)
@@ -317,7 +351,7 @@ pub fn gradients_match_finite_differences<L: SsmLayer>() {
 /// the recurrence on from the state a prefill of the first L - 8 positions reaches.
 pub fn long_sequence_stays_finite_and_matches_stepping<L: SsmLayer>() {
     let (l, h) = (100_000, 4);
-    let (mut m, _) = L::build(h, json!({"d_state": 4}), 1, DType::F32);
+    let (mut m, _) = build::<L>(h, json!({"d_state": 4}), 1, DType::F32);
     let x = randn(&[1, l, h], 5, DType::F32);
     let mut st = m.init_state(1, l, DType::F32, &Device::Cpu).unwrap();
     m.prefill(
@@ -333,7 +367,7 @@ pub fn long_sequence_stays_finite_and_matches_stepping<L: SsmLayer>() {
                 .unwrap(),
         ));
     }
-    for mode in [L::Mode::SCAN, L::Mode::CONV] {
+    for mode in [ForwardMode::Scan, ForwardMode::Conv] {
         m.set_mode(mode);
         let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
         assert!(y.iter().all(|v| v.is_finite()), "{mode:?}");
@@ -344,10 +378,10 @@ pub fn long_sequence_stays_finite_and_matches_stepping<L: SsmLayer>() {
 
 /// The recurrence and the convolution agree at 300 positions.
 pub fn scan_equals_convolution_at_length<L: SsmLayer>() {
-    let (mut m, _) = L::build(8, json!({"d_state": 16}), 5, DType::F32);
+    let (mut m, _) = build::<L>(8, json!({"d_state": 16}), 5, DType::F32);
     let x = randn(&[3, 300, 8], 1, DType::F32);
-    let a = forward_with(&mut m, L::Mode::SCAN, &x, &ForwardOpts::default());
-    let b = forward_with(&mut m, L::Mode::CONV, &x, &ForwardOpts::default());
+    let a = forward_with(&mut m, ForwardMode::Scan, &x, &ForwardOpts::default());
+    let b = forward_with(&mut m, ForwardMode::Conv, &x, &ForwardOpts::default());
     let err = max_err(&a, &b);
     assert!(err < 2e-5, "scan vs conv: {err}");
 }
@@ -356,7 +390,7 @@ pub fn scan_equals_convolution_at_length<L: SsmLayer>() {
 pub fn step_and_prefill_equal_forward<L: SsmLayer>() {
     for kw in L::step_cases() {
         let (b, l, h) = (3, 40, 6);
-        let (m, _) = L::build(h, kw.clone(), 2, DType::F32);
+        let (m, _) = build::<L>(h, kw.clone(), 2, DType::F32);
         let x = randn(&[b, l, h], 9, DType::F32);
         let y = vec1(&m.forward(&x, &ForwardOpts::default()).unwrap());
         let mut st = m.init_state(b, l, DType::F32, &Device::Cpu).unwrap();
@@ -413,4 +447,104 @@ pub fn step_and_prefill_equal_forward<L: SsmLayer>() {
         let err = max_err(&vec1(&Tensor::cat(&[p1, p2], 1).unwrap()), &y);
         assert!(err < 1e-5, "{kw} prefill + prefill: {err}");
     }
+}
+
+/// The forward in every mode, in f64 and in f32, against the slow reference
+/// for each `(B, L, H, kwargs)` the two layers share (odd sizes, channels,
+/// `n_ssm`, swapped channels, gate and bottleneck, no output linear, inits)
+/// and then each of the layer's `own_cases`.
+pub fn forward_matches_reference_in_both_modes<L: SsmLayer>(
+    own_cases: impl IntoIterator<Item = (usize, usize, usize, Value)>,
+) {
+    let shared = [
+        (1, 1, 3, json!({"d_state": 2})),
+        (3, 37, 5, json!({"d_state": 7})),
+        (
+            2,
+            33,
+            6,
+            json!({"channels": 2, "n_ssm": 3, "dt_min": 0.01, "dt_max": 0.5}),
+        ),
+        (2, 17, 4, json!({"channels": 3, "swap_channels": true})),
+        (2, 12, 4, json!({"gate": 2, "bottleneck": 1})),
+        (2, 12, 4, json!({"final_act": null, "init": "diag-lin"})),
+        (1, 9, 4, json!({"init": "hippo", "n_ssm": 2})),
+    ];
+    for (b, l, h, kw) in shared.into_iter().chain(own_cases) {
+        let (mut m, store) = build::<L>(h, kw.clone(), 3, DType::F64);
+        let x = randn(&[b, l, h], 7, DType::F64);
+        let want = reference::<L>(&store, &config(kw.clone()), &x, None);
+        for mode in [ForwardMode::Scan, ForwardMode::Conv, ForwardMode::Auto] {
+            let got = forward_with(&mut m, mode, &x, &ForwardOpts::default());
+            let err = max_err(&got, &want);
+            assert!(err < 1e-10, "{kw} ({b},{l},{h}) {mode:?}: {err}");
+        }
+        // f32 parameters and input.
+        let (m32, store32) = build::<L>(h, kw.clone(), 3, DType::F32);
+        let x32 = x.to_dtype(DType::F32).unwrap();
+        let got = vec1(&m32.forward(&x32, &ForwardOpts::default()).unwrap());
+        let want = reference::<L>(&store32, &config(kw.clone()), &x32, None);
+        // Relative to the output's scale, as the conformance criterion; f32
+        // rounding of exp(dtA) - 1 for tiny dtA (fourier modes) reaches ~1e-4.
+        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+        let err = max_err(&got, &want) / scale;
+        assert!(err < 3e-4, "{kw} f32: {err}");
+    }
+}
+
+/// The default layer of width 4 saves exactly `keys`; returns its tensors.
+pub fn saved_tensors<L: SsmLayer>(keys: &[&str]) -> BTreeMap<String, Tensor> {
+    let (_, store) = build::<L>(4, json!({}), 0, DType::F32);
+    let t: BTreeMap<String, Tensor> = store.tensors().into_iter().collect();
+    let saved: Vec<&String> = t.keys().collect();
+    for k in keys {
+        assert!(t.contains_key(*k), "{k} missing from {saved:?}");
+    }
+    assert_eq!(t.len(), keys.len(), "{saved:?}");
+    t
+}
+
+/// Bad input shapes and bad kwargs are refused naming what was wrong: the
+/// kwargs both layers refuse, then `own_bad_kwargs` (kwargs and the words
+/// the error names); the default build's saved config has `disc` = `disc`.
+pub fn bad_shapes_and_kwargs_are_named<L: SsmLayer>(
+    own_bad_kwargs: &[(&str, &[&str])],
+    disc: Value,
+) {
+    let (m, _) = build::<L>(4, json!({}), 1, DType::F32);
+    assert_wrong_width_is_named(&m, 4);
+    assert_mentions(&step_error(&m, &[2, 3]), &["[2, 3]"]);
+    let site = BuildSite::new(4, 8, 2);
+    let shared: [(&str, &[&str]); 7] = [
+        (
+            r#"{"transposed": true}"#,
+            &["layer 2", "transposed", "(batch, seqlen, d_model)"],
+        ),
+        (r#"{"d_stat": 8}"#, &["d_stat", "d_state"]),
+        (r#"{"bottleneck": 2}"#, &["bottleneck", "2"]),
+        (r#"{"forward_mode": "fast"}"#, &["forward_mode", "fast"]),
+        (r#"{"init": "legt"}"#, &["legt"]),
+        (r#"{"n_ssm": 3}"#, &["n_ssm", "3"]),
+        (r#"{"is_real": true}"#, &["is_real"]),
+    ];
+    for (kw, parts) in shared.iter().chain(own_bad_kwargs) {
+        assert_mentions(&site.build_error(L::NAME, kw), parts);
+    }
+    // The default build works and its config round-trips through JSON.
+    let m = BuildSite::new(4, 8, 0).build(L::NAME, "{}").unwrap();
+    let j = lrnnx_framework::config_to_json(m.config()).unwrap();
+    assert_eq!(j["type"], L::NAME);
+    assert_eq!(j["disc"], disc);
+    assert_eq!(j["B_clip"], 2.0);
+}
+
+/// The kernel of 25 taps of a layer of width 3, `d_state = 8`, two channels
+/// (its shape checked), the layer's parameters and `(H, N/2, len)`; the
+/// layer to check its discretization.
+pub fn two_channel_kernel<L: SsmLayer + Lti>() -> (Vec<f64>, Params, (usize, usize, usize), L) {
+    let (h, n2, l) = (3, 4, 25);
+    let (m, store) = build::<L>(h, json!({"channels": 2}), 4, DType::F64);
+    let k = m.kernel(l).unwrap();
+    assert_eq!(k.dims(), &[2 * h, l]);
+    (vec1(&k), params(&store), (h, n2, l), m)
 }
