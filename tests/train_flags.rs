@@ -1,41 +1,15 @@
 //! `lrnnx train` refuses implausible flag values with a message naming
 //! them, and `--resume` refuses flags that disagree with the checkpoint.
 
-use std::process::Command;
+mod common;
 
-const TINY: &[&str] = &[
-    "train",
-    "--mixers",
-    "LRU",
-    "--d-model",
-    "16",
-    "--d-state",
-    "8",
-    "--d-intermediate",
-    "0",
-    "--batch-size",
-    "2",
-    "--seq-len",
-    "16",
-    "--eval-batches",
-    "1",
-    "--warmup",
-    "0",
-    "--quiet",
-];
+use common::cli::{run as run_command, tiny_train};
 
+/// Trains a tiny LRU model into `out` with `extra` flags on top of the tiny
+/// ones; gives the exit status and stderr.
 fn run(extra: &[&str], out: &std::path::Path) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_lrnnx"))
-        .args(TINY)
-        .args(extra)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let ran = run_command(tiny_train("LRU", out).args(extra));
+    (ran.ok, ran.stderr)
 }
 
 #[test]
