@@ -2,50 +2,29 @@
 //! either, the output directory holds one whole set (old or new), which
 //! `--resume` accepts, never a mix.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lrnnx::train::{verify_checkpoint, TrainerRecord, TRAINER_FILE};
 
-const TINY: &[&str] = &[
-    "train",
-    "--mixers",
-    "LRU,attn",
-    "--d-model",
-    "16",
-    "--d-state",
-    "8",
-    "--d-intermediate",
-    "0",
-    "--mixer-kwargs",
-    r#"{"attn": {"num_heads": 2, "causal": true}}"#,
-    "--batch-size",
-    "2",
-    "--seq-len",
-    "16",
-    "--eval-every",
-    "1000000",
-    "--eval-batches",
-    "1",
-    "--warmup",
-    "0",
-    "--quiet",
-];
-
+/// A tiny LRU + attention training run into `out` that never evaluates.
 fn train(out: &Path, steps: usize, save_every: usize, resume: bool) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lrnnx"));
-    c.args(TINY)
-        .args([
-            "--steps",
-            &steps.to_string(),
-            "--save-every",
-            &save_every.to_string(),
-        ])
-        .arg("--out")
-        .arg(out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut c = common::cli::tiny_train("LRU,attn", out);
+    c.args([
+        "--mixer-kwargs",
+        r#"{"attn": {"num_heads": 2, "causal": true}}"#,
+        "--eval-every",
+        "1000000",
+        "--steps",
+        &steps.to_string(),
+        "--save-every",
+        &save_every.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     if resume {
         c.arg("--resume").arg(out);
     }

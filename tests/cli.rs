@@ -1,15 +1,11 @@
 //! The `lrnnx` binary end to end.
 
-use std::process::Command;
+mod common;
 
+/// Runs `lrnnx args…`; gives the exit status and stdout followed by stderr.
 fn lrnnx(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lrnnx"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let ran = common::cli::run_lrnnx(args);
+    (ran.ok, ran.text())
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Weights that would make a model say garbage with exit 0 are refused on load.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
@@ -15,13 +17,7 @@ fn load_after(edit: impl FnOnce(&mut BTreeMap<String, Tensor>)) -> lrnnx::Result
         .unwrap()
         .save_pretrained(dir.path())
         .unwrap();
-    let path = dir.path().join("model.safetensors");
-    let mut tensors: BTreeMap<String, Tensor> = lrnnx::io::read_safetensors(&path, &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .collect();
-    edit(&mut tensors);
-    lrnnx::io::write_safetensors(&path, &tensors, None).unwrap();
+    common::lm::rewrite_safetensors(dir.path(), edit);
     LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
 }
 

@@ -1,10 +1,14 @@
 //! Python lrnnx checkpoints (`config.json` + `pytorch_model.bin`): load, convert, hand back.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use lrnnx::{LRNNLMHeadModel, LmForwardOpts, MixerKwargs};
+use common::assert_mentions;
+use common::lm::{forward, load_err, rel_err};
+use lrnnx::{LRNNLMHeadModel, MixerKwargs};
 
 fn ckpt(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,29 +32,13 @@ fn expected(case: &str) -> (Tensor, Tensor, Option<MixerKwargs>) {
     )
 }
 
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let d = (&a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    d / b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-        .max(1.0)
+/// A fresh directory holding copies of `files` of checkpoint `case`.
+fn copy_of(case: &str, files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in files {
+        std::fs::copy(ckpt(case).join(f), dir.path().join(f)).unwrap();
+    }
+    dir
 }
 
 const CASES: &[&str] = &[
@@ -66,21 +54,14 @@ fn python_checkpoints_load_unchanged_and_convert_losslessly() {
         let (ids, logits, kw) = expected(case);
         let model =
             LRNNLMHeadModel::from_pretrained(ckpt(case), kw.as_ref(), &Device::Cpu).unwrap();
-        let ours = model.forward(&ids, &LmForwardOpts::default()).unwrap();
+        let ours = forward(&model, &ids);
         assert_eq!(ours.dims(), logits.dims(), "{case}: padded vocabulary kept");
         assert!(rel_err(&ours, &logits) < 1e-4, "{case}");
         // Convert: our layout, every default filled in; no kwargs needed to reload.
         let out = tempfile::tempdir().unwrap();
         model.save_pretrained(out.path()).unwrap();
         let back = LRNNLMHeadModel::from_pretrained(out.path(), None, &Device::Cpu).unwrap();
-        assert_eq!(
-            rel_err(
-                &back.forward(&ids, &LmForwardOpts::default()).unwrap(),
-                &ours
-            ),
-            0.0,
-            "{case}"
-        );
+        assert_eq!(rel_err(&forward(&back, &ids), &ours), 0.0, "{case}");
         // Our model.safetensors has exactly the key set and shapes of lrnnx's state dict.
         let theirs =
             lrnnx::pytorch::read_state_dict(&ckpt(case).join("pytorch_model.bin"), &Device::Cpu)
@@ -109,10 +90,7 @@ fn python_checkpoints_load_unchanged_and_convert_losslessly() {
 fn safetensors_is_preferred_when_both_exist() {
     lrnnx::init();
     let (ids, _, _) = expected("lrnnx_lm_small");
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "pytorch_model.bin"] {
-        std::fs::copy(ckpt("lrnnx_lm_small").join(f), dir.path().join(f)).unwrap();
-    }
+    let dir = copy_of("lrnnx_lm_small", &["config.json", "pytorch_model.bin"]);
     let model = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu).unwrap();
     // A safetensors file with every weight scaled: if it is read, logits change.
     let scaled: BTreeMap<String, Tensor> = model
@@ -129,21 +107,14 @@ fn safetensors_is_preferred_when_both_exist() {
         .collect();
     lrnnx::io::write_safetensors(&dir.path().join("model.safetensors"), &scaled, None).unwrap();
     let preferred = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu).unwrap();
-    let a = model.forward(&ids, &LmForwardOpts::default()).unwrap();
-    let b = preferred.forward(&ids, &LmForwardOpts::default()).unwrap();
-    assert!(rel_err(&a, &b) > 1e-3);
+    assert!(rel_err(&forward(&model, &ids), &forward(&preferred, &ids)) > 1e-3);
 }
 
 mod bad_input {
     use super::*;
 
     fn copy_with(case: &str, f: impl FnOnce(&mut BTreeMap<String, Tensor>)) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            ckpt(case).join("config.json"),
-            dir.path().join("config.json"),
-        )
-        .unwrap();
+        let dir = copy_of(case, &["config.json"]);
         let mut sd: BTreeMap<String, Tensor> =
             lrnnx::pytorch::read_state_dict(&ckpt(case).join("pytorch_model.bin"), &Device::Cpu)
                 .unwrap()
@@ -154,22 +125,15 @@ mod bad_input {
         dir
     }
 
-    fn load_err(dir: &Path) -> String {
-        lrnnx::init();
-        LRNNLMHeadModel::from_pretrained(dir, None, &Device::Cpu)
-            .unwrap_err()
-            .to_string()
-    }
-
     #[test]
     fn missing_tensor_names_key_and_file() {
         let dir = copy_with("lrnnx_lm_small", |sd| {
             sd.remove("backbone.layers.1.mixer.x_proj.weight");
         });
         let e = load_err(dir.path());
-        assert!(
-            e.contains("backbone.layers.1.mixer.x_proj.weight") && e.contains("pytorch_model.bin"),
-            "{e}"
+        assert_mentions(
+            &e,
+            &["backbone.layers.1.mixer.x_proj.weight", "pytorch_model.bin"],
         );
     }
 
@@ -182,22 +146,12 @@ mod bad_input {
             );
         });
         let e = load_err(dir.path());
-        assert!(
-            e.contains("backbone.layers.0.mixer.B_re")
-                && e.contains("[8, 31]")
-                && e.contains("[8, 32]"),
-            "{e}"
-        );
+        assert_mentions(&e, &["backbone.layers.0.mixer.B_re", "[8, 31]", "[8, 32]"]);
     }
 
     #[test]
     fn truncated_zip_names_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            ckpt("lrnnx_lm_small").join("config.json"),
-            dir.path().join("config.json"),
-        )
-        .unwrap();
+        let dir = copy_of("lrnnx_lm_small", &["config.json"]);
         let bytes = std::fs::read(ckpt("lrnnx_lm_small").join("pytorch_model.bin")).unwrap();
         std::fs::write(
             dir.path().join("pytorch_model.bin"),
@@ -205,50 +159,31 @@ mod bad_input {
         )
         .unwrap();
         let e = load_err(dir.path());
-        assert!(
-            e.contains("pytorch_model.bin") && e.contains("PyTorch"),
-            "{e}"
-        );
+        assert_mentions(&e, &["pytorch_model.bin", "PyTorch"]);
     }
 
     #[test]
     fn no_weights_at_all() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            ckpt("lrnnx_lm_small").join("config.json"),
-            dir.path().join("config.json"),
-        )
-        .unwrap();
+        let dir = copy_of("lrnnx_lm_small", &["config.json"]);
         let e = load_err(dir.path());
-        assert!(
-            e.contains("model.safetensors") && e.contains("pytorch_model.bin"),
-            "{e}"
-        );
+        assert_mentions(&e, &["model.safetensors", "pytorch_model.bin"]);
     }
 
     #[test]
     fn unknown_mixer_in_config_lists_registered_and_mentions_plugins() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = copy_of("lrnnx_lm_small", &["pytorch_model.bin"]);
         let cfg = std::fs::read_to_string(ckpt("lrnnx_lm_small").join("config.json"))
             .unwrap()
             .replace("\"S7\"", "\"S8\"");
         std::fs::write(dir.path().join("config.json"), cfg).unwrap();
-        std::fs::copy(
-            ckpt("lrnnx_lm_small").join("pytorch_model.bin"),
-            dir.path().join("pytorch_model.bin"),
-        )
-        .unwrap();
         let e = load_err(dir.path());
-        assert!(
-            e.contains("`S8`") && e.contains("Mamba") && e.contains("plugin"),
-            "{e}"
-        );
+        assert_mentions(&e, &["`S8`", "Mamba", "plugin"]);
     }
 
     #[test]
     fn kwargs_needed_but_missing_is_a_clear_error() {
         // lrnnx does not save mixer kwargs; S5 has no default discretization.
         let e = load_err(&ckpt("lrnnx_lm_small_kwargs"));
-        assert!(e.contains("S5") && e.contains("discretization"), "{e}");
+        assert_mentions(&e, &["S5", "discretization"]);
     }
 }

@@ -1,6 +1,13 @@
 //! The language model: building by name, step = forward, save/load, bad input.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::assert_mentions;
+use common::lm::{
+    forward, load_err, logits_at, max_diff, prefilled, rewrite_safetensors, saved_config,
+    stepped_logits, token_ids,
+};
 use lrnnx::{generate, GenerateOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts};
 
 fn hybrid(tied: bool, rms: bool, d_intermediate: usize) -> LmConfig {
@@ -16,21 +23,7 @@ fn hybrid(tied: bool, rms: bool, d_intermediate: usize) -> LmConfig {
 }
 
 fn ids(b: usize, l: usize) -> Tensor {
-    let v: Vec<u32> = (0..b * l).map(|i| ((i * 17 + 3) % 50) as u32).collect();
-    Tensor::from_vec(v, (b, l), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    token_ids(b, l, 17, 3, 50)
 }
 
 #[test]
@@ -39,33 +32,17 @@ fn step_and_prefill_equal_forward() {
     for (tied, rms, di) in [(true, true, 32), (false, false, 0)] {
         let m = LRNNLMHeadModel::init(hybrid(tied, rms, di), 1, &Device::Cpu).unwrap();
         let x = ids(2, 12);
-        let logits = m.forward(&x, &LmForwardOpts::default()).unwrap();
+        let logits = forward(&m, &x);
         assert_eq!(
             logits.dims(),
             &[2, 12, 56],
             "vocab 50 padded to a multiple of 8"
         );
-        let mut st = m.init_state(2, 12).unwrap();
-        let steps: Vec<Tensor> = (0..12)
-            .map(|t| {
-                m.step(&x.narrow(1, t, 1).unwrap(), &mut st, None)
-                    .unwrap()
-                    .unsqueeze(1)
-                    .unwrap()
-            })
-            .collect();
-        assert!(max_diff(&Tensor::cat(&steps, 1).unwrap(), &logits) < 1e-4);
-        let mut st = m.init_state(2, 12).unwrap();
-        let last = m
-            .prefill(
-                &x.narrow(1, 0, 7).unwrap(),
-                &mut st,
-                &LmForwardOpts::default(),
-            )
-            .unwrap();
-        assert!(max_diff(&last, &logits.narrow(1, 6, 1).unwrap().squeeze(1).unwrap()) < 1e-4);
+        assert!(max_diff(&stepped_logits(&m, &x), &logits) < 1e-4);
+        let (last, mut st) = prefilled(&m, &x, 7);
+        assert!(max_diff(&last, &logits_at(&logits, 6)) < 1e-4);
         let next = m.step(&x.narrow(1, 7, 1).unwrap(), &mut st, None).unwrap();
-        assert!(max_diff(&next, &logits.narrow(1, 7, 1).unwrap().squeeze(1).unwrap()) < 1e-4);
+        assert!(max_diff(&next, &logits_at(&logits, 7)) < 1e-4);
         let tail = m
             .forward(
                 &x,
@@ -86,9 +63,7 @@ fn save_and_reload_give_identical_logits_and_config() {
     for (tied, rms, di) in [(true, true, 32), (false, false, 0)] {
         let m = LRNNLMHeadModel::init(hybrid(tied, rms, di), 3, &Device::Cpu).unwrap();
         m.save_pretrained(dir.path()).unwrap();
-        let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
-                .unwrap();
+        let cfg = saved_config(dir.path());
         // Every per-layer default is written out.
         assert_eq!(cfg["layers"][0]["type"], "LRU");
         assert_eq!(cfg["layers"][0]["r_min"], 0.5);
@@ -96,11 +71,7 @@ fn save_and_reload_give_identical_logits_and_config() {
         assert_eq!(cfg["layers"][1]["num_heads_kv"], 2);
         let back = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu).unwrap();
         let x = ids(2, 9);
-        let (a, b) = (
-            m.forward(&x, &LmForwardOpts::default()).unwrap(),
-            back.forward(&x, &LmForwardOpts::default()).unwrap(),
-        );
-        assert_eq!(max_diff(&a, &b), 0.0);
+        assert_eq!(max_diff(&forward(&m, &x), &forward(&back, &x)), 0.0);
         assert_eq!(back.config(), m.config());
         // lrnnx's state-dict names, lm_head included when tied.
         let keys = lrnnx::io::read_safetensors(&dir.path().join("model.safetensors"), &Device::Cpu)
@@ -187,20 +158,18 @@ fn generation_is_deterministic_with_a_seed() {
 mod bad_input {
     use super::*;
 
+    /// The message of the error that building a model of `c` gives.
+    fn init_err(c: LmConfig) -> String {
+        LRNNLMHeadModel::init(c, 0, &Device::Cpu)
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn unknown_mixer_lists_registered_names() {
         lrnnx::init();
-        let e = LRNNLMHeadModel::init(
-            LmConfig::new(16, 8, 50, &["LRU", "Mamba3"]),
-            0,
-            &Device::Cpu,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("Mamba3") && e.contains("LRU") && e.contains("attn"),
-            "{e}"
-        );
+        let e = init_err(LmConfig::new(16, 8, 50, &["LRU", "Mamba3"]));
+        assert_mentions(&e, &["Mamba3", "LRU", "attn"]);
     }
 
     #[test]
@@ -208,10 +177,8 @@ mod bad_input {
         lrnnx::init();
         let mut c = LmConfig::new(16, 8, 50, &["LRU", "LRU"]);
         c.n_layer = 3;
-        let e = LRNNLMHeadModel::init(c, 0, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("n_layer is 3") && e.contains("2 entries"), "{e}");
+        let e = init_err(c);
+        assert_mentions(&e, &["n_layer is 3", "2 entries"]);
     }
 
     #[test]
@@ -220,13 +187,8 @@ mod bad_input {
         let mut c = LmConfig::new(16, 8, 50, &["LRU", "attn"]);
         c.mixer_kwargs =
             serde_json::from_str(r#"{"attn": {"num_heads": 2, "casual": true}}"#).unwrap();
-        let e = LRNNLMHeadModel::init(c, 0, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("layer 1") && e.contains("casual") && e.contains("causal"),
-            "{e}"
-        );
+        let e = init_err(c);
+        assert_mentions(&e, &["layer 1", "casual", "causal"]);
     }
 
     #[test]
@@ -237,13 +199,13 @@ mod bad_input {
             .forward(&ids(2, 3).flatten_all().unwrap(), &LmForwardOpts::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("(batch, seqlen)") && e.contains("[6]"), "{e}");
+        assert_mentions(&e, &["(batch, seqlen)", "[6]"]);
         let big = Tensor::new(&[[1u32, 999]], &Device::Cpu).unwrap();
         let e = m
             .forward(&big, &LmForwardOpts::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("0..56") && e.contains("999"), "{e}");
+        assert_mentions(&e, &["0..56", "999"]);
     }
 
     fn saved() -> (tempfile::TempDir, LRNNLMHeadModel) {
@@ -254,66 +216,40 @@ mod bad_input {
         (dir, m)
     }
 
-    fn rewrite(
-        dir: &std::path::Path,
-        f: impl FnOnce(&mut std::collections::BTreeMap<String, Tensor>),
-    ) {
-        let path = dir.join("model.safetensors");
-        let mut t: std::collections::BTreeMap<_, _> =
-            lrnnx::io::read_safetensors(&path, &Device::Cpu)
-                .unwrap()
-                .into_iter()
-                .collect();
-        f(&mut t);
-        lrnnx::io::write_safetensors(&path, &t, None).unwrap();
-    }
-
     #[test]
     fn missing_tensor_names_the_key_and_file() {
         let (dir, _) = saved();
-        rewrite(dir.path(), |t| {
+        rewrite_safetensors(dir.path(), |t| {
             t.remove("backbone.layers.0.mixer.B_re");
         });
-        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("backbone.layers.0.mixer.B_re") && e.contains("model.safetensors"),
-            "{e}"
-        );
+        let e = load_err(dir.path());
+        assert_mentions(&e, &["backbone.layers.0.mixer.B_re", "model.safetensors"]);
     }
 
     #[test]
     fn misshapen_tensor_names_key_and_shapes() {
         let (dir, _) = saved();
-        rewrite(dir.path(), |t| {
+        rewrite_safetensors(dir.path(), |t| {
             t.insert(
                 "backbone.layers.1.mixer.out_proj.weight".into(),
                 Tensor::zeros((16, 15), DType::F32, &Device::Cpu).unwrap(),
             );
         });
-        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("out_proj.weight") && e.contains("[16, 15]") && e.contains("[16, 16]"),
-            "{e}"
-        );
+        let e = load_err(dir.path());
+        assert_mentions(&e, &["out_proj.weight", "[16, 15]", "[16, 16]"]);
     }
 
     #[test]
     fn stray_tensor_is_reported() {
         let (dir, _) = saved();
-        rewrite(dir.path(), |t| {
+        rewrite_safetensors(dir.path(), |t| {
             t.insert(
                 "backbone.layers.7.mixer.x".into(),
                 Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
             );
         });
-        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("backbone.layers.7.mixer.x"), "{e}");
+        let e = load_err(dir.path());
+        assert_mentions(&e, &["backbone.layers.7.mixer.x"]);
     }
 
     #[test]
@@ -322,13 +258,8 @@ mod bad_input {
         let path = dir.path().join("model.safetensors");
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("model.safetensors") && e.contains("not a valid safetensors"),
-            "{e}"
-        );
+        let e = load_err(dir.path());
+        assert_mentions(&e, &["model.safetensors", "not a valid safetensors"]);
     }
 
     #[test]
@@ -336,31 +267,19 @@ mod bad_input {
         let (dir, _) = saved();
         let path = dir.path().join("config.json");
         std::fs::write(&path, "{\"d_model\": 16, \"n_layer\": ").unwrap();
-        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("config.json") && e.contains("malformed JSON"),
-            "{e}"
-        );
+        let e = load_err(dir.path());
+        assert_mentions(&e, &["config.json", "malformed JSON"]);
         std::fs::write(&path, r#"{"d_model": "sixteen", "d_state": 8, "n_layer": 1, "vocab_size": 5, "mixer_types": ["LRU"]}"#).unwrap();
-        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("config.json") && e.contains("sixteen"), "{e}");
+        let e = load_err(dir.path());
+        assert_mentions(&e, &["config.json", "sixteen"]);
     }
 
     #[test]
     fn missing_weights() {
         let (dir, _) = saved();
         std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-        let e = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("model.safetensors") && e.contains("pytorch_model.bin"),
-            "{e}"
-        );
+        let e = load_err(dir.path());
+        assert_mentions(&e, &["model.safetensors", "pytorch_model.bin"]);
     }
 }
 
@@ -374,29 +293,13 @@ fn mlstm_mixes_with_attention_and_mamba_and_round_trips() {
     )
     .unwrap();
     let m = LRNNLMHeadModel::init(c, 2, &Device::Cpu).unwrap();
-    let v: Vec<u32> = (0..22).map(|i| ((i * 7 + 1) % 40) as u32).collect();
-    let x = Tensor::from_vec(v, (2, 11), &Device::Cpu).unwrap();
-    let logits = m.forward(&x, &LmForwardOpts::default()).unwrap();
-    let mut st = m.init_state(2, 11).unwrap();
-    let steps: Vec<Tensor> = (0..11)
-        .map(|t| {
-            m.step(&x.narrow(1, t, 1).unwrap(), &mut st, None)
-                .unwrap()
-                .unsqueeze(1)
-                .unwrap()
-        })
-        .collect();
-    assert!(max_diff(&Tensor::cat(&steps, 1).unwrap(), &logits) < 1e-4);
+    let x = token_ids(2, 11, 7, 1, 40);
+    let logits = forward(&m, &x);
+    assert!(max_diff(&stepped_logits(&m, &x), &logits) < 1e-4);
     let dir = tempfile::tempdir().unwrap();
     m.save_pretrained(dir.path()).unwrap();
     let back = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu).unwrap();
-    assert_eq!(
-        max_diff(
-            &back.forward(&x, &LmForwardOpts::default()).unwrap(),
-            &logits
-        ),
-        0.0
-    );
+    assert_eq!(max_diff(&forward(&back, &x), &logits), 0.0);
 }
 
 #[test]

@@ -7,11 +7,17 @@
 //! The plugins (`plugins/mingru` and the cdylib examples of `plugins/testkit`)
 //! are built once, by one `cargo build` run from here with this test's profile.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
+use common::cli::{lrnnx as lrnnx_command, run};
+use common::lm::{
+    forward, logits_at, max_diff, prefilled, saved_config, stepped_logits, token_ids,
+};
 use lrnnx::plugin::{load_plugin, loaded_plugins, ABI_FINGERPRINT};
 use lrnnx::{
     BuildArgs, Error, ForwardOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts, Origin, ParamStore,
@@ -97,21 +103,7 @@ fn hybrid_config() -> LmConfig {
 }
 
 fn ids(b: usize, l: usize) -> Tensor {
-    let v: Vec<u32> = (0..b * l).map(|i| ((i * 7 + 3) % 50) as u32).collect();
-    Tensor::from_vec(v, (b, l), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    token_ids(b, l, 7, 3, 50)
 }
 
 #[test]
@@ -129,44 +121,29 @@ fn min_gru_plugin_registers_and_runs_in_a_hybrid_lm() {
     let model = LRNNLMHeadModel::init(hybrid_config(), 0, &Device::Cpu).unwrap();
     let (b, l) = (2, 9);
     let x = ids(b, l);
-    let logits = model.forward(&x, &LmForwardOpts::default()).unwrap();
+    let logits = forward(&model, &x);
     assert_eq!(logits.dims(), &[b, l, 56]);
 
-    let mut st = model.init_state(b, l).unwrap();
-    let steps: Vec<Tensor> = (0..l)
-        .map(|t| {
-            let y = model
-                .step(&x.narrow(1, t, 1).unwrap(), &mut st, None)
-                .unwrap();
-            y.unsqueeze(1).unwrap()
-        })
-        .collect();
-    let d = max_diff(&Tensor::cat(&steps, 1).unwrap(), &logits);
+    let d = max_diff(&stepped_logits(&model, &x), &logits);
     assert!(d < 1e-4, "step differs from forward by {d}");
 
-    let mut st = model.init_state(b, l).unwrap();
-    let last = model
-        .prefill(
-            &x.narrow(1, 0, 5).unwrap(),
-            &mut st,
-            &LmForwardOpts::default(),
-        )
-        .unwrap();
-    assert!(max_diff(&last, &logits.narrow(1, 4, 1).unwrap().squeeze(1).unwrap()) < 1e-4);
+    let (last, _) = prefilled(&model, &x, 5);
+    assert!(max_diff(&last, &logits_at(&logits, 4)) < 1e-4);
 
     // The plugin's config serializes through the host's serde, every default filled in.
     let dir = tempfile::tempdir().unwrap();
     model.save_pretrained(dir.path()).unwrap();
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
-            .unwrap();
+    let config = saved_config(dir.path());
     assert_eq!(
         config["layers"][0],
         serde_json::json!({"type": "minGRU", "expansion_factor": 1.5, "proj_out": true})
     );
     let reloaded = LRNNLMHeadModel::from_pretrained(dir.path(), None, &Device::Cpu).unwrap();
-    let again = reloaded.forward(&x, &LmForwardOpts::default()).unwrap();
-    assert_eq!(max_diff(&again, &logits), 0.0, "reloaded logits differ");
+    assert_eq!(
+        max_diff(&forward(&reloaded, &x), &logits),
+        0.0,
+        "reloaded logits differ"
+    );
 }
 
 fn refused(path: &Path) -> String {
@@ -303,16 +280,16 @@ fn a_plugin_may_register_more_than_32_mixers() {
     }
 }
 
+/// Runs `lrnnx args…` with `LRNNX_PLUGIN_PATH` set to `plugin_path` (unset
+/// when `None`); gives the exit status and stdout followed by stderr.
 fn lrnnx(args: &[&str], plugin_path: Option<&str>) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lrnnx"));
+    let mut cmd = lrnnx_command();
     cmd.args(args).env_remove("LRNNX_PLUGIN_PATH");
     if let Some(p) = plugin_path {
         cmd.env("LRNNX_PLUGIN_PATH", p);
     }
-    let out = cmd.output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let ran = run(&mut cmd);
+    (ran.ok, ran.text())
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Training: every registered mixer learns; checkpoints reload and generate identically; bad checkpoints fail clearly.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use lrnnx::train::{cross_entropy, AdamW, AdamWConfig, ByteTokenizer, TokenBatches, Tokenizer};
@@ -74,16 +75,7 @@ fn every_registered_mixer_learns_and_every_parameter_moves() {
         let after = eval(&model);
         assert!(after < before - 0.05, "{name}: loss {before} -> {after}");
         for (k, v) in &vars {
-            let moved = (v.as_tensor() - &initial[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let moved = common::lm::max_diff(v.as_tensor(), &initial[k]);
             // lrnnx keeps Mamba's dtA_proj.weight but never uses it (only its bias): exempt.
             if k.ends_with("dtA_proj.weight") {
                 continue;
@@ -96,16 +88,10 @@ fn every_registered_mixer_learns_and_every_parameter_moves() {
     }
 }
 
+/// Runs `lrnnx args…`; gives the exit status, stdout and stderr.
 fn lrnnx(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lrnnx"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let ran = common::cli::run_lrnnx(args);
+    (ran.ok, ran.stdout, ran.stderr)
 }
 
 #[test]

@@ -1,41 +1,15 @@
 //! `lrnnx train` refuses implausible flag values with a message naming
 //! them, and `--resume` refuses flags that disagree with the checkpoint.
 
-use std::process::Command;
+mod common;
 
-const TINY: &[&str] = &[
-    "train",
-    "--mixers",
-    "LRU",
-    "--d-model",
-    "16",
-    "--d-state",
-    "8",
-    "--d-intermediate",
-    "0",
-    "--batch-size",
-    "2",
-    "--seq-len",
-    "16",
-    "--eval-batches",
-    "1",
-    "--warmup",
-    "0",
-    "--quiet",
-];
+use common::cli::{run as run_command, tiny_train};
 
+/// Trains a tiny LRU model into `out` with `extra` flags on top of the tiny
+/// ones; gives the exit status and stderr.
 fn run(extra: &[&str], out: &std::path::Path) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_lrnnx"))
-        .args(TINY)
-        .args(extra)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let ran = run_command(tiny_train("LRU", out).args(extra));
+    (ran.ok, ran.stderr)
 }
 
 #[test]
@@ -48,7 +22,7 @@ fn implausible_values_are_refused_naming_them() {
         (&["--seq-len", "0"][..], "seq_len"),
         (&["--steps", "0"][..], "steps"),
         (&["--batch-size", "100000000"][..], "batch_size"),
-        (&["--lr", "-1"][..], "lr must be positive"),
+        (&["--lr=-1"][..], "lr must be positive"),
         (&["--lr", "NaN"][..], "lr must be positive"),
         (&["--min-lr", "1"][..], "min_lr"),
         (&["--weight-decay", "inf"][..], "weight_decay"),

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 
 /// Linear recurrent sequence models: build, run, check and inspect them.
 #[derive(Debug, Parser)]
-#[command(name = "lrnnx", version, about)]
+#[command(name = "lrnnx", version, about, args_override_self = true)]
 struct Cli {
     /// Load a mixer plugin (a cdylib built with `lrnnx_framework::export_plugin!`) before running
     /// the command; repeatable. `LRNNX_PLUGIN_PATH` (files or directories, `:`-separated) is

@@ -1,6 +1,7 @@
 //! Building blocks shared by mixers and models: linear maps, norms, the gated MLP and the residual block.
 
 mod block;
+pub mod diagonal;
 mod linear;
 mod mlp;
 mod norm;

@@ -1,10 +1,11 @@
 //! The Centaurus layer: parameters, forward by scan or convolution, step, kernel.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::diagonal::{finish_step, keep_last_state};
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
-    check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
-    Init, Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+    check_sequence, check_step_input, Discretization, Error, Family, ForwardOpts, Init, Lti, Mixer,
+    MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 use lrnnx_kernels::fft_conv::causal_conv;
 use lrnnx_kernels::scan::complex_diag_scan;
@@ -216,6 +217,14 @@ impl Centaurus {
     fn state_dims(&self, batch: usize) -> (usize, usize, usize, usize) {
         (batch, 2, self.cfg.d_state, self.cfg.sub_state_dim)
     }
+
+    /// The scan's flat states `h (B, L, 2NM)` as `(B, L, 2, N, M)`, each
+    /// position in the decoding state's layout.
+    fn per_position(&self, h: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = h.dims3()?;
+        let (_, two, n, m) = self.state_dims(b);
+        Ok(h.reshape((b, l, two, n, m))?)
+    }
 }
 
 impl Mixer for Centaurus {
@@ -242,27 +251,18 @@ impl Mixer for Centaurus {
         let h0 = state.get("h")?.reshape((b, ()))?;
         let (lambda, b_bar) = (state.get("lambda")?.clone(), state.get("b_bar")?.clone());
         let (y, h) = self.run_scan(&x, Some(&h0), &lambda, &b_bar)?;
-        state.set(
-            "h",
-            h.narrow(1, l - 1, 1)?
-                .squeeze(1)?
-                .reshape(self.state_dims(b))?,
-        );
-        state.seqlen_offset += l;
+        keep_last_state(state, &self.per_position(&h)?, l)?;
         Ok(y.to_dtype(dtype)?)
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
         let x2 = check_step_input(x, self.d_model, "Centaurus step input")?;
         let b = x2.dim(0)?;
-        let dtype = x.dtype();
         let h0 = state.get("h")?.reshape((b, ()))?;
         let (lambda, b_bar) = (state.get("lambda")?.clone(), state.get("b_bar")?.clone());
         let xs = x2.to_dtype(self.a.dtype())?.unsqueeze(1)?;
         let (y, h) = self.run_scan(&xs, Some(&h0), &lambda, &b_bar)?;
-        state.set("h", h.squeeze(1)?.reshape(self.state_dims(b))?);
-        state.seqlen_offset += 1;
-        match_step_rank(y.squeeze(1)?.to_dtype(dtype)?, x)
+        finish_step(state, &y, &self.per_position(&h)?, x)
     }
 
     /// State `h (B, 2, N, M)`: the complex sub-states, real parts then

@@ -1,11 +1,12 @@
 //! The LRU layer: parameters, forward by parallel scan, step, kernel.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::diagonal::{finish_step, keep_last_state, SplitSystem};
 use lrnnx_framework::layers::project;
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
-    check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
-    Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+    check_sequence, check_step_input, Complex, Discretization, Error, Family, ForwardOpts, Lti,
+    Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 use lrnnx_kernels::scan::complex_diag_scan;
 
@@ -29,16 +30,6 @@ pub struct Lru {
     c_re: Tensor,
     c_im: Tensor,
     d: Tensor,
-}
-
-/// The discrete system in the scan's split layout.
-struct Operators {
-    /// `(2N)`: eigenvalues, real parts then imaginary parts.
-    lambda: Tensor,
-    /// `(2N, H)`: `gamma * B`, real rows then imaginary rows.
-    w_in: Tensor,
-    /// `(H, 2N)`: `[C_re, -C_im]`, so that `Re(C h) = w_out h_split`.
-    w_out: Tensor,
 }
 
 impl Lru {
@@ -113,7 +104,8 @@ impl Lru {
         self.cfg.d_state
     }
 
-    fn operators(&self) -> Result<Operators> {
+    /// The discrete system: eigenvalues, `gamma * B` and `[C_re, -C_im]`.
+    fn operators(&self) -> Result<SplitSystem> {
         let modulus = self.nu_log.exp()?.neg()?.exp()?;
         let phase = self.theta_log.exp()?;
         let lambda = Tensor::cat(&[(&modulus * phase.cos()?)?, (&modulus * phase.sin()?)?], 0)?;
@@ -126,7 +118,7 @@ impl Lru {
             0,
         )?;
         let w_out = Tensor::cat(&[&self.c_re, &self.c_im.neg()?], 1)?;
-        Ok(Operators {
+        Ok(SplitSystem {
             lambda,
             w_in,
             w_out,
@@ -134,7 +126,7 @@ impl Lru {
     }
 
     /// Forward from an initial state `h0 (B, 2N)`; returns outputs and every state.
-    fn run(&self, x: &Tensor, h0: Option<&Tensor>, ops: &Operators) -> Result<(Tensor, Tensor)> {
+    fn run(&self, x: &Tensor, h0: Option<&Tensor>, ops: &SplitSystem) -> Result<(Tensor, Tensor)> {
         let x = x.to_dtype(self.d.dtype())?;
         let u = project(&x, &ops.w_in, None)?;
         let h = complex_diag_scan(&u, &ops.lambda, h0)?;
@@ -169,26 +161,16 @@ impl Mixer for Lru {
         let ops = self.operators()?;
         let h0 = state.get("h")?.clone();
         let (y, h) = self.run(x, Some(&h0), &ops)?;
-        if l > 0 {
-            state.set("h", h.narrow(1, l - 1, 1)?.squeeze(1)?);
-        }
-        state.seqlen_offset += l;
+        keep_last_state(state, &h, l)?;
         Ok(y.to_dtype(dtype)?)
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
         let x2 = check_step_input(x, self.d_model, "LRU step input")?;
-        let dtype = x.dtype();
-        let ops = Operators {
-            lambda: state.get("lambda")?.clone(),
-            w_in: state.get("w_in")?.clone(),
-            w_out: state.get("w_out")?.clone(),
-        };
+        let ops = SplitSystem::from_state(state)?;
         let h0 = state.get("h")?.clone();
         let (y, h) = self.run(&x2.unsqueeze(1)?, Some(&h0), &ops)?;
-        state.set("h", h.squeeze(1)?);
-        state.seqlen_offset += 1;
-        match_step_rank(y.squeeze(1)?.to_dtype(dtype)?, x)
+        finish_step(state, &y, &h, x)
     }
 
     /// State `h (B, 2N)` (split complex) plus the discrete operators, computed
@@ -200,13 +182,9 @@ impl Mixer for Lru {
         _dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let ops = self.operators()?;
         let h = Tensor::zeros((batch, 2 * self.cfg.d_state), self.d.dtype(), device)?;
-        Ok(MixerState::new()
-            .with("h", h)
-            .with("lambda", ops.lambda)
-            .with("w_in", ops.w_in)
-            .with("w_out", ops.w_out))
+        self.operators()?
+            .stored_in(MixerState::new().with("h", h), device)
     }
 
     fn family(&self) -> Family {
@@ -237,11 +215,9 @@ impl Lti for Lru {
             self.b_im.broadcast_mul(&gamma)?,
         );
         // (C * P_t): (len, H, N), real and imaginary parts.
-        let (cre, cim) = (self.c_re.unsqueeze(0)?, self.c_im.unsqueeze(0)?);
-        let (pr, pi) = (pr.unsqueeze(1)?, pi.unsqueeze(1)?);
-        let cp_re = (cre.broadcast_mul(&pr)? - cim.broadcast_mul(&pi)?)?;
-        let cp_im = (cre.broadcast_mul(&pi)? + cim.broadcast_mul(&pr)?)?;
-        let k = (cp_re.broadcast_matmul(&bre)? - cp_im.broadcast_matmul(&bim)?)?; // (len, H, H)
+        let c = Complex::new(self.c_re.unsqueeze(0)?, self.c_im.unsqueeze(0)?);
+        let cp = c.mul(&Complex::new(pr.unsqueeze(1)?, pi.unsqueeze(1)?))?;
+        let k = (cp.re.broadcast_matmul(&bre)? - cp.im.broadcast_matmul(&bim)?)?; // (len, H, H)
         Ok(k.permute((1, 2, 0))?.contiguous()?)
     }
 

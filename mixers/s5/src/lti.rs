@@ -2,6 +2,7 @@
 //! by convolution, step, kernel.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::diagonal::{keep_last_state, SplitSystem};
 use lrnnx_framework::layers::project;
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
@@ -31,16 +32,6 @@ pub struct S5Lti {
     log_dt: Tensor,
     c: Tensor,
     d: Tensor,
-}
-
-/// The discrete system in the scan's split layout.
-pub(crate) struct Operators {
-    /// `(2N)`: `A_bar`, real parts then imaginary parts.
-    pub lambda: Tensor,
-    /// `(2N, H)`: `B_bar`, real rows then imaginary rows.
-    pub w_in: Tensor,
-    /// `(H, 2N)`: `[C_re, -C_im]`, so that `Re(C h) = w_out h_split`.
-    pub w_out: Tensor,
 }
 
 impl S5Lti {
@@ -127,7 +118,8 @@ impl S5Lti {
         Ok(Complex::new(re, im))
     }
 
-    pub(crate) fn operators(&self) -> Result<Operators> {
+    /// The discrete system: `A_bar`, `B_bar` and `[C_re, -C_im]`.
+    pub(crate) fn operators(&self) -> Result<SplitSystem> {
         let a = self.continuous_a()?;
         let dt = self.log_dt.exp()?;
         let disc = self.rule().apply(&a, &dt, None)?;
@@ -141,7 +133,7 @@ impl S5Lti {
         )?;
         let c = complex_of(&self.c)?;
         let w_out = Tensor::cat(&[&c.re, &c.im.neg()?], 1)?;
-        Ok(Operators {
+        Ok(SplitSystem {
             lambda: disc.a_bar.to_split()?,
             w_in,
             w_out,
@@ -158,7 +150,7 @@ impl S5Lti {
     }
 
     /// Every state `(B, L, 2N)` from the inputs `u = B_bar x` and `h0`.
-    fn states(&self, u: &Tensor, h0: Option<&Tensor>, ops: &Operators) -> Result<Tensor> {
+    fn states(&self, u: &Tensor, h0: Option<&Tensor>, ops: &SplitSystem) -> Result<Tensor> {
         if self.use_conv() {
             conv_states(u, &ops.lambda, h0)
         } else {
@@ -167,7 +159,7 @@ impl S5Lti {
     }
 
     /// Forward from `h0 (B, 2N)`; returns outputs and every state.
-    fn run(&self, x: &Tensor, h0: Option<&Tensor>, ops: &Operators) -> Result<(Tensor, Tensor)> {
+    fn run(&self, x: &Tensor, h0: Option<&Tensor>, ops: &SplitSystem) -> Result<(Tensor, Tensor)> {
         let x = x.to_dtype(self.d.dtype())?;
         let u = project(&x, &ops.w_in, None)?;
         let h = self.states(&u, h0, ops)?;
@@ -206,9 +198,8 @@ pub(crate) fn conv_states(u: &Tensor, lambda: &Tensor, h0: Option<&Tensor>) -> R
         let (qr, qi) = (q.narrow(2, 0, n)?, q.narrow(2, n, n)?);
         let h0 = h0.unsqueeze(1)?; // (B, 1, 2N)
         let (hr, hi) = (h0.narrow(2, 0, n)?, h0.narrow(2, n, n)?);
-        let re = (qr.broadcast_mul(&hr)? - qi.broadcast_mul(&hi)?)?;
-        let im = (qr.broadcast_mul(&hi)? + qi.broadcast_mul(&hr)?)?;
-        h = (h + Tensor::cat(&[re, im], 2)?.broadcast_as((b, l, n2))?)?;
+        let qh = Complex::new(qr, qi).mul(&Complex::new(hr, hi))?;
+        h = (h + Tensor::cat(&[qh.re, qh.im], 2)?.broadcast_as((b, l, n2))?)?;
     }
     Ok(h)
 }
@@ -232,17 +223,10 @@ impl Mixer for S5Lti {
     fn prefill(&self, x: &Tensor, state: &mut MixerState, _opts: &ForwardOpts) -> Result<Tensor> {
         let (_, l) = self.check(x)?;
         let dtype = x.dtype();
-        let ops = Operators {
-            lambda: state.get("lambda")?.clone(),
-            w_in: state.get("w_in")?.clone(),
-            w_out: state.get("w_out")?.clone(),
-        };
+        let ops = SplitSystem::from_state(state)?;
         let h0 = state.get("h")?.clone();
         let (y, h) = self.run(x, Some(&h0), &ops)?;
-        if l > 0 {
-            state.set("h", h.narrow(1, l - 1, 1)?.squeeze(1)?);
-        }
-        state.seqlen_offset += l;
+        keep_last_state(state, &h, l)?;
         Ok(y.to_dtype(dtype)?)
     }
 
@@ -273,13 +257,9 @@ impl Mixer for S5Lti {
         _dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let ops = self.operators()?;
         let h = Tensor::zeros((batch, 2 * self.cfg.d_state), self.d.dtype(), device)?;
-        Ok(MixerState::new()
-            .with("h", h)
-            .with("lambda", ops.lambda.to_device(device)?)
-            .with("w_in", ops.w_in.to_device(device)?)
-            .with("w_out", ops.w_out.to_device(device)?))
+        self.operators()?
+            .stored_in(MixerState::new().with("h", h), device)
     }
 
     fn family(&self) -> Family {
@@ -307,11 +287,10 @@ impl Lti for S5Lti {
             p.narrow(1, n, n)?.unsqueeze(1)?,
         ); // (len, 1, N)
         let c = complex_of(&self.c)?;
-        let (cr, ci) = (c.re.unsqueeze(0)?, c.im.unsqueeze(0)?); // (1, H, N)
-        let cp_re = (cr.broadcast_mul(&pr)? - ci.broadcast_mul(&pi)?)?; // (len, H, N)
-        let cp_im = (cr.broadcast_mul(&pi)? + ci.broadcast_mul(&pr)?)?;
+        let c = Complex::new(c.re.unsqueeze(0)?, c.im.unsqueeze(0)?); // (1, H, N)
+        let cp = c.mul(&Complex::new(pr, pi))?; // (len, H, N)
         let (br, bi) = (ops.w_in.narrow(0, 0, n)?, ops.w_in.narrow(0, n, n)?); // (N, H)
-        let k = (matmul_last(&cp_re, &br)? - matmul_last(&cp_im, &bi)?)?; // (len, H, H)
+        let k = (matmul_last(&cp.re, &br)? - matmul_last(&cp.im, &bi)?)?; // (len, H, H)
         Ok(k.permute((1, 2, 0))?.contiguous()?)
     }
 

@@ -2,11 +2,12 @@
 //! forward by (time-varying) scan, step.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::diagonal::{finish_step, keep_last_state, SplitSystem};
 use lrnnx_framework::layers::project;
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
-    check_sequence, check_step_input, match_step_rank, Complex, Discretization, Error, Family,
-    ForwardOpts, Ltv, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+    check_sequence, check_step_input, Complex, Discretization, Error, Family, ForwardOpts, Ltv,
+    Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 use lrnnx_kernels::scan::complex_diag_scan;
 use lrnnx_kernels::scan_tv::complex_diag_scan_tv;
@@ -40,18 +41,16 @@ pub struct S5Ltv {
     log_dt: Tensor,
 }
 
-/// The system in the scan's split layout.
+/// The system: the continuous part event timesteps rediscretize, and the
+/// discrete system in the scan's split layout.
 struct Operators {
     /// Continuous `A`, `(P)`.
     a: Complex,
     /// `dt`, `(P)`.
     dt: Tensor,
-    /// `(2P)`: `A_bar` at `dt` (no event timesteps).
-    lambda: Tensor,
-    /// `(2P, H)`: `gamma * B`, real rows then imaginary rows.
-    w_in: Tensor,
-    /// `(H, 2P)`: `k [C_re, -C_im]`, `k = 2` with `conj_sym`, else 1.
-    w_out: Tensor,
+    /// `A_bar` at `dt` (no event timesteps), `gamma * B`, and
+    /// `k [C_re, -C_im]` (`k = 2` with `conj_sym`, else 1).
+    system: SplitSystem,
 }
 
 impl S5Ltv {
@@ -185,9 +184,11 @@ impl S5Ltv {
         Ok(Operators {
             a,
             dt,
-            lambda: disc.a_bar.to_split()?,
-            w_in,
-            w_out,
+            system: SplitSystem {
+                lambda: disc.a_bar.to_split()?,
+                w_in,
+                w_out,
+            },
         })
     }
 
@@ -216,15 +217,15 @@ impl S5Ltv {
         ops: &Operators,
     ) -> Result<(Tensor, Tensor)> {
         let x = x.to_dtype(self.d.dtype())?;
-        let u = project(&x, &ops.w_in, None)?;
+        let u = project(&x, &ops.system.w_in, None)?;
         let h = match tau {
-            None => complex_diag_scan(&u, &ops.lambda, h0)?,
+            None => complex_diag_scan(&u, &ops.system.lambda, h0)?,
             Some(tau) => {
                 let lam = self.lambda_events(&ops.a, &ops.dt, tau)?;
                 complex_diag_scan_tv(&u, &lam, h0)?
             }
         };
-        let y = (project(&h, &ops.w_out, None)? + x.broadcast_mul(&self.d)?)?;
+        let y = (project(&h, &ops.system.w_out, None)? + x.broadcast_mul(&self.d)?)?;
         Ok((y, h))
     }
 
@@ -241,9 +242,7 @@ impl S5Ltv {
         Ok(Operators {
             a: Complex::new(state.get("a_re")?.clone(), state.get("a_im")?.clone()),
             dt: state.get("dt")?.clone(),
-            lambda: state.get("lambda")?.clone(),
-            w_in: state.get("w_in")?.clone(),
-            w_out: state.get("w_out")?.clone(),
+            system: SplitSystem::from_state(state)?,
         })
     }
 }
@@ -277,10 +276,7 @@ impl Mixer for S5Ltv {
         let ops = Self::state_ops(state)?;
         let h0 = state.get("h")?.clone();
         let (y, h) = self.run(x, Some(&h0), tau.as_ref(), &ops)?;
-        if l > 0 {
-            state.set("h", h.narrow(1, l - 1, 1)?.squeeze(1)?);
-        }
-        state.seqlen_offset += l;
+        keep_last_state(state, &h, l)?;
         Ok(y.to_dtype(dtype)?)
     }
 
@@ -291,13 +287,10 @@ impl Mixer for S5Ltv {
             Some(t) => Some(timesteps_step(t, b, "S5 (LTV) step integration_timesteps")?),
             None => None,
         };
-        let dtype = x.dtype();
         let ops = Self::state_ops(state)?;
         let h0 = state.get("h")?.clone();
         let (y, h) = self.run(&x2.unsqueeze(1)?, Some(&h0), tau.as_ref(), &ops)?;
-        state.set("h", h.squeeze(1)?);
-        state.seqlen_offset += 1;
-        match_step_rank(y.squeeze(1)?.to_dtype(dtype)?, x)
+        finish_step(state, &y, &h, x)
     }
 
     /// State `h (B, 2P)` (split complex) plus the system (`A`, `dt`, `A_bar`,
@@ -311,14 +304,12 @@ impl Mixer for S5Ltv {
     ) -> Result<MixerState> {
         let ops = self.operators()?;
         let h = Tensor::zeros((batch, 2 * self.cfg.d_state), self.d.dtype(), device)?;
-        Ok(MixerState::new()
+        let state = MixerState::new()
             .with("h", h)
             .with("a_re", ops.a.re.to_device(device)?)
             .with("a_im", ops.a.im.to_device(device)?)
-            .with("dt", ops.dt.to_device(device)?)
-            .with("lambda", ops.lambda.to_device(device)?)
-            .with("w_in", ops.w_in.to_device(device)?)
-            .with("w_out", ops.w_out.to_device(device)?))
+            .with("dt", ops.dt.to_device(device)?);
+        ops.system.stored_in(state, device)
     }
 
     fn family(&self) -> Family {
