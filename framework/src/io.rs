@@ -94,17 +94,29 @@ pub fn read_regular_file(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and
-/// a rename, so that a crash never leaves a half-written file behind.
+/// Writes `bytes` to `path` through a fresh temporary file in the same
+/// directory (random name, created exclusively: a planted file or symlink of
+/// that name is never followed), fsynced, then renamed over `path` and the
+/// directory fsynced, so that a crash leaves the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .and_then(|_| File::open(dir)?.sync_all());
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::file(path, e));

@@ -16,7 +16,7 @@ mod mha;
 mod rotary;
 
 pub use config::MhaConfig;
-pub use mha::{Mha, INITIAL_CACHE_POSITIONS};
+pub use mha::{Mha, INITIAL_CACHE_POSITIONS, SCORE_BUDGET};
 pub use rotary::Rotary;
 
 lrnnx_framework::mixers! {

@@ -147,7 +147,39 @@ impl Mha {
     /// `softmax(q k^T * scale + mask) v` with query heads grouped over KV heads.
     /// `q (B, h, Lq, d)`, `k`/`v (B, hkv, Lk, d)`; queries sit at positions
     /// `Lk - Lq .. Lk` (bottom-right aligned causal mask). Returns `(B, Lq, h*d)`.
+    /// Softmax attention of `q (B, h, Lq, d)` over `k`, `v (B, hk, Lk, d)`;
+    /// `(B, Lq, h*d)`. Queries go in blocks small enough that one block's
+    /// scores stay within [`SCORE_BUDGET`] elements (a 100k-token prompt
+    /// would otherwise ask for a score matrix of tens of GB); with a causal
+    /// mask, each block sees only the keys it may attend to.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, h, lq, _) = q.dims4()?;
+        let lk = k.dim(2)?;
+        let per_row = (b * h * lk).max(1);
+        let rows = (SCORE_BUDGET / per_row).max(1);
+        if rows >= lq {
+            return self.attend_block(q, k, v);
+        }
+        let mut outs = Vec::with_capacity(lq.div_ceil(rows));
+        let mut start = 0;
+        while start < lq {
+            let r = rows.min(lq - start);
+            let qb = q.narrow(2, start, r)?;
+            let o = if self.cfg.causal {
+                // Query i sees keys j <= i + (Lk - Lq): the block's last query bounds them.
+                let keys = start + r + (lk - lq);
+                self.attend_block(&qb, &k.narrow(2, 0, keys)?, &v.narrow(2, 0, keys)?)?
+            } else {
+                self.attend_block(&qb, k, v)?
+            };
+            outs.push(o);
+            start += r;
+        }
+        Ok(Tensor::cat(&outs, 1)?)
+    }
+
+    /// [`Self::attend`] in one piece.
+    fn attend_block(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let (b, h, lq, d) = q.dims4()?;
         let lk = k.dim(2)?;
         let (hk, g) = (self.kv_heads, self.heads / self.kv_heads);
@@ -234,6 +266,9 @@ impl Mha {
         Ok(())
     }
 }
+
+/// The most attention scores one block of queries computes at once (64 MiB of f32).
+pub const SCORE_BUDGET: usize = 1 << 24;
 
 /// The most positions a fresh KV cache reserves; it grows past them on demand.
 pub const INITIAL_CACHE_POSITIONS: usize = 4096;

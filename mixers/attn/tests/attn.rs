@@ -240,3 +240,20 @@ fn a_huge_max_seqlen_reserves_only_the_initial_cache() {
         &[1, 2, lrnnx_attn::INITIAL_CACHE_POSITIONS, 4]
     );
 }
+
+#[test]
+fn long_sequences_attend_in_blocks_with_the_same_result() {
+    // 4200 keys: one query block would hold 4200^2 > SCORE_BUDGET scores, so
+    // the forward splits the queries (and, causal, the keys each block sees).
+    let l = 4200;
+    assert!(l * l > lrnnx_attn::SCORE_BUDGET && l < lrnnx_attn::SCORE_BUDGET);
+    for json in [r#"{"num_heads": 1, "causal": true}"#, r#"{"num_heads": 1}"#] {
+        let store = ParamStore::init(11, DType::F32, &Device::Cpu);
+        let m = Mha::new(4, cfg(json), &store.builder()).unwrap();
+        let x = randn(&[1, l, 4], 5);
+        let y = m.forward(&x, &ForwardOpts::default()).unwrap();
+        let want = reference(&store, &cfg(json).resolve(4).unwrap(), &x);
+        let err = max_err(&vec1(&y), &want);
+        assert!(err < 1e-4, "{json}: {err}");
+    }
+}
