@@ -75,3 +75,30 @@ fn a_tied_head_that_differs_from_the_embedding_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_kwargs_override_for_a_type_no_layer_has_is_refused() {
+    lrnnx::init();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LmConfig::new(8, 4, 32, &["LRU"]);
+    LRNNLMHeadModel::init(cfg, 0, &Device::Cpu)
+        .unwrap()
+        .save_pretrained(dir.path())
+        .unwrap();
+    let kw: lrnnx::MixerKwargs = serde_json::from_str(r#"{"LRUU": {"r_min": 0.5}}"#).unwrap();
+    let e = LRNNLMHeadModel::from_pretrained(dir.path(), Some(&kw), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("LRUU") && e.contains("\"LRU\""), "{e}");
+}
+
+#[test]
+fn a_per_type_entry_under_an_unused_name_is_refused() {
+    lrnnx::init();
+    let mut cfg = LmConfig::new(8, 4, 32, &["LRU", "attn"]);
+    cfg.mixer_kwargs = serde_json::from_str(r#"{"atn": {"num_heads": 2}}"#).unwrap();
+    let e = LRNNLMHeadModel::init(cfg, 0, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`atn`") && e.contains("\"attn\""), "{e}");
+}

@@ -186,7 +186,15 @@ impl LmConfig {
         let kw = &self.mixer_kwargs;
         let typed = kw.keys().filter(|k| self.mixer_types.contains(k)).count();
         if typed == 0 {
-            // One dict for all layers (or none at all).
+            // One dict for all layers (or none at all). An object value is a
+            // per-type entry under a name no layer uses (a typo such as "atn").
+            if let Some((k, _)) = kw.iter().find(|(_, v)| v.is_object()) {
+                return Err(Error::Config(format!(
+                    "mixer_kwargs[\"{k}\"] is a per-type entry, but no layer's mixer type is `{k}`; \
+                     the layers' types are {:?}",
+                    self.mixer_types
+                )));
+            }
             return Ok(kw.clone());
         }
         if typed != kw.len() {

@@ -69,6 +69,13 @@ impl LRNNLMHeadModel {
 /// Merges per-type kwargs overrides into the config (and into saved per-layer configs).
 fn apply_overrides(config: &mut LmConfig, overrides: &MixerKwargs) -> Result<()> {
     for (ty, kw) in overrides {
+        if !config.mixer_types.contains(ty) {
+            return Err(Error::Config(format!(
+                "mixer_kwargs override for `{ty}`, but no layer of this model is a `{ty}`; \
+                 its layers' types are {:?}",
+                config.mixer_types
+            )));
+        }
         let Value::Object(kw) = kw else {
             return Err(Error::Config(format!(
                 "mixer_kwargs[\"{ty}\"] must be a JSON object, found {kw}"
