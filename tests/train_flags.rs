@@ -28,6 +28,8 @@ fn implausible_values_are_refused_naming_them() {
         (&["--weight-decay", "inf"][..], "weight_decay"),
         (&["--val-fraction", "0"][..], "val_fraction"),
         (&["--steps", "100000000000"][..], "steps"),
+        (&["--corpus", "/dev/zero"][..], "regular file"),
+        (&["--config", "/dev/zero"][..], "regular file"),
     ] {
         let (ok, err) = run(flags, &out);
         assert!(!ok, "{flags:?} accepted");
