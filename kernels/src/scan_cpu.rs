@@ -102,8 +102,9 @@ pub fn scan<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{naive_complex_scan, rand};
 
-    /// The obviously right version: one channel at a time, complex numbers spelled out.
+    /// The obviously right version, with `lambda` the same at every position.
     fn naive(
         d: ScanDims,
         lam: &[f64],
@@ -112,40 +113,10 @@ mod tests {
         reverse: bool,
         conj: bool,
     ) -> Vec<f64> {
-        let mut h = vec![0.0; u.len()];
-        for b in 0..d.b {
-            for c in 0..d.n {
-                let (lr, li) = (lam[c], if conj { -lam[d.n + c] } else { lam[d.n + c] });
-                let (mut xr, mut xi) = (h0[b * 2 * d.n + c], h0[b * 2 * d.n + d.n + c]);
-                let ts: Vec<usize> = if reverse {
-                    (0..d.l).rev().collect()
-                } else {
-                    (0..d.l).collect()
-                };
-                for t in ts {
-                    let o = (b * d.l + t) * 2 * d.n;
-                    let nr = lr * xr - li * xi + u[o + c];
-                    let ni = lr * xi + li * xr + u[o + d.n + c];
-                    xr = nr;
-                    xi = ni;
-                    h[o + c] = xr;
-                    h[o + d.n + c] = xi;
-                }
-            }
-        }
-        h
-    }
-
-    fn rand(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
+        let n = d.n;
+        let at =
+            |_: usize, _: usize, c: usize| (lam[c], if conj { -lam[n + c] } else { lam[n + c] });
+        naive_complex_scan((d.b, d.l, n), at, u, h0, reverse)
     }
 
     #[test]
