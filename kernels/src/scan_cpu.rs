@@ -13,10 +13,10 @@ use crate::Real;
 
 /// Channels per task: wide enough to vectorize, narrow enough to keep the
 /// running state in registers.
-const BLOCK: usize = 16;
+pub(crate) const BLOCK: usize = 16;
 
 /// Below this many (batch x length x channel) updates the scan runs on the calling thread.
-const PARALLEL_THRESHOLD: usize = 1 << 15;
+pub(crate) const PARALLEL_THRESHOLD: usize = 1 << 15;
 
 /// Shape of one scan problem.
 #[derive(Debug, Clone, Copy)]

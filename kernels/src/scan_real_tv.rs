@@ -440,7 +440,7 @@ mod tests {
             let a = Var::from_vec(rand(b * l * c, 9), (b, l, c), &dev).unwrap();
             let h0 = Var::from_vec(rand(b * c, 10), (b, c), &dev).unwrap();
             let op = RealTvScan { reverse };
-            let loss = || -> f64 {
+            let objective = || {
                 u.as_tensor()
                     .apply_op3(a.as_tensor(), h0.as_tensor(), op)
                     .unwrap()
@@ -448,19 +448,9 @@ mod tests {
                     .unwrap()
                     .sum_all()
                     .unwrap()
-                    .to_scalar()
-                    .unwrap()
             };
-            let grads = u
-                .as_tensor()
-                .apply_op3(a.as_tensor(), h0.as_tensor(), op)
-                .unwrap()
-                .mul(&w)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let loss = || -> f64 { objective().to_scalar().unwrap() };
+            let grads = objective().backward().unwrap();
             for (name, var) in [("u", &u), ("a", &a), ("h0", &h0)] {
                 let g = vec1(grads.get(var.as_tensor()).unwrap());
                 let base = vec1(var.as_tensor());

@@ -18,24 +18,11 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D
 use rayon::prelude::*;
 
 use crate::cpu::{dispatch3, SharedMut};
+use crate::scan_cpu::{ScanDims, BLOCK, PARALLEL_THRESHOLD};
 use crate::Real;
 
-/// Channels per task (see `scan_cpu`).
-const BLOCK: usize = 16;
-
-/// Below this many (batch x length x channel) updates the scan runs on the calling thread.
-const PARALLEL_THRESHOLD: usize = 1 << 15;
-
-/// Shape of one time-varying scan problem.
-#[derive(Debug, Clone, Copy)]
-pub struct TvDims {
-    /// Batch.
-    pub b: usize,
-    /// Sequence length.
-    pub l: usize,
-    /// Complex channels (the tensors' last axis is `2n`).
-    pub n: usize,
-}
+/// Shape of one time-varying scan problem: the same as the time-invariant one's.
+pub type TvDims = ScanDims;
 
 /// Runs `task` for every (batch, channel block), in parallel when the problem is large.
 fn for_each_block(d: TvDims, task: impl Fn(usize, usize, usize) + Sync + Send) {
