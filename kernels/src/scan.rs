@@ -22,16 +22,12 @@ pub struct ComplexScan {
 }
 
 fn dims_of(u: &Layout, lambda: &Layout, h0: &Layout) -> Result<ScanDims> {
-    let (b, l, n2) = u.shape().dims3()?;
-    if n2 % 2 != 0 || lambda.shape().dims() != [n2] || h0.shape().dims() != [b, n2] {
-        candle_core::bail!(
-            "complex scan: expected u (B, L, 2N), lambda (2N), h0 (B, 2N); found u {:?}, lambda {:?}, h0 {:?}",
-            u.shape(),
-            lambda.shape(),
-            h0.shape()
-        );
-    }
-    Ok(ScanDims { b, l, n: n2 / 2 })
+    scan_cpu::split_complex_dims(
+        "complex scan",
+        "u (B, L, 2N), lambda (2N), h0 (B, 2N)",
+        [u, lambda, h0],
+        |b, _, n2| [vec![n2], vec![b, n2]],
+    )
 }
 
 impl CustomOp3 for ComplexScan {

@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use candle_core::{Layout, Result};
+
 use crate::cpu::SharedMut;
 use crate::Real;
 
@@ -27,6 +29,28 @@ pub struct ScanDims {
     pub l: usize,
     /// Complex channels (the tensors' last axis is `2n`).
     pub n: usize,
+}
+
+/// The dims of a split-complex scan's inputs: the first is `(B, L, 2N)`, the
+/// other two must have the shapes `want(B, L, 2N)` gives. The error names the
+/// op (`op`), the expected shapes (`expected`) and the shapes found.
+pub(crate) fn split_complex_dims(
+    op: &str,
+    expected: &str,
+    [first, second, third]: [&Layout; 3],
+    want: impl Fn(usize, usize, usize) -> [Vec<usize>; 2],
+) -> Result<ScanDims> {
+    let (b, l, n2) = first.shape().dims3()?;
+    let [want2, want3] = want(b, l, n2);
+    if n2 % 2 != 0 || second.shape().dims() != want2 || third.shape().dims() != want3 {
+        candle_core::bail!(
+            "{op}: expected {expected}; found {:?}, {:?}, {:?}",
+            first.shape(),
+            second.shape(),
+            third.shape()
+        );
+    }
+    Ok(ScanDims { b, l, n: n2 / 2 })
 }
 
 /// `h[b,t] = lambda * h[b,t-1] + u[b,t]` for `t` in `0..L` (or backwards when

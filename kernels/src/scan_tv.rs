@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D
 use rayon::prelude::*;
 
 use crate::cpu::{dispatch3, SharedMut};
-use crate::scan_cpu::{ScanDims, BLOCK, PARALLEL_THRESHOLD};
+use crate::scan_cpu::{split_complex_dims, ScanDims, BLOCK, PARALLEL_THRESHOLD};
 use crate::Real;
 
 /// Shape of one time-varying scan problem: the same as the time-invariant one's.
@@ -145,25 +145,6 @@ pub struct TvComplexScan;
 #[derive(Debug, Clone, Copy)]
 struct TvComplexScanAdjoint;
 
-fn dims3(a: &Layout, lam: &Layout, third: &Layout, third_is_state: bool) -> Result<TvDims> {
-    let (b, l, n2) = a.shape().dims3()?;
-    let third_ok = if third_is_state {
-        third.shape().dims() == [b, n2]
-    } else {
-        third.shape().dims() == [b, l, n2]
-    };
-    if n2 % 2 != 0 || lam.shape().dims() != [b, l, n2] || !third_ok {
-        candle_core::bail!(
-            "time-varying complex scan: expected u (B, L, 2N), lambda (B, L, 2N), h0 (B, 2N); \
-             found {:?}, {:?}, {:?}",
-            a.shape(),
-            lam.shape(),
-            third.shape()
-        );
-    }
-    Ok(TvDims { b, l, n: n2 / 2 })
-}
-
 impl CustomOp3 for TvComplexScan {
     fn name(&self) -> &'static str {
         "complex-diag-scan-tv"
@@ -178,7 +159,12 @@ impl CustomOp3 for TvComplexScan {
         h0: &CpuStorage,
         lh: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = dims3(lu, ll, lh, true)?;
+        let d = split_complex_dims(
+            "time-varying complex scan",
+            "u (B, L, 2N), lambda (B, L, 2N), h0 (B, 2N)",
+            [lu, ll, lh],
+            |b, l, n2| [vec![b, l, n2], vec![b, n2]],
+        )?;
         let out = dispatch3(
             "time-varying complex scan",
             ["u", "lambda", "h0"],
@@ -246,7 +232,12 @@ impl CustomOp3 for TvComplexScanAdjoint {
         hp: &CpuStorage,
         lh: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = dims3(lg, ll, lh, false)?;
+        let d = split_complex_dims(
+            "time-varying complex scan backward",
+            "the gradient, lambda and h_prev all (B, L, 2N)",
+            [lg, ll, lh],
+            |b, l, n2| [vec![b, l, n2], vec![b, l, n2]],
+        )?;
         let out = dispatch3(
             "time-varying complex scan backward",
             ["the gradient", "lambda", "h_prev"],
