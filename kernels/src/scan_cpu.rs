@@ -18,7 +18,7 @@ use crate::Real;
 pub(crate) const BLOCK: usize = 16;
 
 /// Below this many (batch x length x channel) updates the scan runs on the calling thread.
-pub(crate) const PARALLEL_THRESHOLD: usize = 1 << 15;
+const PARALLEL_THRESHOLD: usize = 1 << 15;
 
 /// Shape of one scan problem.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +53,22 @@ pub(crate) fn split_complex_dims(
     Ok(ScanDims { b, l, n: n2 / 2 })
 }
 
+/// Runs `task` for every (batch, channel block), in parallel when the problem is large.
+pub(crate) fn for_each_block(d: ScanDims, task: impl Fn(usize, usize, usize) + Sync + Send) {
+    let blocks = d.n.div_ceil(BLOCK);
+    let run = |i: usize| {
+        let (bi, blk) = (i / blocks, i % blocks);
+        let n0 = blk * BLOCK;
+        task(bi, n0, BLOCK.min(d.n - n0));
+    };
+    // A decoding step is a few thousand flops: not worth waking the thread pool.
+    if d.b * d.l * d.n < PARALLEL_THRESHOLD {
+        (0..d.b * blocks).for_each(run);
+    } else {
+        (0..d.b * blocks).into_par_iter().for_each(run);
+    }
+}
+
 /// `h[b,t] = lambda * h[b,t-1] + u[b,t]` for `t` in `0..L` (or backwards when
 /// `reverse`, from `t = L-1`), starting from `h0[b]` (zeros when `None`).
 /// With `conj`, `lambda` is conjugated. `u` and `h` are `(B, L, 2N)`,
@@ -70,15 +86,11 @@ pub fn scan<T: Real>(
     if b * l * n == 0 {
         return h;
     }
-    let blocks = n.div_ceil(BLOCK);
     // Each task owns one (batch, channel block) and writes only its columns,
     // so tasks hand out disjoint raw pointers into `h`.
     let out = SharedMut::new(&mut h);
-    let run = |task: usize| {
+    for_each_block(dims, |bi, n0, w| {
         let out = &out;
-        let (bi, blk) = (task / blocks, task % blocks);
-        let n0 = blk * BLOCK;
-        let w = BLOCK.min(n - n0);
         let mut hr = [T::default(); BLOCK];
         let mut hi = [T::default(); BLOCK];
         let mut lr = [T::default(); BLOCK];
@@ -113,13 +125,7 @@ pub fn scan<T: Real>(
                 out.slice(row + n + n0, w).copy_from_slice(&hi[..w]);
             }
         }
-    };
-    // A decoding step is a few thousand flops: not worth waking the thread pool.
-    if b * l * n < PARALLEL_THRESHOLD {
-        (0..b * blocks).for_each(run);
-    } else {
-        (0..b * blocks).into_par_iter().for_each(run);
-    }
+    });
     h
 }
 

@@ -15,29 +15,13 @@
 //! There is no CUDA implementation yet: on a CUDA device the op reports that.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
-use rayon::prelude::*;
 
 use crate::cpu::{dispatch3, SharedMut};
-use crate::scan_cpu::{split_complex_dims, ScanDims, BLOCK, PARALLEL_THRESHOLD};
+use crate::scan_cpu::{for_each_block, split_complex_dims, ScanDims, BLOCK};
 use crate::Real;
 
 /// Shape of one time-varying scan problem: the same as the time-invariant one's.
 pub type TvDims = ScanDims;
-
-/// Runs `task` for every (batch, channel block), in parallel when the problem is large.
-fn for_each_block(d: TvDims, task: impl Fn(usize, usize, usize) + Sync + Send) {
-    let blocks = d.n.div_ceil(BLOCK);
-    let run = |i: usize| {
-        let (bi, blk) = (i / blocks, i % blocks);
-        let n0 = blk * BLOCK;
-        task(bi, n0, BLOCK.min(d.n - n0));
-    };
-    if d.b * d.l * d.n < PARALLEL_THRESHOLD {
-        (0..d.b * blocks).for_each(run);
-    } else {
-        (0..d.b * blocks).into_par_iter().for_each(run);
-    }
-}
 
 /// `h[b,t] = lambda[b,t] * h[b,t-1] + u[b,t]` for `t` in `0..L`, starting
 /// from `h0[b]`. `u`, `lambda` and the result are `(B, L, 2N)`, `h0` is
