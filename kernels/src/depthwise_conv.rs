@@ -10,11 +10,10 @@
 //! - [`conv_step`]: one decoding step of one channel on its window of the
 //!   last `W` inputs, with the same arithmetic as the op.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::cpu::{
-    batch_dims, contiguous, cpu_slice, for_rows, tensor, Float, SharedMut, ROWS_PER_TASK,
+    batch_dims, cpu_slice, dispatch3, for_rows, tensor, Float, SharedMut, ROWS_PER_TASK,
 };
 use crate::with_simd;
 
@@ -225,30 +224,15 @@ impl CustomOp3 for DepthwiseConv {
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_of(lx.shape(), lw.shape(), lb.shape(), self.batch)?;
-        let out = match (x, w, bias) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(forward(
-                    dims,
-                    contiguous(x, lx, "conv input")?,
-                    contiguous(w, lw, "conv weight")?,
-                    contiguous(b, lb, "conv bias")?,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(forward(
-                    dims,
-                    contiguous(x, lx, "conv input")?,
-                    contiguous(w, lw, "conv weight")?,
-                    contiguous(b, lb, "conv bias")?,
-                ))
-            }
-            _ => candle_core::bail!(
-                "depthwise conv: expected all f32 or all f64, found {:?}, {:?}, {:?}",
-                x.dtype(),
-                w.dtype(),
-                bias.dtype()
-            ),
-        };
+        let out = dispatch3(
+            "depthwise conv",
+            ["input", "weight", "bias"],
+            (x, lx),
+            (w, lw),
+            (bias, lb),
+            |x, w, b| forward(dims, x, w, b),
+            |x, w, b| forward(dims, x, w, b),
+        )?;
         Ok((out, lx.shape().clone()))
     }
 

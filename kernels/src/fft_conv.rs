@@ -359,6 +359,7 @@ pub fn causal_conv(x: &Tensor, k: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::vec1;
     use candle_core::{DType, Device, Var};
 
     fn naive(x: &[f64], k: &[f64], b: usize, l: usize, h: usize, taps: usize) -> Vec<f64> {
@@ -373,15 +374,6 @@ mod tests {
             }
         }
         y
-    }
-
-    fn vec1(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub mod scan;
 pub mod scan_cpu;
 pub mod scan_real_tv;
 pub mod scan_tv;
+#[cfg(test)]
+mod test_support;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -6,10 +6,9 @@
 //! of the `N` channels, then the imaginary parts. `u` and the result are
 //! `(B, L, 2N)`, `lambda` is `(2N)`, the initial state `h0` is `(B, 2N)`.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
-use crate::cpu::contiguous;
+use crate::cpu::dispatch3;
 use crate::scan_cpu::{self, ScanDims};
 
 /// The scan op; `reverse` runs from the last position to the first and
@@ -23,16 +22,12 @@ pub struct ComplexScan {
 }
 
 fn dims_of(u: &Layout, lambda: &Layout, h0: &Layout) -> Result<ScanDims> {
-    let (b, l, n2) = u.shape().dims3()?;
-    if n2 % 2 != 0 || lambda.shape().dims() != [n2] || h0.shape().dims() != [b, n2] {
-        candle_core::bail!(
-            "complex scan: expected u (B, L, 2N), lambda (2N), h0 (B, 2N); found u {:?}, lambda {:?}, h0 {:?}",
-            u.shape(),
-            lambda.shape(),
-            h0.shape()
-        );
-    }
-    Ok(ScanDims { b, l, n: n2 / 2 })
+    scan_cpu::split_complex_dims(
+        "complex scan",
+        "u (B, L, 2N), lambda (2N), h0 (B, 2N)",
+        [u, lambda, h0],
+        |b, _, n2| [vec![n2], vec![b, n2]],
+    )
 }
 
 impl CustomOp3 for ComplexScan {
@@ -50,22 +45,16 @@ impl CustomOp3 for ComplexScan {
         lh: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_of(lu, ll, lh)?;
-        let out = match (u, lam, h0) {
-            (CpuStorage::F32(u), CpuStorage::F32(lam), CpuStorage::F32(h0)) => {
-                let (u, lam, h0) = (contiguous(u, lu, "complex scan: u")?, contiguous(lam, ll, "complex scan: lambda")?, contiguous(h0, lh, "complex scan: h0")?);
-                CpuStorage::F32(scan_cpu::scan(dims, lam, u, Some(h0), self.reverse, self.conj))
-            }
-            (CpuStorage::F64(u), CpuStorage::F64(lam), CpuStorage::F64(h0)) => {
-                let (u, lam, h0) = (contiguous(u, lu, "complex scan: u")?, contiguous(lam, ll, "complex scan: lambda")?, contiguous(h0, lh, "complex scan: h0")?);
-                CpuStorage::F64(scan_cpu::scan(dims, lam, u, Some(h0), self.reverse, self.conj))
-            }
-            _ => candle_core::bail!(
-                "complex scan: expected u, lambda and h0 all f32 or all f64, found {:?}, {:?}, {:?}",
-                u.dtype(),
-                lam.dtype(),
-                h0.dtype()
-            ),
-        };
+        let (reverse, conj) = (self.reverse, self.conj);
+        let out = dispatch3(
+            "complex scan",
+            ["u", "lambda", "h0"],
+            (u, lu),
+            (lam, ll),
+            (h0, lh),
+            |u, lam, h0| scan_cpu::scan(dims, lam, u, Some(h0), reverse, conj),
+            |u, lam, h0| scan_cpu::scan(dims, lam, u, Some(h0), reverse, conj),
+        )?;
         Ok((out, lu.shape().clone()))
     }
 

@@ -8,12 +8,14 @@
 
 use rayon::prelude::*;
 
+use candle_core::{Layout, Result};
+
 use crate::cpu::SharedMut;
 use crate::Real;
 
 /// Channels per task: wide enough to vectorize, narrow enough to keep the
 /// running state in registers.
-const BLOCK: usize = 16;
+pub(crate) const BLOCK: usize = 16;
 
 /// Below this many (batch x length x channel) updates the scan runs on the calling thread.
 const PARALLEL_THRESHOLD: usize = 1 << 15;
@@ -27,6 +29,44 @@ pub struct ScanDims {
     pub l: usize,
     /// Complex channels (the tensors' last axis is `2n`).
     pub n: usize,
+}
+
+/// The dims of a split-complex scan's inputs: the first is `(B, L, 2N)`, the
+/// other two must have the shapes `want(B, L, 2N)` gives. The error names the
+/// op (`op`), the expected shapes (`expected`) and the shapes found.
+pub(crate) fn split_complex_dims(
+    op: &str,
+    expected: &str,
+    [first, second, third]: [&Layout; 3],
+    want: impl Fn(usize, usize, usize) -> [Vec<usize>; 2],
+) -> Result<ScanDims> {
+    let (b, l, n2) = first.shape().dims3()?;
+    let [want2, want3] = want(b, l, n2);
+    if n2 % 2 != 0 || second.shape().dims() != want2 || third.shape().dims() != want3 {
+        candle_core::bail!(
+            "{op}: expected {expected}; found {:?}, {:?}, {:?}",
+            first.shape(),
+            second.shape(),
+            third.shape()
+        );
+    }
+    Ok(ScanDims { b, l, n: n2 / 2 })
+}
+
+/// Runs `task` for every (batch, channel block), in parallel when the problem is large.
+pub(crate) fn for_each_block(d: ScanDims, task: impl Fn(usize, usize, usize) + Sync + Send) {
+    let blocks = d.n.div_ceil(BLOCK);
+    let run = |i: usize| {
+        let (bi, blk) = (i / blocks, i % blocks);
+        let n0 = blk * BLOCK;
+        task(bi, n0, BLOCK.min(d.n - n0));
+    };
+    // A decoding step is a few thousand flops: not worth waking the thread pool.
+    if d.b * d.l * d.n < PARALLEL_THRESHOLD {
+        (0..d.b * blocks).for_each(run);
+    } else {
+        (0..d.b * blocks).into_par_iter().for_each(run);
+    }
 }
 
 /// `h[b,t] = lambda * h[b,t-1] + u[b,t]` for `t` in `0..L` (or backwards when
@@ -46,15 +86,11 @@ pub fn scan<T: Real>(
     if b * l * n == 0 {
         return h;
     }
-    let blocks = n.div_ceil(BLOCK);
     // Each task owns one (batch, channel block) and writes only its columns,
     // so tasks hand out disjoint raw pointers into `h`.
     let out = SharedMut::new(&mut h);
-    let run = |task: usize| {
+    for_each_block(dims, |bi, n0, w| {
         let out = &out;
-        let (bi, blk) = (task / blocks, task % blocks);
-        let n0 = blk * BLOCK;
-        let w = BLOCK.min(n - n0);
         let mut hr = [T::default(); BLOCK];
         let mut hi = [T::default(); BLOCK];
         let mut lr = [T::default(); BLOCK];
@@ -89,21 +125,16 @@ pub fn scan<T: Real>(
                 out.slice(row + n + n0, w).copy_from_slice(&hi[..w]);
             }
         }
-    };
-    // A decoding step is a few thousand flops: not worth waking the thread pool.
-    if b * l * n < PARALLEL_THRESHOLD {
-        (0..b * blocks).for_each(run);
-    } else {
-        (0..b * blocks).into_par_iter().for_each(run);
-    }
+    });
     h
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{naive_complex_scan, rand};
 
-    /// The obviously right version: one channel at a time, complex numbers spelled out.
+    /// The obviously right version, with `lambda` the same at every position.
     fn naive(
         d: ScanDims,
         lam: &[f64],
@@ -112,40 +143,10 @@ mod tests {
         reverse: bool,
         conj: bool,
     ) -> Vec<f64> {
-        let mut h = vec![0.0; u.len()];
-        for b in 0..d.b {
-            for c in 0..d.n {
-                let (lr, li) = (lam[c], if conj { -lam[d.n + c] } else { lam[d.n + c] });
-                let (mut xr, mut xi) = (h0[b * 2 * d.n + c], h0[b * 2 * d.n + d.n + c]);
-                let ts: Vec<usize> = if reverse {
-                    (0..d.l).rev().collect()
-                } else {
-                    (0..d.l).collect()
-                };
-                for t in ts {
-                    let o = (b * d.l + t) * 2 * d.n;
-                    let nr = lr * xr - li * xi + u[o + c];
-                    let ni = lr * xi + li * xr + u[o + d.n + c];
-                    xr = nr;
-                    xi = ni;
-                    h[o + c] = xr;
-                    h[o + d.n + c] = xi;
-                }
-            }
-        }
-        h
-    }
-
-    fn rand(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
+        let n = d.n;
+        let at =
+            |_: usize, _: usize, c: usize| (lam[c], if conj { -lam[n + c] } else { lam[n + c] });
+        naive_complex_scan((d.b, d.l, n), at, u, h0, reverse)
     }
 
     #[test]

@@ -14,11 +14,10 @@
 //!
 //! There is no CUDA kernel yet: the op runs on CPU tensors only.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous, cpu_slice, SharedMut};
+use crate::cpu::{cpu_slice, dispatch3, SharedMut};
 use crate::Real;
 
 /// Widest channel block of one task. A task reads contiguous runs of up to
@@ -286,28 +285,16 @@ impl CustomOp3 for RealTvScan {
         lh: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_of(lu.shape(), la.shape(), lh.shape())?;
-        let out = match (u, a, h0) {
-            (CpuStorage::F32(u), CpuStorage::F32(a), CpuStorage::F32(h0)) => CpuStorage::F32(scan(
-                dims,
-                contiguous(u, lu, "real TV scan: u")?,
-                contiguous(a, la, "real TV scan: a")?,
-                Some(contiguous(h0, lh, "real TV scan: h0")?),
-                self.reverse,
-            )),
-            (CpuStorage::F64(u), CpuStorage::F64(a), CpuStorage::F64(h0)) => CpuStorage::F64(scan(
-                dims,
-                contiguous(u, lu, "real TV scan: u")?,
-                contiguous(a, la, "real TV scan: a")?,
-                Some(contiguous(h0, lh, "real TV scan: h0")?),
-                self.reverse,
-            )),
-            _ => candle_core::bail!(
-                "real TV scan: expected u, a and h0 all f32 or all f64, found {:?}, {:?}, {:?}",
-                u.dtype(),
-                a.dtype(),
-                h0.dtype()
-            ),
-        };
+        let reverse = self.reverse;
+        let out = dispatch3(
+            "real TV scan",
+            ["u", "a", "h0"],
+            (u, lu),
+            (a, la),
+            (h0, lh),
+            |u, a, h0| scan(dims, u, a, Some(h0), reverse),
+            |u, a, h0| scan(dims, u, a, Some(h0), reverse),
+        )?;
         Ok((out, lu.shape().clone()))
     }
 
@@ -357,19 +344,8 @@ pub fn real_tv_scan(u: &Tensor, a: &Tensor, h0: Option<&Tensor>) -> Result<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{max_err, rand, vec1};
     use candle_core::{Device, Var};
-
-    fn rand(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The obviously right loop, one channel at a time.
     fn naive(d: TvDims, u: &[f64], a: &[f64], h0: &[f64], reverse: bool) -> Vec<f64> {
@@ -390,13 +366,6 @@ mod tests {
             }
         }
         h
-    }
-
-    fn max_err(a: &[f64], b: &[f64]) -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
     }
 
     #[test]
@@ -445,13 +414,7 @@ mod tests {
                 Some(&t(&h0, &[b, c])),
             )
             .unwrap();
-            let got: Vec<f64> = h
-                .to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let got = vec1(&h);
             let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
             assert!(max_err(&got, &want) < tol, "{dtype:?}");
         }
@@ -477,7 +440,7 @@ mod tests {
             let a = Var::from_vec(rand(b * l * c, 9), (b, l, c), &dev).unwrap();
             let h0 = Var::from_vec(rand(b * c, 10), (b, c), &dev).unwrap();
             let op = RealTvScan { reverse };
-            let loss = || -> f64 {
+            let objective = || {
                 u.as_tensor()
                     .apply_op3(a.as_tensor(), h0.as_tensor(), op)
                     .unwrap()
@@ -485,28 +448,12 @@ mod tests {
                     .unwrap()
                     .sum_all()
                     .unwrap()
-                    .to_scalar()
-                    .unwrap()
             };
-            let grads = u
-                .as_tensor()
-                .apply_op3(a.as_tensor(), h0.as_tensor(), op)
-                .unwrap()
-                .mul(&w)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let loss = || -> f64 { objective().to_scalar().unwrap() };
+            let grads = objective().backward().unwrap();
             for (name, var) in [("u", &u), ("a", &a), ("h0", &h0)] {
-                let g: Vec<f64> = grads
-                    .get(var.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                let g = vec1(grads.get(var.as_tensor()).unwrap());
+                let base = vec1(var.as_tensor());
                 for idx in [0, 1, base.len() / 2, base.len() - 2, base.len() - 1] {
                     let eps = 1e-6;
                     let bump = |delta: f64| {

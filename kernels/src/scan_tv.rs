@@ -14,44 +14,14 @@
 //! `dlambda_t = s_t conj(h_{t-1})`, `dh0 = conj(lambda_0) s_0`.
 //! There is no CUDA implementation yet: on a CUDA device the op reports that.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
-use rayon::prelude::*;
 
-use crate::cpu::{contiguous, SharedMut};
+use crate::cpu::{dispatch3, SharedMut};
+use crate::scan_cpu::{for_each_block, split_complex_dims, ScanDims, BLOCK};
 use crate::Real;
 
-/// Channels per task (see `scan_cpu`).
-const BLOCK: usize = 16;
-
-/// Below this many (batch x length x channel) updates the scan runs on the calling thread.
-const PARALLEL_THRESHOLD: usize = 1 << 15;
-
-/// Shape of one time-varying scan problem.
-#[derive(Debug, Clone, Copy)]
-pub struct TvDims {
-    /// Batch.
-    pub b: usize,
-    /// Sequence length.
-    pub l: usize,
-    /// Complex channels (the tensors' last axis is `2n`).
-    pub n: usize,
-}
-
-/// Runs `task` for every (batch, channel block), in parallel when the problem is large.
-fn for_each_block(d: TvDims, task: impl Fn(usize, usize, usize) + Sync + Send) {
-    let blocks = d.n.div_ceil(BLOCK);
-    let run = |i: usize| {
-        let (bi, blk) = (i / blocks, i % blocks);
-        let n0 = blk * BLOCK;
-        task(bi, n0, BLOCK.min(d.n - n0));
-    };
-    if d.b * d.l * d.n < PARALLEL_THRESHOLD {
-        (0..d.b * blocks).for_each(run);
-    } else {
-        (0..d.b * blocks).into_par_iter().for_each(run);
-    }
-}
+/// Shape of one time-varying scan problem: the same as the time-invariant one's.
+pub type TvDims = ScanDims;
 
 /// `h[b,t] = lambda[b,t] * h[b,t-1] + u[b,t]` for `t` in `0..L`, starting
 /// from `h0[b]`. `u`, `lambda` and the result are `(B, L, 2N)`, `h0` is
@@ -159,54 +129,6 @@ pub struct TvComplexScan;
 #[derive(Debug, Clone, Copy)]
 struct TvComplexScanAdjoint;
 
-fn dims3(a: &Layout, lam: &Layout, third: &Layout, third_is_state: bool) -> Result<TvDims> {
-    let (b, l, n2) = a.shape().dims3()?;
-    let third_ok = if third_is_state {
-        third.shape().dims() == [b, n2]
-    } else {
-        third.shape().dims() == [b, l, n2]
-    };
-    if n2 % 2 != 0 || lam.shape().dims() != [b, l, n2] || !third_ok {
-        candle_core::bail!(
-            "time-varying complex scan: expected u (B, L, 2N), lambda (B, L, 2N), h0 (B, 2N); \
-             found {:?}, {:?}, {:?}",
-            a.shape(),
-            lam.shape(),
-            third.shape()
-        );
-    }
-    Ok(TvDims { b, l, n: n2 / 2 })
-}
-
-/// Dispatches a kernel over f32 / f64 storages.
-fn run3(
-    what: &str,
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-    (s3, l3): (&CpuStorage, &Layout),
-    f32k: impl FnOnce(&[f32], &[f32], &[f32]) -> Vec<f32>,
-    f64k: impl FnOnce(&[f64], &[f64], &[f64]) -> Vec<f64>,
-) -> Result<CpuStorage> {
-    Ok(match (s1, s2, s3) {
-        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(f32k(
-            contiguous(a, l1, what)?,
-            contiguous(b, l2, what)?,
-            contiguous(c, l3, what)?,
-        )),
-        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(f64k(
-            contiguous(a, l1, what)?,
-            contiguous(b, l2, what)?,
-            contiguous(c, l3, what)?,
-        )),
-        _ => candle_core::bail!(
-            "time-varying complex scan: expected all inputs f32 or all f64, found {:?}, {:?}, {:?}",
-            s1.dtype(),
-            s2.dtype(),
-            s3.dtype()
-        ),
-    })
-}
-
 impl CustomOp3 for TvComplexScan {
     fn name(&self) -> &'static str {
         "complex-diag-scan-tv"
@@ -221,9 +143,15 @@ impl CustomOp3 for TvComplexScan {
         h0: &CpuStorage,
         lh: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = dims3(lu, ll, lh, true)?;
-        let out = run3(
-            "time-varying complex scan: inputs",
+        let d = split_complex_dims(
+            "time-varying complex scan",
+            "u (B, L, 2N), lambda (B, L, 2N), h0 (B, 2N)",
+            [lu, ll, lh],
+            |b, l, n2| [vec![b, l, n2], vec![b, n2]],
+        )?;
+        let out = dispatch3(
+            "time-varying complex scan",
+            ["u", "lambda", "h0"],
             (u, lu),
             (lam, ll),
             (h0, lh),
@@ -288,9 +216,15 @@ impl CustomOp3 for TvComplexScanAdjoint {
         hp: &CpuStorage,
         lh: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = dims3(lg, ll, lh, false)?;
-        let out = run3(
-            "time-varying complex scan: backward inputs",
+        let d = split_complex_dims(
+            "time-varying complex scan backward",
+            "the gradient, lambda and h_prev all (B, L, 2N)",
+            [lg, ll, lh],
+            |b, l, n2| [vec![b, l, n2], vec![b, l, n2]],
+        )?;
+        let out = dispatch3(
+            "time-varying complex scan backward",
+            ["the gradient", "lambda", "h_prev"],
             (g, lg),
             (lam, ll),
             (hp, lh),
@@ -354,55 +288,17 @@ pub fn supports(dtype: DType) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{max_err, naive_complex_scan, rand, vec1};
     use candle_core::{Device, Var};
 
-    /// The obviously right version: one channel at a time, complex numbers spelled out.
+    /// The obviously right version, with `lambda` read at every position.
     fn naive(d: TvDims, lam: &[f64], u: &[f64], h0: &[f64]) -> Vec<f64> {
-        let mut h = vec![0.0; u.len()];
-        for b in 0..d.b {
-            for c in 0..d.n {
-                let (mut xr, mut xi) = (h0[b * 2 * d.n + c], h0[b * 2 * d.n + d.n + c]);
-                for t in 0..d.l {
-                    let o = (b * d.l + t) * 2 * d.n;
-                    let (lr, li) = (lam[o + c], lam[o + d.n + c]);
-                    let nr = lr * xr - li * xi + u[o + c];
-                    let ni = lr * xi + li * xr + u[o + d.n + c];
-                    xr = nr;
-                    xi = ni;
-                    h[o + c] = xr;
-                    h[o + d.n + c] = xi;
-                }
-            }
-        }
-        h
-    }
-
-    fn rand(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn vec1(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
-
-    fn max_err(a: &[f64], b: &[f64]) -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
+        let n = d.n;
+        let at = |b, t, c| {
+            let o = (b * d.l + t) * 2 * n;
+            (lam[o + c], lam[o + n + c])
+        };
+        naive_complex_scan((d.b, d.l, n), at, u, h0, false)
     }
 
     #[test]

@@ -3,43 +3,10 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use lrnnx_kernels::scan::{complex_diag_scan, ComplexScan};
+use lrnnx_testing::max_rel;
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA device (run on the GPU machine)")
-}
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let err = (&a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-        .max(1.0);
-    err / scale
 }
 
 fn inputs(b: usize, l: usize, n: usize, dtype: DType) -> (Tensor, Tensor, Tensor) {

@@ -81,6 +81,20 @@ pub fn max_err(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// `max |a - b|` over two tensors of the same shape (any device, any float
+/// dtype, compared in f64).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let b = Tensor::new(&[10f64, -20.0], &Device::Cpu).unwrap();
+/// let a = Tensor::new(&[10.5f64, -20.0], &Device::Cpu).unwrap();
+/// assert_eq!(lrnnx_testing::max_abs_diff(&a, &b), 0.5);
+/// ```
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims(), "compared tensors differ in shape");
+    max_err(&vec1(a), &vec1(b))
+}
+
 /// `max |a - b| / max(1, max |b|)`: the error relative to the reference `b`'s
 /// scale (the conformance criterion's form).
 ///

@@ -20,6 +20,6 @@ pub use dispatch::{cpu_supports, has_avx2, has_avx512, simd_level, SimdLevel};
 pub use float::{erf_f32, exp_f32, gelu, gelu_and_grad, log_sigmoid, sigmoid, Float};
 pub use shared_mut::SharedMut;
 pub use slices::{
-    batch_dims, contiguous, cpu_slice, for_rows, tensor, with_cpu_slice, ROWS_PER_TASK,
+    batch_dims, contiguous, cpu_slice, dispatch3, for_rows, tensor, with_cpu_slice, ROWS_PER_TASK,
 };
 pub use small_matmul::matmul_t;

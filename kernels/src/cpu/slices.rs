@@ -1,7 +1,8 @@
 //! Raw access to CPU tensors for the kernels: contiguous slices, shapes, and
 //! parallel writes to disjoint row ranges of one buffer.
 
-use candle_core::{Layout, Result, Storage, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 /// `(B, L, D)` of a `(B, L, D)` shape, or of a `(B*L, D)` one with `B = batch`.
@@ -82,4 +83,38 @@ pub fn for_rows(rows: usize, d: usize, f: impl Fn(usize, usize) + Sync + Send) {
     } else {
         (0..tasks).into_par_iter().for_each(run);
     }
+}
+
+/// Runs a three-input CPU kernel on f32 or f64 storages: `f32k` or `f64k` gets
+/// the contiguous slices of the three inputs. Errors name the op (`op`) and
+/// the input (`names`): a strided input, or inputs of mixed or other dtypes.
+pub fn dispatch3(
+    op: &str,
+    names: [&str; 3],
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+    f32k: impl FnOnce(&[f32], &[f32], &[f32]) -> Vec<f32>,
+    f64k: impl FnOnce(&[f64], &[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    let [n1, n2, n3] = names;
+    let what = |name: &str| format!("{op}: {name}");
+    Ok(match (s1, s2, s3) {
+        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(f32k(
+            contiguous(a, l1, &what(n1))?,
+            contiguous(b, l2, &what(n2))?,
+            contiguous(c, l3, &what(n3))?,
+        )),
+        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(f64k(
+            contiguous(a, l1, &what(n1))?,
+            contiguous(b, l2, &what(n2))?,
+            contiguous(c, l3, &what(n3))?,
+        )),
+        _ => candle_core::bail!(
+            "{op}: expected {n1}, {n2} and {n3} all f32 or all f64, found {:?}, {:?}, {:?}",
+            s1.dtype(),
+            s2.dtype(),
+            s3.dtype()
+        ),
+    })
 }

@@ -33,16 +33,13 @@ pub fn block_shape(l: usize) -> (usize, usize) {
     (width, l.div_ceil(MIN_CHUNK).clamp(1, max_chunks))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One input of the scan: its storage and layout.
+type Input<'a> = (&'a CudaStorage, &'a Layout);
+
 fn run<T: DeviceRepr + candle_core::cuda_backend::CudaDType + candle_core::WithDType>(
     name: &str,
     dims: ScanDims,
-    u: &CudaStorage,
-    lu: &Layout,
-    lam: &CudaStorage,
-    ll: &Layout,
-    h0: &CudaStorage,
-    lh: &Layout,
+    [(u, lu), (lam, ll), (h0, lh)]: [Input; 3],
     reverse: bool,
     conj: bool,
 ) -> Result<CudaStorage> {
@@ -98,31 +95,14 @@ pub fn launch(
             candle_core::bail!("complex scan: inputs must be contiguous");
         }
     }
+    let inputs = [(u, lu), (lam, ll), (h0, lh)];
     match (u.dtype(), lam.dtype(), h0.dtype()) {
-        (DType::F32, DType::F32, DType::F32) => run::<f32>(
-            "complex_scan_f32",
-            dims,
-            u,
-            lu,
-            lam,
-            ll,
-            h0,
-            lh,
-            reverse,
-            conj,
-        ),
-        (DType::F64, DType::F64, DType::F64) => run::<f64>(
-            "complex_scan_f64",
-            dims,
-            u,
-            lu,
-            lam,
-            ll,
-            h0,
-            lh,
-            reverse,
-            conj,
-        ),
+        (DType::F32, DType::F32, DType::F32) => {
+            run::<f32>("complex_scan_f32", dims, inputs, reverse, conj)
+        }
+        (DType::F64, DType::F64, DType::F64) => {
+            run::<f64>("complex_scan_f64", dims, inputs, reverse, conj)
+        }
         (a, b, c) => candle_core::bail!(
             "complex scan: expected all f32 or all f64, found {a:?}, {b:?}, {c:?}"
         ),
