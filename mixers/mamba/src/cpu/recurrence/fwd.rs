@@ -118,16 +118,7 @@ impl<T: Float> SimdFn<T> for FwdCall<'_, T> {
                 run_tasks_on::<S, _>(&k, dims.b * blocks, parallel);
             }};
         }
-        match (self.rule.code(), !self.x.its.is_empty()) {
-            (MAMBA, false) => go!(MAMBA, false),
-            (MAMBA, true) => go!(MAMBA, true),
-            (ZOH, false) => go!(ZOH, false),
-            (ZOH, true) => go!(ZOH, true),
-            (BILINEAR, false) => go!(BILINEAR, false),
-            (BILINEAR, true) => go!(BILINEAR, true),
-            (_, false) => go!(DIRAC, false),
-            (_, true) => go!(DIRAC, true),
-        }
+        with_rule_consts!(self.rule, !self.x.its.is_empty(), go);
     }
 }
 

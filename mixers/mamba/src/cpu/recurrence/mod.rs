@@ -28,6 +28,23 @@ use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn};
 use lrnnx_kernels::cpu::SharedMut;
 
+/// Calls the local macro `$go!(RULE, EVENT)` with the rule code and the event
+/// flag as constants, so each (rule, event) pair runs its own monomorphized kernel.
+macro_rules! with_rule_consts {
+    ($rule:expr, $event:expr, $go:ident) => {
+        match ($rule.code(), $event) {
+            (MAMBA, false) => $go!(MAMBA, false),
+            (MAMBA, true) => $go!(MAMBA, true),
+            (ZOH, false) => $go!(ZOH, false),
+            (ZOH, true) => $go!(ZOH, true),
+            (BILINEAR, false) => $go!(BILINEAR, false),
+            (BILINEAR, true) => $go!(BILINEAR, true),
+            (_, false) => $go!(DIRAC, false),
+            (_, true) => $go!(DIRAC, true),
+        }
+    };
+}
+
 mod bwd;
 mod fwd;
 
