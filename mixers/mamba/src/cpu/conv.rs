@@ -10,10 +10,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use lrnnx_kernels::cpu::cpu_slice;
-use lrnnx_kernels::cpu::exec::{run_tasks_on, threads, Kernel};
+use lrnnx_kernels::cpu::exec::threads;
 use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
 use lrnnx_kernels::cpu::SharedMut;
+
+use crate::cpu::simd_kernel::{run_simd_tasks, SimdKernel};
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -95,17 +97,25 @@ fn pre_of<S: Simd>(
     acc
 }
 
-struct Fwd<'a, S: Simd> {
+struct Fwd<'a, T> {
     dims: Dims,
-    xz: &'a [S::E],
-    taps: &'a Taps<S::E>,
+    xz: &'a [T],
+    taps: &'a Taps<T>,
     chunks: usize,
-    out: SharedMut<S::E>,
+    out: SharedMut<T>,
 }
 
-impl<S: Simd> Kernel for Fwd<'_, S> {
+impl<T: Float> SimdFn<T> for Fwd<'_, T> {
+    type Out = ();
+    fn call<S: Simd<E = T>>(self) {
+        let parallel = self.dims.b * self.dims.l * self.dims.d >= 1 << 14;
+        run_simd_tasks::<S, _>(&self, self.dims.b * self.chunks, parallel);
+    }
+}
+
+impl<T: Float> SimdKernel<T> for Fwd<'_, T> {
     #[inline(always)]
-    fn run(&self, task: usize) {
+    fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let Dims { l, d, .. } = self.dims;
         let (bi, c) = (task / self.chunks, task % self.chunks);
         let (t0, t1) = (l * c / self.chunks, l * (c + 1) / self.chunks);
@@ -130,20 +140,28 @@ const SUB: usize = 64;
 /// a halo of `W - 1` after them (in a task-local buffer), then
 /// `dx[t] = sum_k w[k] gpre[t + W-1-k]`, the `z` half of the gradient, and
 /// partial weight and bias gradients.
-struct Bwd<'a, S: Simd> {
+struct Bwd<'a, T> {
     dims: Dims,
-    xz: &'a [S::E],
-    taps: &'a Taps<S::E>,
-    g: &'a [S::E],
+    xz: &'a [T],
+    taps: &'a Taps<T>,
+    g: &'a [T],
     chunks: usize,
-    dxz: SharedMut<S::E>,
+    dxz: SharedMut<T>,
     /// `(tasks, W + 1, Dp)`: weight rows (per tap) then the bias row.
-    part: SharedMut<S::E>,
+    part: SharedMut<T>,
 }
 
-impl<S: Simd> Kernel for Bwd<'_, S> {
+impl<T: Float> SimdFn<T> for Bwd<'_, T> {
+    type Out = ();
+    fn call<S: Simd<E = T>>(self) {
+        let parallel = self.dims.b * self.dims.l * self.dims.d >= 1 << 14;
+        run_simd_tasks::<S, _>(&self, self.dims.b * self.chunks, parallel);
+    }
+}
+
+impl<T: Float> SimdKernel<T> for Bwd<'_, T> {
     #[inline(always)]
-    fn run(&self, task: usize) {
+    fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let Dims { l, d, w, .. } = self.dims;
         let dp = self.dims.dp();
         let (bi, c) = (task / self.chunks, task % self.chunks);
@@ -151,7 +169,7 @@ impl<S: Simd> Kernel for Bwd<'_, S> {
         let one = S::c(1.0);
         // SAFETY: this task's partial.
         let part = unsafe { self.part.slice(task * (w + 1) * dp, (w + 1) * dp) };
-        let mut gp = vec![S::E::ZERO; (SUB + w - 1) * dp];
+        let mut gp = vec![T::ZERO; (SUB + w - 1) * dp];
         for s0 in (t0..t1).step_by(SUB) {
             let s1 = (s0 + SUB).min(t1);
             let he = (s1 + w - 1).min(l);
@@ -204,69 +222,19 @@ impl<S: Simd> Kernel for Bwd<'_, S> {
 #[derive(Debug, Clone, Copy)]
 pub struct ConvSilu;
 
-struct FwdCall<'a, T> {
-    dims: Dims,
-    xz: &'a [T],
-    taps: &'a Taps<T>,
-    out: &'a mut [T],
-}
-
-impl<T: Float> SimdFn<T> for FwdCall<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let chunks = chunks_per_row(&self.dims);
-        let k = Fwd::<S> {
-            dims: self.dims,
-            xz: self.xz,
-            taps: self.taps,
-            chunks,
-            out: SharedMut::new(&mut *self.out),
-        };
-        let parallel = self.dims.b * self.dims.l * self.dims.d >= 1 << 14;
-        run_tasks_on::<S, _>(&k, self.dims.b * chunks, parallel);
-    }
-}
-
 fn fwd_typed<T: Dispatch>(dims: Dims, xz: &[T], w: &[T], bias: &[T]) -> Vec<T> {
     let mut out = vec![T::ZERO; dims.b * dims.l * 2 * dims.d];
     if dims.d > 0 {
         let taps = Taps::new(&dims, w, bias);
-        dispatch(FwdCall {
+        dispatch(Fwd {
             dims,
             xz,
             taps: &taps,
-            out: &mut out,
+            chunks: chunks_per_row(&dims),
+            out: SharedMut::new(&mut out),
         });
     }
     out
-}
-
-struct BwdCall<'a, T> {
-    dims: Dims,
-    xz: &'a [T],
-    taps: &'a Taps<T>,
-    g: &'a [T],
-    dxz: &'a mut [T],
-    part: &'a mut [T],
-    chunks: usize,
-}
-
-impl<T: Float> SimdFn<T> for BwdCall<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let dims = self.dims;
-        let k = Bwd::<S> {
-            dims,
-            xz: self.xz,
-            taps: self.taps,
-            g: self.g,
-            chunks: self.chunks,
-            dxz: SharedMut::new(&mut *self.dxz),
-            part: SharedMut::new(&mut *self.part),
-        };
-        let parallel = dims.b * dims.l * dims.d >= 1 << 14;
-        run_tasks_on::<S, _>(&k, dims.b * self.chunks, parallel);
-    }
 }
 
 fn bwd_typed<T: Dispatch>(
@@ -284,14 +252,14 @@ fn bwd_typed<T: Dispatch>(
     let mut part = vec![T::ZERO; tasks * (taps_n + 1) * dp];
     if d > 0 {
         let taps = Taps::new(&dims, w, bias);
-        dispatch(BwdCall {
+        dispatch(Bwd {
             dims,
             xz,
             taps: &taps,
             g,
-            dxz: &mut dxz,
-            part: &mut part,
             chunks,
+            dxz: SharedMut::new(&mut dxz),
+            part: SharedMut::new(&mut part),
         });
     }
     let mut dw = vec![T::ZERO; d * taps_n];
