@@ -12,10 +12,10 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use lrnnx_kernels::cpu::cpu_slice;
 use lrnnx_kernels::cpu::exec::threads;
 use lrnnx_kernels::cpu::float::Float;
-use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
 use lrnnx_kernels::cpu::SharedMut;
 
-use crate::cpu::simd_kernel::{run_simd_tasks, SimdKernel};
+use crate::cpu::simd_kernel::{run_kernel, SimdKernel};
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -105,15 +105,15 @@ struct Fwd<'a, T> {
     out: SharedMut<T>,
 }
 
-impl<T: Float> SimdFn<T> for Fwd<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let parallel = self.dims.b * self.dims.l * self.dims.d >= 1 << 14;
-        run_simd_tasks::<S, _>(&self, self.dims.b * self.chunks, parallel);
-    }
-}
-
 impl<T: Float> SimdKernel<T> for Fwd<'_, T> {
+    fn tasks(&self) -> usize {
+        self.dims.b * self.chunks
+    }
+
+    fn parallel(&self) -> bool {
+        self.dims.b * self.dims.l * self.dims.d >= 1 << 14
+    }
+
     #[inline(always)]
     fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let Dims { l, d, .. } = self.dims;
@@ -151,15 +151,15 @@ struct Bwd<'a, T> {
     part: SharedMut<T>,
 }
 
-impl<T: Float> SimdFn<T> for Bwd<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let parallel = self.dims.b * self.dims.l * self.dims.d >= 1 << 14;
-        run_simd_tasks::<S, _>(&self, self.dims.b * self.chunks, parallel);
-    }
-}
-
 impl<T: Float> SimdKernel<T> for Bwd<'_, T> {
+    fn tasks(&self) -> usize {
+        self.dims.b * self.chunks
+    }
+
+    fn parallel(&self) -> bool {
+        self.dims.b * self.dims.l * self.dims.d >= 1 << 14
+    }
+
     #[inline(always)]
     fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let Dims { l, d, w, .. } = self.dims;
@@ -226,7 +226,7 @@ fn fwd_typed<T: Dispatch>(dims: Dims, xz: &[T], w: &[T], bias: &[T]) -> Vec<T> {
     let mut out = vec![T::ZERO; dims.b * dims.l * 2 * dims.d];
     if dims.d > 0 {
         let taps = Taps::new(&dims, w, bias);
-        dispatch(Fwd {
+        run_kernel(Fwd {
             dims,
             xz,
             taps: &taps,
@@ -252,7 +252,7 @@ fn bwd_typed<T: Dispatch>(
     let mut part = vec![T::ZERO; tasks * (taps_n + 1) * dp];
     if d > 0 {
         let taps = Taps::new(&dims, w, bias);
-        dispatch(Bwd {
+        run_kernel(Bwd {
             dims,
             xz,
             taps: &taps,

@@ -1,15 +1,19 @@
 //! Kernels written once over their element type `T` and run with whichever
-//! vector backend `S` (`S::E = T`) the dispatch picks, so that one struct
-//! serves both as the dispatched call and as the per-task kernel.
+//! vector backend `S` (`S::E = T`) the dispatch picks: one struct says how
+//! many tasks a run has, whether it is worth rayon, and what a task does.
 
 use std::marker::PhantomData;
 
 use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel};
 use lrnnx_kernels::cpu::float::Float;
-use lrnnx_kernels::cpu::simd::Simd;
+use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn};
 
 /// A task-parallel kernel over elements `T`, generic in the backend.
 pub(crate) trait SimdKernel<T: Float>: Sync {
+    /// How many tasks the run has.
+    fn tasks(&self) -> usize;
+    /// Whether the run is large enough to spread over rayon's threads.
+    fn parallel(&self) -> bool;
     /// Runs task `task` with backend `S`.
     fn run_on<S: Simd<E = T>>(&self, task: usize);
 }
@@ -24,8 +28,18 @@ impl<K: SimdKernel<S::E>, S: Simd> Kernel for On<'_, K, S> {
     }
 }
 
-/// Runs tasks `0..tasks` of `k` with backend `S` (on rayon when `parallel`).
-#[inline]
-pub(crate) fn run_simd_tasks<S: Simd, K: SimdKernel<S::E>>(k: &K, tasks: usize, parallel: bool) {
-    run_tasks_on::<S, _>(&On::<K, S>(k, PhantomData), tasks, parallel);
+/// `K` as the call that [`dispatch`] hands the chosen backend.
+struct Run<K>(K);
+
+impl<T: Float, K: SimdKernel<T>> SimdFn<T> for Run<K> {
+    type Out = ();
+    fn call<S: Simd<E = T>>(self) {
+        let k = &self.0;
+        run_tasks_on::<S, _>(&On::<K, S>(k, PhantomData), k.tasks(), k.parallel());
+    }
+}
+
+/// Runs every task of `k` with the best vector backend for `T`.
+pub(crate) fn run_kernel<T: Dispatch, K: SimdKernel<T>>(k: K) {
+    dispatch(Run(k))
 }

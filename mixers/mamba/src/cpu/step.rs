@@ -6,10 +6,10 @@
 use candle_core::{DType, Tensor};
 
 use crate::cpu::recurrence::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
-use crate::cpu::simd_kernel::{run_simd_tasks, SimdKernel};
+use crate::cpu::simd_kernel::{run_kernel, SimdKernel};
 use lrnnx_kernels::cpu::cpu_slice;
 use lrnnx_kernels::cpu::float::Float;
-use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
 use lrnnx_kernels::cpu::SharedMut;
 use lrnnx_kernels::depthwise_conv::conv_step;
 
@@ -140,7 +140,7 @@ fn typed<T: Dispatch + candle_core::WithDType>(
     let mut uz = vec![T::ZERO; b * 2 * d];
     let mut xdbl = vec![T::ZERO; b * k];
     let mut state = vec![T::ZERO; b * d * taps];
-    dispatch(Prep {
+    run_kernel(Prep {
         d,
         k,
         taps,
@@ -214,7 +214,7 @@ fn matvec<T: Dispatch>(
 ) -> Vec<T> {
     let mut y = vec![T::ZERO; b * o];
     if b * o > 0 {
-        dispatch(MatVec {
+        run_kernel(MatVec {
             x,
             w,
             bias,
@@ -237,15 +237,15 @@ struct MatVec<'a, T> {
     y: SharedMut<T>,
 }
 
-impl<T: Float> SimdFn<T> for MatVec<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let tasks = self.o.div_ceil(ROWS);
-        run_simd_tasks::<S, _>(&self, tasks, self.b * self.i * self.o >= 1 << 23);
-    }
-}
-
 impl<T: Float> SimdKernel<T> for MatVec<'_, T> {
+    fn tasks(&self) -> usize {
+        self.o.div_ceil(ROWS)
+    }
+
+    fn parallel(&self) -> bool {
+        self.b * self.i * self.o >= 1 << 23
+    }
+
     #[inline(always)]
     fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let (b, i, o) = (self.b, self.i, self.o);
@@ -300,14 +300,15 @@ struct Prep<'a, T> {
     state: SharedMut<T>,
 }
 
-impl<T: Float> SimdFn<T> for Prep<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        run_simd_tasks::<S, _>(&self, self.b, self.b * self.d * self.k >= 1 << 20);
-    }
-}
-
 impl<T: Float> SimdKernel<T> for Prep<'_, T> {
+    fn tasks(&self) -> usize {
+        self.b
+    }
+
+    fn parallel(&self) -> bool {
+        self.b * self.d * self.k >= 1 << 20
+    }
+
     #[inline(always)]
     fn run_on<S: Simd<E = T>>(&self, bi: usize) {
         let (d, k, taps) = (self.d, self.k, self.taps);

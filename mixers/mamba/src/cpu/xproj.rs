@@ -9,10 +9,10 @@
 
 use lrnnx_kernels::cpu::exec::threads;
 use lrnnx_kernels::cpu::float::Float;
-use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
 use lrnnx_kernels::cpu::SharedMut;
 
-use crate::cpu::simd_kernel::{run_simd_tasks, SimdKernel};
+use crate::cpu::simd_kernel::{run_kernel, SimdKernel};
 
 /// Rows sharing one pass over `W`.
 const ROWS: usize = 8;
@@ -47,15 +47,15 @@ struct Fwd<'a, T> {
     out: SharedMut<T>,
 }
 
-impl<T: Float> SimdFn<T> for Fwd<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let parallel = self.x.rows * self.x.d * self.x.k >= 1 << 20;
-        run_simd_tasks::<S, _>(&self, self.tasks, parallel);
-    }
-}
-
 impl<T: Float> SimdKernel<T> for Fwd<'_, T> {
+    fn tasks(&self) -> usize {
+        self.tasks
+    }
+
+    fn parallel(&self) -> bool {
+        self.x.rows * self.x.d * self.x.k >= 1 << 20
+    }
+
     #[inline(always)]
     fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let XDims { rows, d, k } = self.x;
@@ -97,7 +97,7 @@ impl<T: Float> SimdKernel<T> for Fwd<'_, T> {
 pub fn forward<T: Dispatch>(x: XDims, uz: &[T], w: &[T]) -> Vec<T> {
     let mut out = vec![T::ZERO; x.rows * x.k];
     if x.rows * x.k > 0 {
-        dispatch(Fwd {
+        run_kernel(Fwd {
             x,
             uz,
             w,
@@ -119,15 +119,15 @@ struct Bwd<'a, T> {
     dw: SharedMut<T>,
 }
 
-impl<T: Float> SimdFn<T> for Bwd<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let parallel = self.x.rows * self.x.d * self.x.k >= 1 << 20;
-        run_simd_tasks::<S, _>(&self, self.tasks, parallel);
-    }
-}
-
 impl<T: Float> SimdKernel<T> for Bwd<'_, T> {
+    fn tasks(&self) -> usize {
+        self.tasks
+    }
+
+    fn parallel(&self) -> bool {
+        self.x.rows * self.x.d * self.x.k >= 1 << 20
+    }
+
     #[inline(always)]
     fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let XDims { rows, d, k } = self.x;
@@ -183,7 +183,7 @@ pub fn backward<T: Dispatch>(x: XDims, uz: &[T], w: &[T], dxdbl: &[T], duz: &mut
     let tasks = tasks_for(rows);
     let mut part = vec![T::ZERO; tasks * k * dp];
     if rows * d * k > 0 {
-        dispatch(Bwd {
+        run_kernel(Bwd {
             x,
             uz,
             w,

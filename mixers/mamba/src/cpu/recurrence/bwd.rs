@@ -22,8 +22,7 @@ impl<S: Simd, const RULE: u8, const EVENT: bool> Kernel for Bwd<'_, S, RULE, EVE
     fn run(&self, task: usize) {
         let dims = self.x.dims;
         let (b, l, d, n, r, k, dp) = (dims.b, dims.l, dims.d, dims.n, dims.r, dims.k(), dims.dp());
-        let (bi, blk) = (task / self.blocks, task % self.blocks);
-        let (g0, g1) = block_range(dims.groups(), self.blocks, blk);
+        let (bi, blk, g0, g1) = task_blocks(&dims, self.blocks, task);
         let ng = g1 - g0;
         let gs = n * LANES;
         let c = self.c;

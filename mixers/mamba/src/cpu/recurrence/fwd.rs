@@ -18,8 +18,7 @@ impl<S: Simd, const RULE: u8, const EVENT: bool> Kernel for Fwd<'_, S, RULE, EVE
     fn run(&self, task: usize) {
         let dims = self.x.dims;
         let (l, d, n, r, k) = (dims.l, dims.d, dims.n, dims.r, dims.k());
-        let (bi, blk) = (task / self.blocks, task % self.blocks);
-        let (g0, g1) = block_range(dims.groups(), self.blocks, blk);
+        let (bi, _, g0, g1) = task_blocks(&dims, self.blocks, task);
         let ng = g1 - g0;
         let gs = n * LANES;
         let c = self.c;

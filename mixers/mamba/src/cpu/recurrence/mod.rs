@@ -384,6 +384,15 @@ fn block_range(groups: usize, blocks: usize, blk: usize) -> (usize, usize) {
     (groups * blk / blocks, groups * (blk + 1) / blocks)
 }
 
+/// What task `task` of a scan split into `blocks` blocks per batch row works
+/// on: `(batch row, block, first group, end group)`.
+#[inline(always)]
+fn task_blocks(dims: &Dims, blocks: usize, task: usize) -> (usize, usize, usize, usize) {
+    let (bi, blk) = (task / blocks, task % blocks);
+    let (g0, g1) = block_range(dims.groups(), blocks, blk);
+    (bi, blk, g0, g1)
+}
+
 /// Blocks of channels per batch row, so that there are at least `min_tasks` tasks.
 fn blocks_for(dims: &Dims, min_tasks: usize) -> usize {
     min_tasks
