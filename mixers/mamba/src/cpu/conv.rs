@@ -15,7 +15,7 @@ use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
 use lrnnx_kernels::cpu::SharedMut;
 
-use crate::cpu::simd_kernel::{run_kernel, SimdKernel};
+use crate::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -97,6 +97,21 @@ fn pre_of<S: Simd>(
     acc
 }
 
+/// One task per (batch row, chunk of positions), on rayon once the input is large.
+fn row_chunks(dims: &Dims, chunks: usize) -> Schedule {
+    Schedule {
+        tasks: dims.b * chunks,
+        parallel: dims.b * dims.l * dims.d >= 1 << 14,
+    }
+}
+
+/// Task `task`'s batch row and positions `t0..t1`, rows cut into `chunks` chunks.
+#[inline(always)]
+fn task_rows(l: usize, chunks: usize, task: usize) -> (usize, usize, usize) {
+    let (bi, c) = (task / chunks, task % chunks);
+    (bi, l * c / chunks, l * (c + 1) / chunks)
+}
+
 struct Fwd<'a, T> {
     dims: Dims,
     xz: &'a [T],
@@ -106,19 +121,14 @@ struct Fwd<'a, T> {
 }
 
 impl<T: Float> SimdKernel<T> for Fwd<'_, T> {
-    fn tasks(&self) -> usize {
-        self.dims.b * self.chunks
-    }
-
-    fn parallel(&self) -> bool {
-        self.dims.b * self.dims.l * self.dims.d >= 1 << 14
+    fn schedule(&self) -> Schedule {
+        row_chunks(&self.dims, self.chunks)
     }
 
     #[inline(always)]
     fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let Dims { l, d, .. } = self.dims;
-        let (bi, c) = (task / self.chunks, task % self.chunks);
-        let (t0, t1) = (l * c / self.chunks, l * (c + 1) / self.chunks);
+        let (bi, t0, t1) = task_rows(l, self.chunks, task);
         for t in t0..t1 {
             let row = (bi * l + t) * 2 * d;
             // SAFETY: rows t0..t1 of batch bi belong to this task.
@@ -152,20 +162,15 @@ struct Bwd<'a, T> {
 }
 
 impl<T: Float> SimdKernel<T> for Bwd<'_, T> {
-    fn tasks(&self) -> usize {
-        self.dims.b * self.chunks
-    }
-
-    fn parallel(&self) -> bool {
-        self.dims.b * self.dims.l * self.dims.d >= 1 << 14
+    fn schedule(&self) -> Schedule {
+        row_chunks(&self.dims, self.chunks)
     }
 
     #[inline(always)]
     fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let Dims { l, d, w, .. } = self.dims;
         let dp = self.dims.dp();
-        let (bi, c) = (task / self.chunks, task % self.chunks);
-        let (t0, t1) = (l * c / self.chunks, l * (c + 1) / self.chunks);
+        let (bi, t0, t1) = task_rows(l, self.chunks, task);
         let one = S::c(1.0);
         // SAFETY: this task's partial.
         let part = unsafe { self.part.slice(task * (w + 1) * dp, (w + 1) * dp) };

@@ -1,6 +1,6 @@
 //! Kernels written once over their element type `T` and run with whichever
 //! vector backend `S` (`S::E = T`) the dispatch picks: one struct says how
-//! many tasks a run has, whether it is worth rayon, and what a task does.
+//! its run is split ([`Schedule`]) and what a task does.
 
 use std::marker::PhantomData;
 
@@ -8,12 +8,19 @@ use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel};
 use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn};
 
+/// How a run is split.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Schedule {
+    /// How many tasks the run has.
+    pub tasks: usize,
+    /// Whether the run is large enough to spread over rayon's threads.
+    pub parallel: bool,
+}
+
 /// A task-parallel kernel over elements `T`, generic in the backend.
 pub(crate) trait SimdKernel<T: Float>: Sync {
-    /// How many tasks the run has.
-    fn tasks(&self) -> usize;
-    /// Whether the run is large enough to spread over rayon's threads.
-    fn parallel(&self) -> bool;
+    /// How the run is split.
+    fn schedule(&self) -> Schedule;
     /// Runs task `task` with backend `S`.
     fn run_on<S: Simd<E = T>>(&self, task: usize);
 }
@@ -34,8 +41,8 @@ struct Run<K>(K);
 impl<T: Float, K: SimdKernel<T>> SimdFn<T> for Run<K> {
     type Out = ();
     fn call<S: Simd<E = T>>(self) {
-        let k = &self.0;
-        run_tasks_on::<S, _>(&On::<K, S>(k, PhantomData), k.tasks(), k.parallel());
+        let Schedule { tasks, parallel } = self.0.schedule();
+        run_tasks_on::<S, _>(&On::<K, S>(&self.0, PhantomData), tasks, parallel);
     }
 }
 

@@ -6,7 +6,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::cpu::recurrence::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
-use crate::cpu::simd_kernel::{run_kernel, SimdKernel};
+use crate::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
 use lrnnx_kernels::cpu::cpu_slice;
 use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
@@ -238,12 +238,11 @@ struct MatVec<'a, T> {
 }
 
 impl<T: Float> SimdKernel<T> for MatVec<'_, T> {
-    fn tasks(&self) -> usize {
-        self.o.div_ceil(ROWS)
-    }
-
-    fn parallel(&self) -> bool {
-        self.b * self.i * self.o >= 1 << 23
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            tasks: self.o.div_ceil(ROWS),
+            parallel: self.b * self.i * self.o >= 1 << 23,
+        }
     }
 
     #[inline(always)]
@@ -301,12 +300,11 @@ struct Prep<'a, T> {
 }
 
 impl<T: Float> SimdKernel<T> for Prep<'_, T> {
-    fn tasks(&self) -> usize {
-        self.b
-    }
-
-    fn parallel(&self) -> bool {
-        self.b * self.d * self.k >= 1 << 20
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            tasks: self.b,
+            parallel: self.b * self.d * self.k >= 1 << 20,
+        }
     }
 
     #[inline(always)]

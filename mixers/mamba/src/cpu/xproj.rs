@@ -12,7 +12,7 @@ use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
 use lrnnx_kernels::cpu::SharedMut;
 
-use crate::cpu::simd_kernel::{run_kernel, SimdKernel};
+use crate::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
 
 /// Rows sharing one pass over `W`.
 const ROWS: usize = 8;
@@ -32,6 +32,14 @@ fn tasks_for(rows: usize) -> usize {
     (8 * threads()).min(rows.div_ceil(ROWS)).max(1)
 }
 
+/// `tasks` tasks, on rayon once the products are large.
+fn schedule(x: XDims, tasks: usize) -> Schedule {
+    Schedule {
+        tasks,
+        parallel: x.rows * x.d * x.k >= 1 << 20,
+    }
+}
+
 fn span(rows: usize, tasks: usize, task: usize) -> (usize, usize) {
     // Whole blocks of ROWS per task.
     let blocks = rows.div_ceil(ROWS);
@@ -48,12 +56,8 @@ struct Fwd<'a, T> {
 }
 
 impl<T: Float> SimdKernel<T> for Fwd<'_, T> {
-    fn tasks(&self) -> usize {
-        self.tasks
-    }
-
-    fn parallel(&self) -> bool {
-        self.x.rows * self.x.d * self.x.k >= 1 << 20
+    fn schedule(&self) -> Schedule {
+        schedule(self.x, self.tasks)
     }
 
     #[inline(always)]
@@ -120,12 +124,8 @@ struct Bwd<'a, T> {
 }
 
 impl<T: Float> SimdKernel<T> for Bwd<'_, T> {
-    fn tasks(&self) -> usize {
-        self.tasks
-    }
-
-    fn parallel(&self) -> bool {
-        self.x.rows * self.x.d * self.x.k >= 1 << 20
+    fn schedule(&self) -> Schedule {
+        schedule(self.x, self.tasks)
     }
 
     #[inline(always)]
