@@ -234,18 +234,9 @@ mod tests {
         out
     }
 
+    /// `n` values uniform in `[-2, 2)`, reproducible from `seed`.
     fn random(n: usize, seed: u64) -> Vec<f64> {
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
-            })
-            .collect()
+        lrnnx_testing::uniform_vec(n, seed, -2.0, 2.0)
     }
 
     #[test]

@@ -430,37 +430,41 @@ fn init_is_lrnnx_s() {
 
 #[test]
 fn bad_kwargs_and_shapes_are_named() {
-    let e = build_err(4, 8, "{}");
-    assert!(e.contains("layer 2") && e.contains("sub_state_dim"), "{e}");
-    let e = build_err(4, 8, r#"{"sub_state_dim": 2, "mode": "depthwise"}"#);
-    assert!(
-        e.contains("depthwise") && e.contains("dws") && e.contains("neck"),
-        "{e}"
-    );
-    let e = build_err(4, 8, r#"{"sub_state_dim": 2, "mode": "dws"}"#);
-    assert!(
-        e.contains("dws") && e.contains("d_state = 8") && e.contains("d_model = 4"),
-        "{e}"
-    );
-    let e = build_err(4, 8, r#"{"sub_state_dim": 2, "mode": "full"}"#);
-    assert!(
-        e.contains("full") && e.contains("16") && e.contains("d_state = 8"),
-        "{e}"
-    );
-    let e = build_err(4, 8, r#"{"sub_state_dim": 2, "discretization": "tustin"}"#);
-    assert!(
-        e.contains("tustin") && e.contains("no_discretization"),
-        "{e}"
-    );
-    let e = build_err(4, 8, r#"{"sub_state_dim": 0}"#);
-    assert!(e.contains("sub_state_dim must be positive"), "{e}");
-    let e = build_err(4, 8, r#"{"sub_state_dim": 2, "forward_mode": "fft"}"#);
-    assert!(e.contains("fft") && e.contains("conv"), "{e}");
-    let e = build_err(4, 8, r#"{"sub_state_dim": 2, "use_fast_path": true}"#);
-    assert!(
-        e.contains("use_fast_path") && e.contains("sub_state_dim"),
-        "{e}"
-    );
+    // (kwargs, what the error must name), all for d_model = 4, d_state = 8.
+    let cases: [(&str, &[&str]); 8] = [
+        ("{}", &["layer 2", "sub_state_dim"]),
+        (
+            r#"{"sub_state_dim": 2, "mode": "depthwise"}"#,
+            &["depthwise", "dws", "neck"],
+        ),
+        (
+            r#"{"sub_state_dim": 2, "mode": "dws"}"#,
+            &["dws", "d_state = 8", "d_model = 4"],
+        ),
+        (
+            r#"{"sub_state_dim": 2, "mode": "full"}"#,
+            &["full", "16", "d_state = 8"],
+        ),
+        (
+            r#"{"sub_state_dim": 2, "discretization": "tustin"}"#,
+            &["tustin", "no_discretization"],
+        ),
+        (
+            r#"{"sub_state_dim": 0}"#,
+            &["sub_state_dim must be positive"],
+        ),
+        (
+            r#"{"sub_state_dim": 2, "forward_mode": "fft"}"#,
+            &["fft", "conv"],
+        ),
+        (
+            r#"{"sub_state_dim": 2, "use_fast_path": true}"#,
+            &["use_fast_path", "sub_state_dim"],
+        ),
+    ];
+    for (kwargs, parts) in cases {
+        assert_mentions(&build_err(4, 8, kwargs), parts);
+    }
 
     let (layer, _) = build(4, 3, 2, Mode::Neck, ForwardMode::Auto, DType::F32);
     assert_wrong_width_is_named(&layer, 4);

@@ -30,24 +30,15 @@ fn discretize(rule: Rule, dta: f64, delta: f64, a: f64) -> (f64, f64) {
 /// in `uz`'s dtype.
 pub fn selective_scan_reference(args: &ScanArgs) -> Result<(Tensor, Tensor)> {
     let ScanSizes { b, l, d, n, r } = args.sizes()?;
-    let ScanArgs {
-        uz,
-        delta,
-        dta,
-        xdbl,
-        a,
-        skip,
-        h0,
-        rule,
-    } = *args;
+    let (uz, h0, rule) = (args.uz, args.h0, args.rule);
     let (d2, k) = (2 * d, r + 2 * n);
     let (uzv, dl, da, xd, av, sk) = (
         values(uz)?,
-        values(delta)?,
-        values(dta)?,
-        values(xdbl)?,
-        values(a)?,
-        values(skip)?,
+        values(args.delta)?,
+        values(args.dta)?,
+        values(args.xdbl)?,
+        values(args.a)?,
+        values(args.skip)?,
     );
     let mut h = values(h0)?;
     let mut y = vec![0.0; b * l * d];

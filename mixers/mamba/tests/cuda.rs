@@ -59,44 +59,22 @@ fn scan_kernel_matches_reference() {
                     mean: 0.0,
                     std: 1.0,
                 };
-                let uz = draw(&[b, l, 2 * d], s, normal.clone(), dtype, &Device::Cpu);
-                let delta = draw(
-                    &[b, l, d],
-                    s + 1,
-                    Init::Uniform { lo: 0.001, hi: 0.5 },
-                    dtype,
-                    &Device::Cpu,
-                );
-                let dta = draw(
-                    &[b, l, d],
-                    s + 2,
-                    Init::Uniform { lo: 0.001, hi: 0.5 },
-                    dtype,
-                    &Device::Cpu,
-                );
-                let xdbl = draw(
-                    &[b, l, r + 2 * n],
-                    s + 3,
-                    normal.clone(),
-                    dtype,
-                    &Device::Cpu,
-                );
-                let a = draw(
-                    &[d, n],
-                    s + 4,
-                    Init::Uniform { lo: -8.0, hi: -0.5 },
-                    dtype,
-                    &Device::Cpu,
-                );
-                let skip = draw(&[d], s + 5, normal.clone(), dtype, &Device::Cpu);
-                let h0 = draw(
-                    &[b, d.div_ceil(16), n, 16],
-                    s + 6,
-                    normal,
-                    dtype,
-                    &Device::Cpu,
-                );
-                let cpu = [&uz, &delta, &dta, &xdbl, &a, &skip, &h0];
+                let step = Init::Uniform { lo: 0.001, hi: 0.5 };
+                // `[uz, delta, dta, xdbl, a, skip, h0]`, seeds `s..s + 7`.
+                let specs: [(Vec<usize>, Init); 7] = [
+                    (vec![b, l, 2 * d], normal.clone()),
+                    (vec![b, l, d], step.clone()),
+                    (vec![b, l, d], step),
+                    (vec![b, l, r + 2 * n], normal.clone()),
+                    (vec![d, n], Init::Uniform { lo: -8.0, hi: -0.5 }),
+                    (vec![d], normal.clone()),
+                    (vec![b, d.div_ceil(16), n, 16], normal),
+                ];
+                let drawn: [Tensor; 7] = std::array::from_fn(|i| {
+                    let (shape, init) = &specs[i];
+                    draw(shape, s + i as u64, init.clone(), dtype, &Device::Cpu)
+                });
+                let cpu = drawn.each_ref();
                 let want = selective_scan_reference(&args(cpu, rule)).expect("reference");
                 let on_gpu = cpu.map(|t| t.to_device(&gpu).expect("to GPU"));
                 let got = selective_scan_gpu(&args(on_gpu.each_ref(), rule)).expect("GPU scan");

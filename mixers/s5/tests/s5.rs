@@ -10,25 +10,11 @@ use lrnnx_framework::{
     StepOpts,
 };
 use lrnnx_testing::{
-    assert_lengths_change_nothing, assert_mentions, assert_wrong_width_is_named, step_error, vec1,
-    BuildSite, GradientCheck,
+    assert_lengths_change_nothing, assert_mentions, assert_wrong_width_is_named, step_error,
+    uniform_vec as rand, vec1, BuildSite, GradientCheck,
 };
 
 // ---------------------------------------------------------------- helpers
-
-fn rand(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f64> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64)
-        })
-        .collect()
-}
 
 fn t(v: Vec<f64>, shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
@@ -50,13 +36,19 @@ fn input(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     t(rand(n, seed, -2.0, 2.0), shape).to_dtype(dtype).unwrap()
 }
 
+/// `n` random complex values as `(n, 2)` pairs: real parts uniform in `re`
+/// (seed `seed`), imaginary parts in `im` (seed `seed + 1`).
+fn complex_pairs(n: usize, seed: u64, re: (f64, f64), im: (f64, f64)) -> Vec<f64> {
+    rand(n, seed, re.0, re.1)
+        .into_iter()
+        .zip(rand(n, seed + 1, im.0, im.1))
+        .flat_map(|(r, i)| [r, i])
+        .collect()
+}
+
 /// Random LTI parameters (so that no transposition hides behind a constant init).
 fn lti_params(h: usize, n: usize, seed: u64) -> HashMap<String, Tensor> {
-    let a: Vec<f64> = rand(n, seed, -1.5, 1.0)
-        .into_iter()
-        .zip(rand(n, seed + 1, -3.0, 3.0))
-        .flat_map(|(r, i)| [r, i])
-        .collect();
+    let a = complex_pairs(n, seed, (-1.5, 1.0), (-3.0, 3.0));
     HashMap::from([
         ("A".to_string(), t(a, &[n, 2])),
         (
@@ -80,11 +72,7 @@ fn lti_params(h: usize, n: usize, seed: u64) -> HashMap<String, Tensor> {
 
 /// Random LTV parameters (stable A).
 fn ltv_params(h: usize, p: usize, seed: u64) -> HashMap<String, Tensor> {
-    let a: Vec<f64> = rand(p, seed, -1.0, -0.1)
-        .into_iter()
-        .zip(rand(p, seed + 1, -4.0, 4.0))
-        .flat_map(|(r, i)| [r, i])
-        .collect();
+    let a = complex_pairs(p, seed, (-1.0, -0.1), (-4.0, 4.0));
     HashMap::from([
         ("A".to_string(), t(a, &[p, 2])),
         (
@@ -101,6 +89,24 @@ fn ltv_params(h: usize, p: usize, seed: u64) -> HashMap<String, Tensor> {
             t(rand(p, seed + 5, (0.01f64).ln(), (0.5f64).ln()), &[p]),
         ),
     ])
+}
+
+/// [`build`] with freshly initialized f32 parameters.
+fn build_init(
+    name: &str,
+    h: usize,
+    kwargs: serde_json::Value,
+) -> (Box<dyn Mixer>, Arc<ParamStore>) {
+    build(name, h, kwargs, None, DType::F32)
+}
+
+/// The shapes of the store's parameters, in key order.
+fn param_dims(store: &ParamStore) -> Vec<Vec<usize>> {
+    store
+        .tensors()
+        .values()
+        .map(|t| t.dims().to_vec())
+        .collect()
 }
 
 fn build(
@@ -626,62 +632,47 @@ fn long_sequence_stays_finite_and_matches_prefill_plus_steps() {
         .unwrap();
     let cases: Vec<(Box<dyn Mixer>, Option<&Tensor>, &str)> = vec![
         (
-            build(
+            build_init(
                 "S5",
                 h,
                 serde_json::json!({"d_state": 4, "discretization": "zoh"}),
-                None,
-                DType::F32,
             )
             .0,
             None,
             "lti zoh",
         ),
         (
-            build(
+            build_init(
                 "S5",
                 h,
                 serde_json::json!({"d_state": 4, "discretization": "dirac"}),
-                None,
-                DType::F32,
             )
             .0,
             None,
             "lti dirac",
         ),
         (
-            build(
+            build_init(
                 "S5",
                 h,
                 serde_json::json!({"d_state": 4, "discretization": "zoh", "forward_mode": "conv"}),
-                None,
-                DType::F32,
             )
             .0,
             None,
             "lti zoh conv",
         ),
         (
-            build(
+            build_init(
                 "S5",
                 h,
                 serde_json::json!({"d_state": 4, "use_fast_path": false}),
-                None,
-                DType::F32,
             )
             .0,
             None,
             "ltv",
         ),
         (
-            build(
-                "S5LTV",
-                h,
-                serde_json::json!({"d_state": 4}),
-                None,
-                DType::F32,
-            )
-            .0,
+            build_init("S5LTV", h, serde_json::json!({"d_state": 4})).0,
             Some(&tau),
             "ltv events",
         ),
@@ -712,56 +703,30 @@ fn long_sequence_stays_finite_and_matches_prefill_plus_steps() {
 
 #[test]
 fn names_families_and_the_use_fast_path_rule() {
-    let (m, store) = build(
-        "S5",
-        4,
-        serde_json::json!({"discretization": "zoh"}),
-        None,
-        DType::F32,
-    );
+    let (m, store) = build_init("S5", 4, serde_json::json!({"discretization": "zoh"}));
     assert_eq!((m.name(), m.family()), ("S5", Family::Lti));
     assert!(m.as_lti().is_some() && m.as_ltv().is_none());
     assert_eq!(m.as_lti().unwrap().discretization(), Discretization::Zoh);
     let keys: Vec<String> = store.tensors().into_keys().collect();
     assert_eq!(keys, ["A", "B", "C", "D", "log_dt"]);
-    let dims: Vec<Vec<usize>> = store
-        .tensors()
-        .values()
-        .map(|t| t.dims().to_vec())
-        .collect();
+    let dims = param_dims(&store);
     assert_eq!(
         dims,
         vec![vec![4, 2], vec![4, 4], vec![4, 4, 2], vec![4, 4], vec![4]]
     );
-    let (m, _) = build(
-        "s5",
-        4,
-        serde_json::json!({"discretization": "bilinear"}),
-        None,
-        DType::F32,
-    );
+    let (m, _) = build_init("s5", 4, serde_json::json!({"discretization": "bilinear"}));
     assert_eq!(
         m.as_lti().unwrap().discretization(),
         Discretization::BilinearFlipped
     );
 
     // use_fast_path picks the LTV class under the name S5.
-    let (m, store) = build(
-        "S5",
-        4,
-        serde_json::json!({"use_fast_path": false}),
-        None,
-        DType::F32,
-    );
+    let (m, store) = build_init("S5", 4, serde_json::json!({"use_fast_path": false}));
     assert_eq!((m.name(), m.family()), ("S5", Family::Ltv));
     let ltv = m.as_ltv().unwrap();
     assert!(ltv.supports_events());
     assert_eq!(ltv.discretization(), Discretization::Zoh);
-    let dims: Vec<Vec<usize>> = store
-        .tensors()
-        .values()
-        .map(|t| t.dims().to_vec())
-        .collect();
+    let dims = param_dims(&store);
     assert_eq!(
         dims,
         vec![vec![4, 2], vec![4, 4, 2], vec![4, 4, 2], vec![4], vec![4]]
@@ -776,12 +741,10 @@ fn names_families_and_the_use_fast_path_rule() {
     assert_eq!(again.family(), Family::Ltv);
     assert_eq!(config_to_json(again.config()).unwrap(), json);
 
-    let (m, _) = build(
+    let (m, _) = build_init(
         "s5_ltv",
         4,
         serde_json::json!({"discretization": "bilinear"}),
-        None,
-        DType::F32,
     );
     assert_eq!((m.name(), m.family()), ("S5LTV", Family::Ltv));
     assert_eq!(
@@ -793,12 +756,10 @@ fn names_families_and_the_use_fast_path_rule() {
     assert_eq!(json["use_fast_path"], true);
 
     // LTI config round trip.
-    let (m, _) = build(
+    let (m, _) = build_init(
         "S5",
         4,
         serde_json::json!({"discretization": "dirac", "forward_mode": "conv"}),
-        None,
-        DType::F32,
     );
     let json = config_to_json(m.config()).unwrap();
     assert_eq!(
@@ -905,13 +866,7 @@ fn bad_kwargs_and_inputs_are_named() {
     let e = err("S5LTV", serde_json::json!({"forward_mode": "scan"}));
     assert!(e.contains("forward_mode"), "{e}");
 
-    let (m, _) = build(
-        "S5",
-        4,
-        serde_json::json!({"discretization": "zoh"}),
-        None,
-        DType::F32,
-    );
+    let (m, _) = build_init("S5", 4, serde_json::json!({"discretization": "zoh"}));
     assert_wrong_width_is_named(m.as_ref(), 4);
     assert_mentions(&step_error(m.as_ref(), &[2, 5]), &["(batch, 4)", "[2, 5]"]);
 

@@ -10,10 +10,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use lrnnx_kernels::cpu::cpu_slice;
-use lrnnx_kernels::cpu::exec::{run_tasks_on, threads, Kernel};
+use lrnnx_kernels::cpu::exec::threads;
 use lrnnx_kernels::cpu::float::Float;
-use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
 use lrnnx_kernels::cpu::SharedMut;
+
+use crate::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -95,20 +97,38 @@ fn pre_of<S: Simd>(
     acc
 }
 
-struct Fwd<'a, S: Simd> {
-    dims: Dims,
-    xz: &'a [S::E],
-    taps: &'a Taps<S::E>,
-    chunks: usize,
-    out: SharedMut<S::E>,
+/// One task per (batch row, chunk of positions), on rayon once the input is large.
+fn row_chunks(dims: &Dims, chunks: usize) -> Schedule {
+    Schedule {
+        tasks: dims.b * chunks,
+        parallel: dims.b * dims.l * dims.d >= 1 << 14,
+    }
 }
 
-impl<S: Simd> Kernel for Fwd<'_, S> {
+/// Task `task`'s batch row and positions `t0..t1`, rows cut into `chunks` chunks.
+#[inline(always)]
+fn task_rows(l: usize, chunks: usize, task: usize) -> (usize, usize, usize) {
+    let (bi, c) = (task / chunks, task % chunks);
+    (bi, l * c / chunks, l * (c + 1) / chunks)
+}
+
+struct Fwd<'a, T> {
+    dims: Dims,
+    xz: &'a [T],
+    taps: &'a Taps<T>,
+    chunks: usize,
+    out: SharedMut<T>,
+}
+
+impl<T: Float> SimdKernel<T> for Fwd<'_, T> {
+    fn schedule(&self) -> Schedule {
+        row_chunks(&self.dims, self.chunks)
+    }
+
     #[inline(always)]
-    fn run(&self, task: usize) {
+    fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let Dims { l, d, .. } = self.dims;
-        let (bi, c) = (task / self.chunks, task % self.chunks);
-        let (t0, t1) = (l * c / self.chunks, l * (c + 1) / self.chunks);
+        let (bi, t0, t1) = task_rows(l, self.chunks, task);
         for t in t0..t1 {
             let row = (bi * l + t) * 2 * d;
             // SAFETY: rows t0..t1 of batch bi belong to this task.
@@ -130,28 +150,31 @@ const SUB: usize = 64;
 /// a halo of `W - 1` after them (in a task-local buffer), then
 /// `dx[t] = sum_k w[k] gpre[t + W-1-k]`, the `z` half of the gradient, and
 /// partial weight and bias gradients.
-struct Bwd<'a, S: Simd> {
+struct Bwd<'a, T> {
     dims: Dims,
-    xz: &'a [S::E],
-    taps: &'a Taps<S::E>,
-    g: &'a [S::E],
+    xz: &'a [T],
+    taps: &'a Taps<T>,
+    g: &'a [T],
     chunks: usize,
-    dxz: SharedMut<S::E>,
+    dxz: SharedMut<T>,
     /// `(tasks, W + 1, Dp)`: weight rows (per tap) then the bias row.
-    part: SharedMut<S::E>,
+    part: SharedMut<T>,
 }
 
-impl<S: Simd> Kernel for Bwd<'_, S> {
+impl<T: Float> SimdKernel<T> for Bwd<'_, T> {
+    fn schedule(&self) -> Schedule {
+        row_chunks(&self.dims, self.chunks)
+    }
+
     #[inline(always)]
-    fn run(&self, task: usize) {
+    fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let Dims { l, d, w, .. } = self.dims;
         let dp = self.dims.dp();
-        let (bi, c) = (task / self.chunks, task % self.chunks);
-        let (t0, t1) = (l * c / self.chunks, l * (c + 1) / self.chunks);
+        let (bi, t0, t1) = task_rows(l, self.chunks, task);
         let one = S::c(1.0);
         // SAFETY: this task's partial.
         let part = unsafe { self.part.slice(task * (w + 1) * dp, (w + 1) * dp) };
-        let mut gp = vec![S::E::ZERO; (SUB + w - 1) * dp];
+        let mut gp = vec![T::ZERO; (SUB + w - 1) * dp];
         for s0 in (t0..t1).step_by(SUB) {
             let s1 = (s0 + SUB).min(t1);
             let he = (s1 + w - 1).min(l);
@@ -204,69 +227,19 @@ impl<S: Simd> Kernel for Bwd<'_, S> {
 #[derive(Debug, Clone, Copy)]
 pub struct ConvSilu;
 
-struct FwdCall<'a, T> {
-    dims: Dims,
-    xz: &'a [T],
-    taps: &'a Taps<T>,
-    out: &'a mut [T],
-}
-
-impl<T: Float> SimdFn<T> for FwdCall<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let chunks = chunks_per_row(&self.dims);
-        let k = Fwd::<S> {
-            dims: self.dims,
-            xz: self.xz,
-            taps: self.taps,
-            chunks,
-            out: SharedMut::new(&mut *self.out),
-        };
-        let parallel = self.dims.b * self.dims.l * self.dims.d >= 1 << 14;
-        run_tasks_on::<S, _>(&k, self.dims.b * chunks, parallel);
-    }
-}
-
 fn fwd_typed<T: Dispatch>(dims: Dims, xz: &[T], w: &[T], bias: &[T]) -> Vec<T> {
     let mut out = vec![T::ZERO; dims.b * dims.l * 2 * dims.d];
     if dims.d > 0 {
         let taps = Taps::new(&dims, w, bias);
-        dispatch(FwdCall {
+        run_kernel(Fwd {
             dims,
             xz,
             taps: &taps,
-            out: &mut out,
+            chunks: chunks_per_row(&dims),
+            out: SharedMut::new(&mut out),
         });
     }
     out
-}
-
-struct BwdCall<'a, T> {
-    dims: Dims,
-    xz: &'a [T],
-    taps: &'a Taps<T>,
-    g: &'a [T],
-    dxz: &'a mut [T],
-    part: &'a mut [T],
-    chunks: usize,
-}
-
-impl<T: Float> SimdFn<T> for BwdCall<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let dims = self.dims;
-        let k = Bwd::<S> {
-            dims,
-            xz: self.xz,
-            taps: self.taps,
-            g: self.g,
-            chunks: self.chunks,
-            dxz: SharedMut::new(&mut *self.dxz),
-            part: SharedMut::new(&mut *self.part),
-        };
-        let parallel = dims.b * dims.l * dims.d >= 1 << 14;
-        run_tasks_on::<S, _>(&k, dims.b * self.chunks, parallel);
-    }
 }
 
 fn bwd_typed<T: Dispatch>(
@@ -284,14 +257,14 @@ fn bwd_typed<T: Dispatch>(
     let mut part = vec![T::ZERO; tasks * (taps_n + 1) * dp];
     if d > 0 {
         let taps = Taps::new(&dims, w, bias);
-        dispatch(BwdCall {
+        run_kernel(Bwd {
             dims,
             xz,
             taps: &taps,
             g,
-            dxz: &mut dxz,
-            part: &mut part,
             chunks,
+            dxz: SharedMut::new(&mut dxz),
+            part: SharedMut::new(&mut part),
         });
     }
     let mut dw = vec![T::ZERO; d * taps_n];

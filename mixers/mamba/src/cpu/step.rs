@@ -6,10 +6,10 @@
 use candle_core::{DType, Tensor};
 
 use crate::cpu::recurrence::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
+use crate::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
 use lrnnx_kernels::cpu::cpu_slice;
-use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel};
 use lrnnx_kernels::cpu::float::Float;
-use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
 use lrnnx_kernels::cpu::SharedMut;
 use lrnnx_kernels::depthwise_conv::conv_step;
 
@@ -140,7 +140,7 @@ fn typed<T: Dispatch + candle_core::WithDType>(
     let mut uz = vec![T::ZERO; b * 2 * d];
     let mut xdbl = vec![T::ZERO; b * k];
     let mut state = vec![T::ZERO; b * d * taps];
-    dispatch(PrepCall {
+    run_kernel(Prep {
         d,
         k,
         taps,
@@ -150,9 +150,9 @@ fn typed<T: Dispatch + candle_core::WithDType>(
         w: get(&g_cw)?,
         bias: opt(&g_cb)?,
         xp: get(&g_xp)?,
-        uz: &mut uz,
-        xdbl: &mut xdbl,
-        state: &mut state,
+        uz: SharedMut::new(&mut uz),
+        xdbl: SharedMut::new(&mut xdbl),
+        state: SharedMut::new(&mut state),
     });
     // The scan over one position.
     let dims = Dims { b, l: 1, d, n, r };
@@ -214,68 +214,48 @@ fn matvec<T: Dispatch>(
 ) -> Vec<T> {
     let mut y = vec![T::ZERO; b * o];
     if b * o > 0 {
-        dispatch(MatVecCall {
+        run_kernel(MatVec {
             x,
             w,
             bias,
             b,
             i,
             o,
-            y: &mut y,
+            y: SharedMut::new(&mut y),
         });
     }
     y
 }
 
-struct MatVecCall<'a, T> {
+struct MatVec<'a, T> {
     x: &'a [T],
     w: &'a [T],
     bias: Option<&'a [T]>,
     b: usize,
     i: usize,
     o: usize,
-    y: &'a mut [T],
+    y: SharedMut<T>,
 }
 
-impl<T: Float> SimdFn<T> for MatVecCall<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let k = MatVec::<S> {
-            x: self.x,
-            w: self.w,
-            bias: self.bias,
-            b: self.b,
-            i: self.i,
-            o: self.o,
-            y: SharedMut::new(&mut *self.y),
-        };
-        let tasks = self.o.div_ceil(ROWS);
-        run_tasks_on::<S, _>(&k, tasks, self.b * self.i * self.o >= 1 << 23);
+impl<T: Float> SimdKernel<T> for MatVec<'_, T> {
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            tasks: self.o.div_ceil(ROWS),
+            parallel: self.b * self.i * self.o >= 1 << 23,
+        }
     }
-}
 
-struct MatVec<'a, S: Simd> {
-    x: &'a [S::E],
-    w: &'a [S::E],
-    bias: Option<&'a [S::E]>,
-    b: usize,
-    i: usize,
-    o: usize,
-    y: SharedMut<S::E>,
-}
-
-impl<S: Simd> Kernel for MatVec<'_, S> {
     #[inline(always)]
-    fn run(&self, task: usize) {
+    fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let (b, i, o) = (self.b, self.i, self.o);
         let full = i / LANES * LANES;
         for j in task * ROWS..((task + 1) * ROWS).min(o) {
             let wr = &self.w[j * i..(j + 1) * i];
-            let bias = self.bias.map_or(S::E::ZERO, |bv| bv[j]);
+            let bias = self.bias.map_or(T::ZERO, |bv| bv[j]);
             for b0 in (0..b).step_by(BATCH) {
                 let nb = BATCH.min(b - b0);
                 // Rows past the batch repeat the first one; their sums are dropped.
-                let rows: [&[S::E]; BATCH] = std::array::from_fn(|q| {
+                let rows: [&[T]; BATCH] = std::array::from_fn(|q| {
                     let bq = if q < nb { b0 + q } else { b0 };
                     &self.x[bq * i..(bq + 1) * i]
                 });
@@ -304,21 +284,7 @@ impl<S: Simd> Kernel for MatVec<'_, S> {
 }
 
 /// One batch row per task: conv window, conv + silu, `x_proj`.
-struct Prep<'a, S: Simd> {
-    d: usize,
-    k: usize,
-    taps: usize,
-    xz: &'a [S::E],
-    cs: &'a [S::E],
-    w: &'a [S::E],
-    bias: Option<&'a [S::E]>,
-    xp: &'a [S::E],
-    uz: SharedMut<S::E>,
-    xdbl: SharedMut<S::E>,
-    state: SharedMut<S::E>,
-}
-
-struct PrepCall<'a, T> {
+struct Prep<'a, T> {
     d: usize,
     k: usize,
     taps: usize,
@@ -328,34 +294,21 @@ struct PrepCall<'a, T> {
     w: &'a [T],
     bias: Option<&'a [T]>,
     xp: &'a [T],
-    uz: &'a mut [T],
-    xdbl: &'a mut [T],
-    state: &'a mut [T],
+    uz: SharedMut<T>,
+    xdbl: SharedMut<T>,
+    state: SharedMut<T>,
 }
 
-impl<T: Float> SimdFn<T> for PrepCall<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let kern = Prep::<S> {
-            d: self.d,
-            k: self.k,
-            taps: self.taps,
-            xz: self.xz,
-            cs: self.cs,
-            w: self.w,
-            bias: self.bias,
-            xp: self.xp,
-            uz: SharedMut::new(&mut *self.uz),
-            xdbl: SharedMut::new(&mut *self.xdbl),
-            state: SharedMut::new(&mut *self.state),
-        };
-        run_tasks_on::<S, _>(&kern, self.b, self.b * self.d * self.k >= 1 << 20);
+impl<T: Float> SimdKernel<T> for Prep<'_, T> {
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            tasks: self.b,
+            parallel: self.b * self.d * self.k >= 1 << 20,
+        }
     }
-}
 
-impl<S: Simd> Kernel for Prep<'_, S> {
     #[inline(always)]
-    fn run(&self, bi: usize) {
+    fn run_on<S: Simd<E = T>>(&self, bi: usize) {
         let (d, k, taps) = (self.d, self.k, self.taps);
         let x = &self.xz[bi * 2 * d..(bi + 1) * 2 * d];
         // SAFETY: batch row bi of each output belongs to this task.
@@ -371,7 +324,7 @@ impl<S: Simd> Kernel for Prep<'_, S> {
             let new = &mut st[ch * taps..(ch + 1) * taps];
             let wk = &self.w[ch * taps..(ch + 1) * taps];
             // Same order as the forward conv: bias, then taps 0..W, fused.
-            let bias = self.bias.map_or(S::E::ZERO, |b| b[ch]);
+            let bias = self.bias.map_or(T::ZERO, |b| b[ch]);
             u[ch] = conv_step(old, x[ch], wk, bias, new);
         }
         // silu, vectorized as in the forward conv.
@@ -385,7 +338,7 @@ impl<S: Simd> Kernel for Prep<'_, S> {
         let full = d / LANES * LANES;
         for (row, out) in xd.iter_mut().enumerate() {
             let wr = &self.xp[row * d..(row + 1) * d];
-            let mut acc = [S::E::ZERO; LANES];
+            let mut acc = [T::ZERO; LANES];
             for (wc, uc) in wr[..full]
                 .chunks_exact(LANES)
                 .zip(uu[..full].chunks_exact(LANES))
@@ -394,7 +347,7 @@ impl<S: Simd> Kernel for Prep<'_, S> {
                     acc[j] = wc[j].fma(uc[j], acc[j]);
                 }
             }
-            let mut s = S::E::ZERO;
+            let mut s = T::ZERO;
             for v in acc {
                 s += v;
             }

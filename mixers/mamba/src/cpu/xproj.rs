@@ -7,10 +7,12 @@
 // Index loops over the fixed block of rows keep the accumulators in registers.
 #![allow(clippy::needless_range_loop)]
 
-use lrnnx_kernels::cpu::exec::{run_tasks_on, threads, Kernel};
+use lrnnx_kernels::cpu::exec::threads;
 use lrnnx_kernels::cpu::float::Float;
-use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn, LANES};
+use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
 use lrnnx_kernels::cpu::SharedMut;
+
+use crate::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
 
 /// Rows sharing one pass over `W`.
 const ROWS: usize = 8;
@@ -30,6 +32,14 @@ fn tasks_for(rows: usize) -> usize {
     (8 * threads()).min(rows.div_ceil(ROWS)).max(1)
 }
 
+/// `tasks` tasks, on rayon once the products are large.
+fn schedule(x: XDims, tasks: usize) -> Schedule {
+    Schedule {
+        tasks,
+        parallel: x.rows * x.d * x.k >= 1 << 20,
+    }
+}
+
 fn span(rows: usize, tasks: usize, task: usize) -> (usize, usize) {
     // Whole blocks of ROWS per task.
     let blocks = rows.div_ceil(ROWS);
@@ -37,23 +47,27 @@ fn span(rows: usize, tasks: usize, task: usize) -> (usize, usize) {
     ((b0 * ROWS).min(rows), (b1 * ROWS).min(rows))
 }
 
-struct Fwd<'a, S: Simd> {
+struct Fwd<'a, T> {
     x: XDims,
-    uz: &'a [S::E],
-    w: &'a [S::E],
+    uz: &'a [T],
+    w: &'a [T],
     tasks: usize,
-    out: SharedMut<S::E>,
+    out: SharedMut<T>,
 }
 
-impl<S: Simd> Kernel for Fwd<'_, S> {
+impl<T: Float> SimdKernel<T> for Fwd<'_, T> {
+    fn schedule(&self) -> Schedule {
+        schedule(self.x, self.tasks)
+    }
+
     #[inline(always)]
-    fn run(&self, task: usize) {
+    fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let XDims { rows, d, k } = self.x;
         let (r0, r1) = span(rows, self.tasks, task);
         let full = d / LANES * LANES;
         for b0 in (r0..r1).step_by(ROWS) {
             let nb = ROWS.min(r1 - b0);
-            let u: [&[S::E]; ROWS] = std::array::from_fn(|q| {
+            let u: [&[T]; ROWS] = std::array::from_fn(|q| {
                 let r = b0 + q.min(nb - 1);
                 &self.uz[r * 2 * d..r * 2 * d + d]
             });
@@ -83,56 +97,39 @@ impl<S: Simd> Kernel for Fwd<'_, S> {
     }
 }
 
-struct FwdCall<'a, T> {
-    x: XDims,
-    uz: &'a [T],
-    w: &'a [T],
-    out: &'a mut [T],
-}
-
-impl<T: Float> SimdFn<T> for FwdCall<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let tasks = tasks_for(self.x.rows);
-        let kern = Fwd::<S> {
-            x: self.x,
-            uz: self.uz,
-            w: self.w,
-            tasks,
-            out: SharedMut::new(&mut *self.out),
-        };
-        run_tasks_on::<S, _>(&kern, tasks, self.x.rows * self.x.d * self.x.k >= 1 << 20);
-    }
-}
-
 /// `xdbl (rows, K) = u @ W^T`, `u` the first half of each row of `uz (rows, 2D)`.
 pub fn forward<T: Dispatch>(x: XDims, uz: &[T], w: &[T]) -> Vec<T> {
     let mut out = vec![T::ZERO; x.rows * x.k];
     if x.rows * x.k > 0 {
-        dispatch(FwdCall {
+        run_kernel(Fwd {
             x,
             uz,
             w,
-            out: &mut out,
+            tasks: tasks_for(x.rows),
+            out: SharedMut::new(&mut out),
         });
     }
     out
 }
 
-struct Bwd<'a, S: Simd> {
+struct Bwd<'a, T> {
     x: XDims,
-    uz: &'a [S::E],
-    w: &'a [S::E],
-    dx: &'a [S::E],
+    uz: &'a [T],
+    w: &'a [T],
+    dx: &'a [T],
     tasks: usize,
-    duz: SharedMut<S::E>,
+    duz: SharedMut<T>,
     /// `(tasks, K, Dp)`.
-    dw: SharedMut<S::E>,
+    dw: SharedMut<T>,
 }
 
-impl<S: Simd> Kernel for Bwd<'_, S> {
+impl<T: Float> SimdKernel<T> for Bwd<'_, T> {
+    fn schedule(&self) -> Schedule {
+        schedule(self.x, self.tasks)
+    }
+
     #[inline(always)]
-    fn run(&self, task: usize) {
+    fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let XDims { rows, d, k } = self.x;
         let dp = d.div_ceil(LANES) * LANES;
         let (r0, r1) = span(rows, self.tasks, task);
@@ -141,7 +138,7 @@ impl<S: Simd> Kernel for Bwd<'_, S> {
         for b0 in (r0..r1).step_by(ROWS) {
             let nb = ROWS.min(r1 - b0);
             // Rows past the block repeat its last row; their results are dropped.
-            let g: [&[S::E]; ROWS] = std::array::from_fn(|q| {
+            let g: [&[T]; ROWS] = std::array::from_fn(|q| {
                 let r = b0 + q.min(nb - 1);
                 &self.dx[r * k..(r + 1) * k]
             });
@@ -179,36 +176,6 @@ impl<S: Simd> Kernel for Bwd<'_, S> {
     }
 }
 
-struct BwdCall<'a, T> {
-    x: XDims,
-    uz: &'a [T],
-    w: &'a [T],
-    dx: &'a [T],
-    duz: &'a mut [T],
-    dw: &'a mut [T],
-    tasks: usize,
-}
-
-impl<T: Float> SimdFn<T> for BwdCall<'_, T> {
-    type Out = ();
-    fn call<S: Simd<E = T>>(self) {
-        let kern = Bwd::<S> {
-            x: self.x,
-            uz: self.uz,
-            w: self.w,
-            dx: self.dx,
-            tasks: self.tasks,
-            duz: SharedMut::new(&mut *self.duz),
-            dw: SharedMut::new(&mut *self.dw),
-        };
-        run_tasks_on::<S, _>(
-            &kern,
-            self.tasks,
-            self.x.rows * self.x.d * self.x.k >= 1 << 20,
-        );
-    }
-}
-
 /// Adds `dxdbl @ W` into the `u` half of `duz (rows, 2D)` and returns `dW (K, D)`.
 pub fn backward<T: Dispatch>(x: XDims, uz: &[T], w: &[T], dxdbl: &[T], duz: &mut [T]) -> Vec<T> {
     let XDims { rows, d, k } = x;
@@ -216,14 +183,14 @@ pub fn backward<T: Dispatch>(x: XDims, uz: &[T], w: &[T], dxdbl: &[T], duz: &mut
     let tasks = tasks_for(rows);
     let mut part = vec![T::ZERO; tasks * k * dp];
     if rows * d * k > 0 {
-        dispatch(BwdCall {
+        run_kernel(Bwd {
             x,
             uz,
             w,
             dx: dxdbl,
-            duz,
-            dw: &mut part,
             tasks,
+            duz: SharedMut::new(duz),
+            dw: SharedMut::new(&mut part),
         });
     }
     let mut dw = vec![T::ZERO; k * d];

@@ -233,30 +233,20 @@ impl CustomOp1 for GpuScan {
 pub fn selective_scan_gpu(args: &ScanArgs) -> Result<(Tensor, Tensor)> {
     let sizes = args.sizes()?;
     let (state, ScanSizes { b, l, d, n, r }) = (sizes.state(), sizes);
-    let ScanArgs {
-        uz,
-        delta,
-        dta,
-        xdbl,
-        a,
-        skip,
-        h0,
-        rule,
-    } = *args;
     let op = GpuScan {
-        delta: delta.contiguous()?,
-        dta: dta.contiguous()?,
-        xdbl: xdbl.contiguous()?,
-        a: a.contiguous()?,
-        skip: skip.contiguous()?,
-        h0: h0.contiguous()?,
+        delta: args.delta.contiguous()?,
+        dta: args.dta.contiguous()?,
+        xdbl: args.xdbl.contiguous()?,
+        a: args.a.contiguous()?,
+        skip: args.skip.contiguous()?,
+        h0: args.h0.contiguous()?,
         r,
         n,
-        rule,
+        rule: args.rule,
     };
     // Recorded in the graph, so that a backward through it reaches `bwd` and
     // fails loudly instead of treating the scan as a constant.
-    let out = uz.contiguous()?.apply_op1(op)?;
+    let out = args.uz.contiguous()?.apply_op1(op)?;
     let y = out.narrow(0, 0, b * l * d)?.reshape((b, l, d))?;
     let h = out
         .narrow(0, b * l * d, state.iter().product())?

@@ -22,8 +22,7 @@ impl<S: Simd, const RULE: u8, const EVENT: bool> Kernel for Bwd<'_, S, RULE, EVE
     fn run(&self, task: usize) {
         let dims = self.x.dims;
         let (b, l, d, n, r, k, dp) = (dims.b, dims.l, dims.d, dims.n, dims.r, dims.k(), dims.dp());
-        let (bi, blk) = (task / self.blocks, task % self.blocks);
-        let (g0, g1) = block_range(dims.groups(), self.blocks, blk);
+        let (bi, blk, g0, g1) = task_blocks(&dims, self.blocks, task);
         let ng = g1 - g0;
         let gs = n * LANES;
         let c = self.c;
@@ -176,18 +175,11 @@ impl<S: Simd, const RULE: u8, const EVENT: bool> Kernel for Bwd<'_, S, RULE, EVE
                             // Input side: gain(delta, A) * B * u.
                             let lb = S::mul(lv, S::splat(bn));
                             match RULE {
-                                MAMBA => {
-                                    // gain = delta: sum lb over n, apply after the loop.
+                                MAMBA | DIRAC => {
+                                    // gain = delta (Mamba) or 1 (Dirac): sum lb over n,
+                                    // apply after the loop.
                                     sb = S::add(sb, lb);
-                                    let db = S::mul(lv, dlu);
-                                    S::store(
-                                        S::add(S::load(&dbx[sl.clone()]), db),
-                                        &mut dbx[sl.clone()],
-                                    );
-                                }
-                                DIRAC => {
-                                    sb = S::add(sb, lb);
-                                    let db = S::mul(lv, u);
+                                    let db = S::mul(lv, if RULE == MAMBA { dlu } else { u });
                                     S::store(
                                         S::add(S::load(&dbx[sl.clone()]), db),
                                         &mut dbx[sl.clone()],
@@ -347,16 +339,7 @@ impl<T: Float> SimdFn<T> for BwdCall<'_, T> {
                 run_tasks_on::<S, _>(&kern, dims.b * self.blocks, self.parallel);
             }};
         }
-        match (self.rule.code(), !self.x.its.is_empty()) {
-            (MAMBA, false) => go!(MAMBA, false),
-            (MAMBA, true) => go!(MAMBA, true),
-            (ZOH, false) => go!(ZOH, false),
-            (ZOH, true) => go!(ZOH, true),
-            (BILINEAR, false) => go!(BILINEAR, false),
-            (BILINEAR, true) => go!(BILINEAR, true),
-            (_, false) => go!(DIRAC, false),
-            (_, true) => go!(DIRAC, true),
-        }
+        with_rule_consts!(self.rule, !self.x.its.is_empty(), go);
     }
 }
 

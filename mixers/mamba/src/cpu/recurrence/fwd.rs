@@ -18,8 +18,7 @@ impl<S: Simd, const RULE: u8, const EVENT: bool> Kernel for Fwd<'_, S, RULE, EVE
     fn run(&self, task: usize) {
         let dims = self.x.dims;
         let (l, d, n, r, k) = (dims.l, dims.d, dims.n, dims.r, dims.k());
-        let (bi, blk) = (task / self.blocks, task % self.blocks);
-        let (g0, g1) = block_range(dims.groups(), self.blocks, blk);
+        let (bi, _, g0, g1) = task_blocks(&dims, self.blocks, task);
         let ng = g1 - g0;
         let gs = n * LANES;
         let c = self.c;
@@ -118,16 +117,7 @@ impl<T: Float> SimdFn<T> for FwdCall<'_, T> {
                 run_tasks_on::<S, _>(&k, dims.b * blocks, parallel);
             }};
         }
-        match (self.rule.code(), !self.x.its.is_empty()) {
-            (MAMBA, false) => go!(MAMBA, false),
-            (MAMBA, true) => go!(MAMBA, true),
-            (ZOH, false) => go!(ZOH, false),
-            (ZOH, true) => go!(ZOH, true),
-            (BILINEAR, false) => go!(BILINEAR, false),
-            (BILINEAR, true) => go!(BILINEAR, true),
-            (_, false) => go!(DIRAC, false),
-            (_, true) => go!(DIRAC, true),
-        }
+        with_rule_consts!(self.rule, !self.x.its.is_empty(), go);
     }
 }
 

@@ -28,6 +28,23 @@ use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn};
 use lrnnx_kernels::cpu::SharedMut;
 
+/// Calls the local macro `$go!(RULE, EVENT)` with the rule code and the event
+/// flag as constants, so each (rule, event) pair runs its own monomorphized kernel.
+macro_rules! with_rule_consts {
+    ($rule:expr, $event:expr, $go:ident) => {
+        match ($rule.code(), $event) {
+            (MAMBA, false) => $go!(MAMBA, false),
+            (MAMBA, true) => $go!(MAMBA, true),
+            (ZOH, false) => $go!(ZOH, false),
+            (ZOH, true) => $go!(ZOH, true),
+            (BILINEAR, false) => $go!(BILINEAR, false),
+            (BILINEAR, true) => $go!(BILINEAR, true),
+            (_, false) => $go!(DIRAC, false),
+            (_, true) => $go!(DIRAC, true),
+        }
+    };
+}
+
 mod bwd;
 mod fwd;
 
@@ -365,6 +382,15 @@ fn input<S: Simd, const RULE: u8>(gain: S::V, bn: S::E, u: S::V, du: S::V) -> S:
 /// Splits `groups` into `blocks` near-equal ranges.
 fn block_range(groups: usize, blocks: usize, blk: usize) -> (usize, usize) {
     (groups * blk / blocks, groups * (blk + 1) / blocks)
+}
+
+/// What task `task` of a scan split into `blocks` blocks per batch row works
+/// on: `(batch row, block, first group, end group)`.
+#[inline(always)]
+fn task_blocks(dims: &Dims, blocks: usize, task: usize) -> (usize, usize, usize, usize) {
+    let (bi, blk) = (task / blocks, task % blocks);
+    let (g0, g1) = block_range(dims.groups(), blocks, blk);
+    (bi, blk, g0, g1)
 }
 
 /// Blocks of channels per batch row, so that there are at least `min_tasks` tasks.
