@@ -353,6 +353,25 @@ impl Ltv for RgLru {
     }
 }
 
+/// The unit tests' layer: `d_model = 6`, `expand = 1.5`, f64 on the CPU,
+/// with conv width `d_conv` and `bias` on the projections.
+#[cfg(test)]
+pub(crate) fn test_layer(
+    seed: u64,
+    d_conv: usize,
+    bias: bool,
+) -> (RgLru, std::sync::Arc<lrnnx_framework::ParamStore>) {
+    let store = lrnnx_framework::ParamStore::init(seed, DType::F64, &Device::Cpu);
+    let cfg = RgLruConfig {
+        d_conv,
+        expand: 1.5,
+        bias,
+        ..RgLruConfig::default()
+    };
+    let m = RgLru::new(6, cfg, &store.builder()).unwrap();
+    (m, store)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Tensor, Var};
@@ -379,14 +398,7 @@ mod tests {
     #[test]
     fn fused_block_equals_composed_ops() {
         for (w, bias) in [(4, false), (3, true), (1, true)] {
-            let store = ParamStore::init(5, DType::F64, &Device::Cpu);
-            let cfg = RgLruConfig {
-                d_conv: w,
-                expand: 1.5,
-                bias,
-                ..RgLruConfig::default()
-            };
-            let m = RgLru::new(6, cfg, &store.builder()).unwrap();
+            let (m, store) = super::test_layer(5, w, bias);
             let dev = Device::Cpu;
             let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 11, 6), &dev).unwrap()).unwrap();
             let wt = Tensor::randn(0f64, 1.0, (2, 11, 6), &dev).unwrap();
