@@ -59,6 +59,34 @@ fn per_token_products<T: Float>(
     Ok(())
 }
 
+/// The gradient of a chunk's per-token `(H, N)` matrices (`B` or `C`),
+/// `G[i, r*N + j] = a[i, r] b[i, j]` for `a (tc, H)`, `b (tc, N)`, as a tensor
+/// `(tc, H*N)`; the weight's share `G^T uc` is added into `dw`.
+fn matrix_grad<T: Float>(
+    a: &[T],
+    b: &[T],
+    uc: &[T],
+    (tc, h, n): (usize, usize, usize),
+    dw: &mut Option<Tensor>,
+) -> Result<Tensor> {
+    let mut g = vec![T::default(); tc * h * n];
+    g.par_chunks_mut(h * n).enumerate().for_each(|(i, row)| {
+        outer(row, &a[i * h..(i + 1) * h], &b[i * n..(i + 1) * n]);
+    });
+    let g = tensor(g, (tc, h * n))?;
+    let uct = Tensor::from_slice(uc, (tc, h), &Device::Cpu)?;
+    accumulate(dw, g.t()?.matmul(&uct)?)?;
+    Ok(g)
+}
+
+/// The summed weight gradient, zeros when there were no chunks.
+fn weight_grad(dw: Option<Tensor>, w: &Tensor) -> Result<Tensor> {
+    match dw {
+        Some(dw) => Ok(dw),
+        None => w.zeros_like(),
+    }
+}
+
 /// Runs `f` on a CPU tensor's contiguous slice.
 fn with_slice<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
     with_cpu_slice(t, "S7 bilinear buffer", f)
@@ -78,13 +106,10 @@ impl BuOp for BInput {
         self.n
     }
 
-    fn fwd<T: Float>(&self, u: &[T], t: usize, h: usize) -> Result<Vec<T>> {
-        let n = self.n;
-        let mut out = vec![T::default(); t * n];
-        per_token_products(u, t, h, &self.w, &mut out, n, |tok, p, o| {
+    fn fwd_into<T: Float>(&self, u: &[T], t: usize, h: usize, out: &mut [T]) -> Result<()> {
+        per_token_products(u, t, h, &self.w, out, self.n, |tok, p, o| {
             add_weighted_rows(o, &u[tok * h..(tok + 1) * h], p);
-        })?;
-        Ok(out)
+        })
     }
 
     /// `(du, dWb)` from `g = dL/dBu (T, N)`.
@@ -99,14 +124,7 @@ impl BuOp for BInput {
                     let uc = &us[c0 * h..(c0 + tc) * h];
                     let gc = &gs[c0 * n..(c0 + tc) * n];
                     // G[i, h*N+n] = u[i,h] g[i,n]: the gradient of B itself.
-                    let mut gb = vec![T::default(); tc * h * n];
-                    gb.par_chunks_mut(h * n).enumerate().for_each(|(i, row)| {
-                        outer(row, &uc[i * h..(i + 1) * h], &gc[i * n..(i + 1) * n]);
-                    });
-                    let gb = tensor(gb, (tc, h * n))?;
-                    let uct = Tensor::from_slice(uc, (tc, h), &Device::Cpu)?;
-                    let part = gb.t()?.matmul(&uct)?;
-                    accumulate(&mut dw, part)?;
+                    let gb = matrix_grad(uc, gc, uc, (tc, h, n), &mut dw)?;
                     // Through the right factor u: G @ Wb; through the left one: sum_n g P.
                     let du2 = gb.matmul(&self.w)?;
                     let p = gemm_nt(uc, tc, h, &self.w)?;
@@ -129,11 +147,7 @@ impl BuOp for BInput {
                 Ok(())
             })
         })?;
-        let dw = match dw {
-            Some(dw) => dw,
-            None => self.w.zeros_like()?,
-        };
-        Ok((tensor(du, (t, h))?, dw))
+        Ok((tensor(du, (t, h))?, weight_grad(dw, &self.w)?))
     }
 }
 
@@ -180,14 +194,7 @@ impl COutput {
                         let uc = &us[c0 * h..(c0 + tc) * h];
                         let (sc, gc) = (&ss[c0 * n..(c0 + tc) * n], &gs[c0 * h..(c0 + tc) * h]);
                         // G[i, h*N+n] = g[i,h] s[i,n]: the gradient of C itself.
-                        let mut gcm = vec![T::default(); tc * h * n];
-                        gcm.par_chunks_mut(h * n).enumerate().for_each(|(i, row)| {
-                            outer(row, &gc[i * h..(i + 1) * h], &sc[i * n..(i + 1) * n]);
-                        });
-                        let gcm = tensor(gcm, (tc, h * n))?;
-                        let uct = Tensor::from_slice(uc, (tc, h), &Device::Cpu)?;
-                        let part = gcm.t()?.matmul(&uct)?;
-                        accumulate(&mut dw, part)?;
+                        let gcm = matrix_grad(gc, sc, uc, (tc, h, n), &mut dw)?;
                         with_slice::<T, _>(&gcm.matmul(&self.w)?, |d| {
                             du.extend_from_slice(d);
                             Ok(())
@@ -208,10 +215,7 @@ impl COutput {
                 })
             })
         })?;
-        let dw = match dw {
-            Some(dw) => dw,
-            None => self.w.zeros_like()?,
-        };
+        let dw = weight_grad(dw, &self.w)?;
         Ok((tensor(ds, (t, n))?, tensor(du, (t, h))?, dw))
     }
 }

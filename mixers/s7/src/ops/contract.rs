@@ -65,8 +65,8 @@ pub(crate) fn check_uw(u: &Shape, w: &Shape, n: usize, what: &str) -> Result<(us
 pub(crate) trait BuOp {
     /// State size `N`.
     fn n(&self) -> usize;
-    /// `Bu` from the contiguous `u (T, H)`.
-    fn fwd<T: Float>(&self, u: &[T], t: usize, h: usize) -> Result<Vec<T>>;
+    /// `Bu` from the contiguous `u (T, H)`, added into the zeros `out (T, N)`.
+    fn fwd_into<T: Float>(&self, u: &[T], t: usize, h: usize, out: &mut [T]) -> Result<()>;
     /// `(du, dWb)` from `g = dL/dBu (T, N)`.
     fn bwd_typed<T: Float>(&self, u: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)>;
 }
@@ -80,12 +80,17 @@ pub(crate) fn bu_cpu_fwd<O: BuOp>(
     lw: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
     let (t, h) = check_uw(lu.shape(), lw.shape(), op.n(), "S7 B input")?;
+    fn fwd<O: BuOp, T: Float>(op: &O, u: &[T], t: usize, h: usize) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); t * op.n()];
+        op.fwd_into(u, t, h, &mut out)?;
+        Ok(out)
+    }
     let out = match (u, w) {
         (CpuStorage::F32(u), CpuStorage::F32(_)) => {
-            CpuStorage::F32(op.fwd(contiguous(u, lu, "u")?, t, h)?)
+            CpuStorage::F32(fwd(op, contiguous(u, lu, "u")?, t, h)?)
         }
         (CpuStorage::F64(u), CpuStorage::F64(_)) => {
-            CpuStorage::F64(op.fwd(contiguous(u, lu, "u")?, t, h)?)
+            CpuStorage::F64(fwd(op, contiguous(u, lu, "u")?, t, h)?)
         }
         _ => candle_core::bail!(
             "S7 B input: expected f32 or f64 throughout, found {:?}, {:?}",

@@ -139,16 +139,15 @@ impl BuOp for BQuad {
         self.n
     }
 
-    fn fwd<T: Float>(&self, u: &[T], t: usize, h: usize) -> Result<Vec<T>> {
+    fn fwd_into<T: Float>(&self, u: &[T], t: usize, h: usize, out: &mut [T]) -> Result<()> {
         let n = self.n;
-        let mut out = vec![T::default(); t * n];
         for c0 in (0..t).step_by(CHUNK) {
             let tc = CHUNK.min(t - c0);
             let us = &u[c0 * h..(c0 + tc) * h];
             let uc = Tensor::from_slice(us, (tc, h), &Device::Cpu)?;
             self.chunk_fwd(&uc, us, h, &mut out[c0 * n..(c0 + tc) * n])?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// `(du, dWb)` from `g = dL/dBu (T, N)`.
