@@ -1,11 +1,12 @@
 //! The RG-LRU block: parameters, parallel forward, prefill and step.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::gated::step_cached;
 use lrnnx_framework::layers::{linear, linear_maybe_bias, residual_output};
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
-    check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
-    Init, Ltv, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+    check_sequence, Discretization, Error, Family, ForwardOpts, Init, Ltv, Mixer, MixerConfig,
+    MixerState, ParamBuilder, Result, StepOpts,
 };
 
 use crate::ops::block::{self, block, BlockParams};
@@ -308,18 +309,15 @@ impl Mixer for RgLru {
     /// One position. On the CPU this runs on raw slices (`crate::step`), with
     /// no graph and no GEMM repacking; elsewhere through tensor ops.
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
-        let x2 = check_step_input(x, self.d_model, "RGLRU step input")?;
-        let xs = x2.to_dtype(self.dtype())?;
-        let conv_state = state.get("conv_state")?.clone();
-        let h0 = state.get("lrnn_state")?.clone();
-        let (y, conv_state, h) = match self.step_cpu(&xs, &conv_state, &h0)? {
-            Some(out) => out,
-            None => self.step_tensors(&xs, &conv_state, &h0)?,
-        };
-        state.set("conv_state", conv_state);
-        state.set("lrnn_state", h);
-        state.seqlen_offset += 1;
-        match_step_rank(y.to_dtype(x.dtype())?, x)
+        step_cached(x, self.d_model, "RGLRU step input", state, |x2, st| {
+            let xs = x2.to_dtype(self.dtype())?;
+            let (conv_state, h0) = (st.get("conv_state")?, st.get("lrnn_state")?);
+            let (y, conv_state, h) = match self.step_cpu(&xs, conv_state, h0)? {
+                Some(out) => out,
+                None => self.step_tensors(&xs, conv_state, h0)?,
+            };
+            Ok((y, [("conv_state", conv_state), ("lrnn_state", h)]))
+        })
     }
 
     /// lrnnx's cache: `conv_state (B, D, W)` and `lrnn_state (B, D, 1)`, zeros,
