@@ -2,6 +2,7 @@
 
 mod block;
 pub mod diagonal;
+pub mod gated;
 mod linear;
 mod mlp;
 mod norm;

@@ -1,11 +1,12 @@
 //! The RG-LRU block: parameters, parallel forward, prefill and step.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::gated::step_cached;
 use lrnnx_framework::layers::{linear, linear_maybe_bias, residual_output};
 use lrnnx_framework::params::random;
 use lrnnx_framework::{
-    check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
-    Init, Ltv, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+    check_sequence, Discretization, Error, Family, ForwardOpts, Init, Ltv, Mixer, MixerConfig,
+    MixerState, ParamBuilder, Result, StepOpts,
 };
 
 use crate::ops::block::{self, block, BlockParams};
@@ -308,18 +309,15 @@ impl Mixer for RgLru {
     /// One position. On the CPU this runs on raw slices (`crate::step`), with
     /// no graph and no GEMM repacking; elsewhere through tensor ops.
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
-        let x2 = check_step_input(x, self.d_model, "RGLRU step input")?;
-        let xs = x2.to_dtype(self.dtype())?;
-        let conv_state = state.get("conv_state")?.clone();
-        let h0 = state.get("lrnn_state")?.clone();
-        let (y, conv_state, h) = match self.step_cpu(&xs, &conv_state, &h0)? {
-            Some(out) => out,
-            None => self.step_tensors(&xs, &conv_state, &h0)?,
-        };
-        state.set("conv_state", conv_state);
-        state.set("lrnn_state", h);
-        state.seqlen_offset += 1;
-        match_step_rank(y.to_dtype(x.dtype())?, x)
+        step_cached(x, self.d_model, "RGLRU step input", state, |x2, st| {
+            let xs = x2.to_dtype(self.dtype())?;
+            let (conv_state, h0) = (st.get("conv_state")?, st.get("lrnn_state")?);
+            let (y, conv_state, h) = match self.step_cpu(&xs, conv_state, h0)? {
+                Some(out) => out,
+                None => self.step_tensors(&xs, conv_state, h0)?,
+            };
+            Ok((y, [("conv_state", conv_state), ("lrnn_state", h)]))
+        })
     }
 
     /// lrnnx's cache: `conv_state (B, D, W)` and `lrnn_state (B, D, 1)`, zeros,
@@ -353,6 +351,25 @@ impl Ltv for RgLru {
     }
 }
 
+/// The unit tests' layer: `d_model = 6`, `expand = 1.5`, f64 on the CPU,
+/// with conv width `d_conv` and `bias` on the projections.
+#[cfg(test)]
+pub(crate) fn test_layer(
+    seed: u64,
+    d_conv: usize,
+    bias: bool,
+) -> (RgLru, std::sync::Arc<lrnnx_framework::ParamStore>) {
+    let store = lrnnx_framework::ParamStore::init(seed, DType::F64, &Device::Cpu);
+    let cfg = RgLruConfig {
+        d_conv,
+        expand: 1.5,
+        bias,
+        ..RgLruConfig::default()
+    };
+    let m = RgLru::new(6, cfg, &store.builder()).unwrap();
+    (m, store)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Tensor, Var};
@@ -379,14 +396,7 @@ mod tests {
     #[test]
     fn fused_block_equals_composed_ops() {
         for (w, bias) in [(4, false), (3, true), (1, true)] {
-            let store = ParamStore::init(5, DType::F64, &Device::Cpu);
-            let cfg = RgLruConfig {
-                d_conv: w,
-                expand: 1.5,
-                bias,
-                ..RgLruConfig::default()
-            };
-            let m = RgLru::new(6, cfg, &store.builder()).unwrap();
+            let (m, store) = super::test_layer(5, w, bias);
             let dev = Device::Cpu;
             let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 11, 6), &dev).unwrap()).unwrap();
             let wt = Tensor::randn(0f64, 1.0, (2, 11, 6), &dev).unwrap();

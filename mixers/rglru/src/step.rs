@@ -162,23 +162,13 @@ impl RgLru {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor};
-    use lrnnx_framework::ParamStore;
-
-    use crate::{RgLru, RgLruConfig};
+    use candle_core::{Device, Tensor};
 
     /// The slice step and the tensor-op step (used off the CPU) agree.
     #[test]
     fn slice_step_equals_tensor_step() {
         for (w, bias) in [(4, false), (1, true), (3, true)] {
-            let store = ParamStore::init(3, DType::F64, &Device::Cpu);
-            let cfg = RgLruConfig {
-                d_conv: w,
-                expand: 1.5,
-                bias,
-                ..RgLruConfig::default()
-            };
-            let m = RgLru::new(6, cfg, &store.builder()).unwrap();
+            let (m, _store) = crate::rglru::test_layer(3, w, bias);
             let dev = Device::Cpu;
             let x = Tensor::randn(0f64, 1.0, (3, 6), &dev).unwrap();
             let conv = Tensor::randn(0f64, 1.0, (3, 9, w), &dev).unwrap();

@@ -1,9 +1,10 @@
 //! The S7 layer: parameters, parallel forward, prefill and step.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::gated::step_cached;
 use lrnnx_framework::{
-    check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
-    Init, Ltv, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+    check_sequence, Discretization, Error, Family, ForwardOpts, Init, Ltv, Mixer, MixerConfig,
+    MixerState, ParamBuilder, Result, StepOpts,
 };
 use lrnnx_kernels::scan_real_tv::real_tv_scan;
 
@@ -149,16 +150,15 @@ impl Mixer for S7 {
     /// One position. On the CPU this runs on raw slices (`crate::step`), with
     /// no graph and no GEMM repacking; elsewhere through the forward's ops.
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
-        let x2 = check_step_input(x, self.d_model, "S7 step input")?;
-        let xs = x2.to_dtype(self.dtype())?;
-        let h0 = state.get("lrnn_state")?.clone();
-        let (y, s) = match self.step_cpu(&xs, &h0)? {
-            Some(out) => out,
-            None => self.step_tensors(&xs, &h0)?,
-        };
-        state.set("lrnn_state", s);
-        state.seqlen_offset += 1;
-        match_step_rank(y.to_dtype(x.dtype())?, x)
+        step_cached(x, self.d_model, "S7 step input", state, |x2, st| {
+            let xs = x2.to_dtype(self.dtype())?;
+            let h0 = st.get("lrnn_state")?;
+            let (y, s) = match self.step_cpu(&xs, h0)? {
+                Some(out) => out,
+                None => self.step_tensors(&xs, h0)?,
+            };
+            Ok((y, [("lrnn_state", s)]))
+        })
     }
 
     /// lrnnx's cache: `lrnn_state (B, N)`, zeros, in the parameters' dtype.

@@ -1,10 +1,12 @@
 //! The minGRU layer: parameters, forward by linear scan, step.
 
 use candle_core::{DType, Device, Tensor};
+use lrnnx_framework::layers::diagonal::keep_last_state;
+use lrnnx_framework::layers::gated::step_cached;
 use lrnnx_framework::layers::project;
 use lrnnx_framework::{
-    check_sequence, check_step_input, match_step_rank, Discretization, Error, Family, ForwardOpts,
-    Init, Ltv, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
+    check_sequence, Discretization, Error, Family, ForwardOpts, Init, Ltv, Mixer, MixerConfig,
+    MixerState, ParamBuilder, Result, StepOpts,
 };
 
 use crate::{linear_scan, MinGruConfig};
@@ -116,21 +118,16 @@ impl Mixer for MinGru {
         let (_, l) = check_sequence(x, self.d_model, "minGRU input")?;
         let h0 = state.get("h")?.clone();
         let (y, h) = self.run(x, &h0)?;
-        if l > 0 {
-            state.set("h", h.narrow(1, l - 1, 1)?.squeeze(1)?);
-        }
-        state.seqlen_offset += l;
+        keep_last_state(state, &h, l)?;
         Ok(y.to_dtype(x.dtype())?)
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
-        let x2 = check_step_input(x, self.d_model, "minGRU step input")?;
-        let (a, u) = self.gates(&x2)?;
-        let h = ((a * state.get("h")?)? + u)?;
-        let y = self.read_out(&h)?;
-        state.set("h", h);
-        state.seqlen_offset += 1;
-        match_step_rank(y.to_dtype(x.dtype())?, x)
+        step_cached(x, self.d_model, "minGRU step input", state, |x2, st| {
+            let (a, u) = self.gates(x2)?;
+            let h = ((a * st.get("h")?)? + u)?;
+            Ok((self.read_out(&h)?, [("h", h)]))
+        })
     }
 
     fn init_state(

@@ -29,7 +29,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use lrnnx_framework::{Error, Result};
 
-use super::{logsigmoid, sequence_dims, CellState, Dims};
+use super::{empty_output, logsigmoid, prepare, CellState, Dims};
 
 /// Equal-length chunks of a sequence, `NC` of them of `L` positions.
 struct Chunks {
@@ -237,28 +237,6 @@ fn concat_summaries(parts: &[Summary]) -> Result<Summary> {
         kv: cat(|s| &s.kv)?,
         ksum: cat(|s| &s.ksum)?,
     })
-}
-
-/// Checks the inputs; returns their sizes and the initial state (zeros unless given).
-fn prepare(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    i: &Tensor,
-    f: &Tensor,
-    initial: Option<&CellState>,
-) -> Result<(Dims, CellState)> {
-    let d = sequence_dims(q, k, v, i, f)?;
-    let dtype = q.dtype();
-    let init = match initial {
-        Some(s) => s.checked(&d, dtype)?,
-        None => CellState::zeros(d.b, d.nh, d.dqk, d.dv, dtype, q.device())?,
-    };
-    Ok((d, init))
-}
-
-fn empty_output(d: &Dims, q: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::zeros((d.b, d.nh, 0, d.dv), q.dtype(), q.device())?)
 }
 
 /// Casts everything to `q`'s dtype.

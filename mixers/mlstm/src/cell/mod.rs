@@ -91,6 +91,29 @@ impl CellState {
     }
 }
 
+/// Checks the inputs; returns their sizes and the initial state (zeros unless given).
+pub(crate) fn prepare(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    i: &Tensor,
+    f: &Tensor,
+    initial: Option<&CellState>,
+) -> Result<(Dims, CellState)> {
+    let d = sequence_dims(q, k, v, i, f)?;
+    let dtype = q.dtype();
+    let init = match initial {
+        Some(s) => s.checked(&d, dtype)?,
+        None => CellState::zeros(d.b, d.nh, d.dqk, d.dv, dtype, q.device())?,
+    };
+    Ok((d, init))
+}
+
+/// The outputs `h (B, NH, 0, DHV)` of an empty sequence.
+pub(crate) fn empty_output(d: &Dims, q: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::zeros((d.b, d.nh, 0, d.dv), q.dtype(), q.device())?)
+}
+
 /// Sizes of one cell call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dims {

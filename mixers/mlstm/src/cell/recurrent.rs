@@ -3,7 +3,7 @@
 use candle_core::{Tensor, D};
 use lrnnx_framework::{Error, Result};
 
-use super::{logsigmoid, sequence_dims, CellState, Dims};
+use super::{empty_output, logsigmoid, prepare, CellState, Dims};
 
 /// One step of the recurrence (`mlstm_kernels`' `mlstm_recurrent_step__native_fw`).
 ///
@@ -98,16 +98,9 @@ pub fn recurrent_sequence(
     initial: Option<&CellState>,
     eps: f64,
 ) -> Result<(Tensor, CellState)> {
-    let d = sequence_dims(q, k, v, igate_preact, fgate_preact)?;
-    let mut state = match initial {
-        Some(s) => s.checked(&d, q.dtype())?,
-        None => CellState::zeros(d.b, d.nh, d.dqk, d.dv, q.dtype(), q.device())?,
-    };
+    let (d, mut state) = prepare(q, k, v, igate_preact, fgate_preact, initial)?;
     if d.s == 0 {
-        return Ok((
-            Tensor::zeros((d.b, d.nh, 0, d.dv), q.dtype(), q.device())?,
-            state,
-        ));
+        return Ok((empty_output(&d, q)?, state));
     }
     let mut hs = Vec::with_capacity(d.s);
     for t in 0..d.s {

@@ -11,10 +11,14 @@
 //! tensors never exist. Their backward passes recompute the chunk's GEMM.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use lrnnx_kernels::cpu::{contiguous, tensor, with_cpu_slice, Float};
+
+use super::contract::{
+    accumulate, add_weighted_rows, bu_custom_op, check_uw, dot_from, outer, BuOp,
+};
 
 /// Tokens per GEMM chunk: a `(CHUNK, H*N)` buffer of a few MB.
 const CHUNK: usize = 512;
@@ -29,22 +33,63 @@ fn gemm_nt<T: Float>(a: &[T], m: usize, k: usize, w: &Tensor) -> Result<Tensor> 
     Tensor::from_slice(a, (m, k), &Device::Cpu)?.matmul(&w.t()?)
 }
 
+/// For each chunk of tokens, `P = u_chunk @ w^T` (`w (H*N, H)`), then
+/// `f(t, P[i], out_t)` for each token `t = c0 + i` of the chunk in parallel,
+/// with `P[i]` its `H*N` products and `out_t` its `width` outputs.
+fn per_token_products<T: Float>(
+    u: &[T],
+    t: usize,
+    h: usize,
+    w: &Tensor,
+    out: &mut [T],
+    width: usize,
+    f: impl Fn(usize, &[T], &mut [T]) + Sync,
+) -> Result<()> {
+    let hn = w.dim(0)?;
+    for (c0, tc) in chunks(t) {
+        let p = gemm_nt(&u[c0 * h..(c0 + tc) * h], tc, h, w)?;
+        with_slice::<T, _>(&p, |p| {
+            out[c0 * width..(c0 + tc) * width]
+                .par_chunks_mut(width)
+                .enumerate()
+                .for_each(|(i, o)| f(c0 + i, &p[i * hn..(i + 1) * hn], o));
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// The gradient of a chunk's per-token `(H, N)` matrices (`B` or `C`),
+/// `G[i, r*N + j] = a[i, r] b[i, j]` for `a (tc, H)`, `b (tc, N)`, as a tensor
+/// `(tc, H*N)`; the weight's share `G^T uc` is added into `dw`.
+fn matrix_grad<T: Float>(
+    a: &[T],
+    b: &[T],
+    uc: &[T],
+    (tc, h, n): (usize, usize, usize),
+    dw: &mut Option<Tensor>,
+) -> Result<Tensor> {
+    let mut g = vec![T::default(); tc * h * n];
+    g.par_chunks_mut(h * n).enumerate().for_each(|(i, row)| {
+        outer(row, &a[i * h..(i + 1) * h], &b[i * n..(i + 1) * n]);
+    });
+    let g = tensor(g, (tc, h * n))?;
+    let uct = Tensor::from_slice(uc, (tc, h), &Device::Cpu)?;
+    accumulate(dw, g.t()?.matmul(&uct)?)?;
+    Ok(g)
+}
+
+/// The summed weight gradient, zeros when there were no chunks.
+fn weight_grad(dw: Option<Tensor>, w: &Tensor) -> Result<Tensor> {
+    match dw {
+        Some(dw) => Ok(dw),
+        None => w.zeros_like(),
+    }
+}
+
 /// Runs `f` on a CPU tensor's contiguous slice.
 fn with_slice<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
     with_cpu_slice(t, "S7 bilinear buffer", f)
-}
-
-/// Checks `u (T, H)` and `w (H*N, H)` and returns `(T, H)`.
-fn check_uw(u: &Shape, w: &Shape, n: usize, what: &str) -> Result<(usize, usize)> {
-    let (t, h) = u.dims2()?;
-    if w.dims() != [h * n, h] {
-        candle_core::bail!(
-            "{what}: expected u (T, H) and W (H*N, H) with N = {n}; found u {:?}, W {:?}",
-            u.dims(),
-            w.dims()
-        );
-    }
-    Ok((t, h))
 }
 
 /// `Bu[t,n] = sum_h (u Wb^T)[t, h*N+n] u[t,h]` on `(u (T, H), Wb (H*N, H))`.
@@ -56,29 +101,15 @@ pub struct BInput {
     pub w: Tensor,
 }
 
-impl BInput {
-    fn fwd<T: Float>(&self, u: &[T], t: usize, h: usize) -> Result<Vec<T>> {
-        let n = self.n;
-        let mut out = vec![T::default(); t * n];
-        for (c0, tc) in chunks(t) {
-            let p = gemm_nt(&u[c0 * h..(c0 + tc) * h], tc, h, &self.w)?;
-            with_slice::<T, _>(&p, |p| {
-                out[c0 * n..(c0 + tc) * n]
-                    .par_chunks_mut(n)
-                    .enumerate()
-                    .for_each(|(i, o)| {
-                        let ui = &u[(c0 + i) * h..(c0 + i + 1) * h];
-                        let pi = &p[i * h * n..(i + 1) * h * n];
-                        for (hh, &uh) in ui.iter().enumerate() {
-                            for (o, &v) in o.iter_mut().zip(&pi[hh * n..(hh + 1) * n]) {
-                                *o += uh * v;
-                            }
-                        }
-                    });
-                Ok(())
-            })?;
-        }
-        Ok(out)
+impl BuOp for BInput {
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    fn fwd_into<T: Float>(&self, u: &[T], t: usize, h: usize, out: &mut [T]) -> Result<()> {
+        per_token_products(u, t, h, &self.w, out, self.n, |tok, p, o| {
+            add_weighted_rows(o, &u[tok * h..(tok + 1) * h], p);
+        })
     }
 
     /// `(du, dWb)` from `g = dL/dBu (T, N)`.
@@ -93,22 +124,7 @@ impl BInput {
                     let uc = &us[c0 * h..(c0 + tc) * h];
                     let gc = &gs[c0 * n..(c0 + tc) * n];
                     // G[i, h*N+n] = u[i,h] g[i,n]: the gradient of B itself.
-                    let mut gb = vec![T::default(); tc * h * n];
-                    gb.par_chunks_mut(h * n).enumerate().for_each(|(i, row)| {
-                        let (ui, gi) = (&uc[i * h..(i + 1) * h], &gc[i * n..(i + 1) * n]);
-                        for (hh, &uh) in ui.iter().enumerate() {
-                            for (r, &gv) in row[hh * n..(hh + 1) * n].iter_mut().zip(gi) {
-                                *r = uh * gv;
-                            }
-                        }
-                    });
-                    let gb = tensor(gb, (tc, h * n))?;
-                    let uct = Tensor::from_slice(uc, (tc, h), &Device::Cpu)?;
-                    let part = gb.t()?.matmul(&uct)?;
-                    dw = Some(match dw.take() {
-                        Some(acc) => (acc + part)?,
-                        None => part,
-                    });
+                    let gb = matrix_grad(uc, gc, uc, (tc, h, n), &mut dw)?;
                     // Through the right factor u: G @ Wb; through the left one: sum_n g P.
                     let du2 = gb.matmul(&self.w)?;
                     let p = gemm_nt(uc, tc, h, &self.w)?;
@@ -121,11 +137,7 @@ impl BInput {
                                     let gi = &gc[i * n..(i + 1) * n];
                                     for (hh, o) in o.iter_mut().enumerate() {
                                         let row = &p[(i * h + hh) * n..(i * h + hh + 1) * n];
-                                        let mut acc = du2[i * h + hh];
-                                        for (&pv, &gv) in row.iter().zip(gi) {
-                                            acc += pv * gv;
-                                        }
-                                        *o = acc;
+                                        *o = dot_from(du2[i * h + hh], row, gi);
                                     }
                                 });
                             Ok(())
@@ -135,58 +147,11 @@ impl BInput {
                 Ok(())
             })
         })?;
-        let dw = match dw {
-            Some(dw) => dw,
-            None => self.w.zeros_like()?,
-        };
-        Ok((tensor(du, (t, h))?, dw))
+        Ok((tensor(du, (t, h))?, weight_grad(dw, &self.w)?))
     }
 }
 
-impl CustomOp2 for BInput {
-    fn name(&self) -> &'static str {
-        "s7-b-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        u: &CpuStorage,
-        lu: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (t, h) = check_uw(lu.shape(), lw.shape(), self.n, "S7 B input")?;
-        let out = match (u, w) {
-            (CpuStorage::F32(u), CpuStorage::F32(_)) => {
-                CpuStorage::F32(self.fwd(contiguous(u, lu, "u")?, t, h)?)
-            }
-            (CpuStorage::F64(u), CpuStorage::F64(_)) => {
-                CpuStorage::F64(self.fwd(contiguous(u, lu, "u")?, t, h)?)
-            }
-            _ => candle_core::bail!(
-                "S7 B input: expected f32 or f64 throughout, found {:?}, {:?}",
-                u.dtype(),
-                w.dtype()
-            ),
-        };
-        Ok((out, Shape::from((t, self.n))))
-    }
-
-    fn bwd(
-        &self,
-        u: &Tensor,
-        _w: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (du, dw) = match u.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(u, g)?,
-            DType::F64 => self.bwd_typed::<f64>(u, g)?,
-            other => candle_core::bail!("S7 B input: unsupported dtype {other:?}"),
-        };
-        Ok((Some(du), Some(dw)))
-    }
-}
+bu_custom_op!(BInput, "s7-b-input");
 
 /// `yc[t,h] = sum_n (u Wc^T)[t, h*N+n] s[t,n]` on `(s (T, N), u (T, H), Wc (H*N, H))`.
 #[derive(Debug, Clone)]
@@ -201,26 +166,12 @@ impl COutput {
     fn fwd<T: Float>(&self, s: &[T], u: &[T], t: usize, h: usize) -> Result<Vec<T>> {
         let n = self.n;
         let mut out = vec![T::default(); t * h];
-        for (c0, tc) in chunks(t) {
-            let p = gemm_nt(&u[c0 * h..(c0 + tc) * h], tc, h, &self.w)?;
-            with_slice::<T, _>(&p, |p| {
-                out[c0 * h..(c0 + tc) * h]
-                    .par_chunks_mut(h)
-                    .enumerate()
-                    .for_each(|(i, o)| {
-                        let si = &s[(c0 + i) * n..(c0 + i + 1) * n];
-                        for (hh, o) in o.iter_mut().enumerate() {
-                            let row = &p[(i * h + hh) * n..(i * h + hh + 1) * n];
-                            let mut acc = T::default();
-                            for (&pv, &sv) in row.iter().zip(si) {
-                                acc += pv * sv;
-                            }
-                            *o = acc;
-                        }
-                    });
-                Ok(())
-            })?;
-        }
+        per_token_products(u, t, h, &self.w, &mut out, h, |tok, p, o| {
+            let st = &s[tok * n..(tok + 1) * n];
+            for (hh, o) in o.iter_mut().enumerate() {
+                *o = dot_from(T::default(), &p[hh * n..(hh + 1) * n], st);
+            }
+        })?;
         Ok(out)
     }
 
@@ -243,22 +194,7 @@ impl COutput {
                         let uc = &us[c0 * h..(c0 + tc) * h];
                         let (sc, gc) = (&ss[c0 * n..(c0 + tc) * n], &gs[c0 * h..(c0 + tc) * h]);
                         // G[i, h*N+n] = g[i,h] s[i,n]: the gradient of C itself.
-                        let mut gcm = vec![T::default(); tc * h * n];
-                        gcm.par_chunks_mut(h * n).enumerate().for_each(|(i, row)| {
-                            let (gi, si) = (&gc[i * h..(i + 1) * h], &sc[i * n..(i + 1) * n]);
-                            for (hh, &gv) in gi.iter().enumerate() {
-                                for (r, &sv) in row[hh * n..(hh + 1) * n].iter_mut().zip(si) {
-                                    *r = gv * sv;
-                                }
-                            }
-                        });
-                        let gcm = tensor(gcm, (tc, h * n))?;
-                        let uct = Tensor::from_slice(uc, (tc, h), &Device::Cpu)?;
-                        let part = gcm.t()?.matmul(&uct)?;
-                        dw = Some(match dw.take() {
-                            Some(acc) => (acc + part)?,
-                            None => part,
-                        });
+                        let gcm = matrix_grad(gc, sc, uc, (tc, h, n), &mut dw)?;
                         with_slice::<T, _>(&gcm.matmul(&self.w)?, |d| {
                             du.extend_from_slice(d);
                             Ok(())
@@ -269,12 +205,8 @@ impl COutput {
                                 .par_chunks_mut(n)
                                 .enumerate()
                                 .for_each(|(i, o)| {
-                                    for (hh, &gv) in gc[i * h..(i + 1) * h].iter().enumerate() {
-                                        let row = &p[(i * h + hh) * n..(i * h + hh + 1) * n];
-                                        for (o, &pv) in o.iter_mut().zip(row) {
-                                            *o += gv * pv;
-                                        }
-                                    }
+                                    let pi = &p[i * h * n..(i + 1) * h * n];
+                                    add_weighted_rows(o, &gc[i * h..(i + 1) * h], pi);
                                 });
                             Ok(())
                         })?;
@@ -283,10 +215,7 @@ impl COutput {
                 })
             })
         })?;
-        let dw = match dw {
-            Some(dw) => dw,
-            None => self.w.zeros_like()?,
-        };
+        let dw = weight_grad(dw, &self.w)?;
         Ok((tensor(ds, (t, n))?, tensor(du, (t, h))?, dw))
     }
 }

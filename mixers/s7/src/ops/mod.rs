@@ -1,6 +1,7 @@
 //! CPU ops of the S7 layer, each a candle custom op with its backward.
 
 pub mod bilinear;
+mod contract;
 pub mod gate;
 pub mod gelu;
 pub mod quad;

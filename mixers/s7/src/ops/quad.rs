@@ -13,11 +13,12 @@
 //! which covers every pair once. With `m` blocks the GEMMs do
 //! `(m+1)/(2m)` of the `H^2 N` multiply-adds per token (5/8 for `H = 256`).
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-use lrnnx_kernels::cpu::{contiguous, tensor, with_cpu_slice, Float};
+use lrnnx_kernels::cpu::{tensor, with_cpu_slice, Float};
+
+use super::contract::{accumulate, add_weighted_rows, bu_custom_op, dot_from, outer, BuOp};
 
 /// Coordinates per block.
 pub const BLOCK: usize = 64;
@@ -124,29 +125,29 @@ impl BQuad {
                 let wn = blk.width * n;
                 out.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
                     let ui = &us[i * h + blk.start..i * h + blk.start + blk.width];
-                    let pi = &p[i * wn..(i + 1) * wn];
-                    for (hl, &uh) in ui.iter().enumerate() {
-                        for (o, &v) in o.iter_mut().zip(&pi[hl * n..(hl + 1) * n]) {
-                            *o += uh * v;
-                        }
-                    }
+                    add_weighted_rows(o, ui, &p[i * wn..(i + 1) * wn]);
                 });
                 Ok(())
             })?;
         }
         Ok(())
     }
+}
 
-    fn fwd<T: Float>(&self, u: &[T], t: usize, h: usize) -> Result<Vec<T>> {
+impl BuOp for BQuad {
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    fn fwd_into<T: Float>(&self, u: &[T], t: usize, h: usize, out: &mut [T]) -> Result<()> {
         let n = self.n;
-        let mut out = vec![T::default(); t * n];
         for c0 in (0..t).step_by(CHUNK) {
             let tc = CHUNK.min(t - c0);
             let us = &u[c0 * h..(c0 + tc) * h];
             let uc = Tensor::from_slice(us, (tc, h), &Device::Cpu)?;
             self.chunk_fwd(&uc, us, h, &mut out[c0 * n..(c0 + tc) * n])?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// `(du, dWb)` from `g = dL/dBu (T, N)`.
@@ -170,20 +171,12 @@ impl BQuad {
                         let mut gq = vec![T::default(); tc * wn];
                         gq.par_chunks_mut(wn).enumerate().for_each(|(i, row)| {
                             let ui = &uc_s[i * h + start..i * h + start + width];
-                            let gi = &gc[i * n..(i + 1) * n];
-                            for (hl, &uh) in ui.iter().enumerate() {
-                                for (r, &gv) in row[hl * n..(hl + 1) * n].iter_mut().zip(gi) {
-                                    *r = uh * gv;
-                                }
-                            }
+                            outer(row, ui, &gc[i * n..(i + 1) * n]);
                         });
                         let gq = tensor(gq, (tc, wn))?;
                         let u_ge = uc.narrow(1, start, kk)?;
                         let part = gq.t()?.matmul(&u_ge)?;
-                        *dm = Some(match dm.take() {
-                            Some(acc) => (acc + part)?,
-                            None => part,
-                        });
+                        accumulate(dm, part)?;
                         // Through the factor u[start..]: G @ M; through u[h in block]: sum_n g P.
                         let d_ge = gq.matmul(&blk.m)?;
                         let p = u_ge.matmul(&blk.m.t()?)?;
@@ -197,11 +190,7 @@ impl BQuad {
                                     let gi = &gc[i * n..(i + 1) * n];
                                     for (hl, o) in o[..width].iter_mut().enumerate() {
                                         let row = &p[i * wn + hl * n..i * wn + (hl + 1) * n];
-                                        let mut acc = T::default();
-                                        for (&pv, &gv) in row.iter().zip(gi) {
-                                            acc += pv * gv;
-                                        }
-                                        *o += acc;
+                                        *o += dot_from(T::default(), row, gi);
                                     }
                                 });
                                 Ok(())
@@ -224,75 +213,14 @@ impl BQuad {
     }
 }
 
-impl CustomOp2 for BQuad {
-    fn name(&self) -> &'static str {
-        "s7-b-quadratic-form"
-    }
-
-    fn cpu_fwd(
-        &self,
-        u: &CpuStorage,
-        lu: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (t, h) = lu.shape().dims2()?;
-        if lw.shape().dims() != [h * self.n, h] {
-            candle_core::bail!(
-                "S7 B input: expected u (T, H), Wb (H*N, H) with N = {}; found u {:?}, Wb {:?}",
-                self.n,
-                lu.shape().dims(),
-                lw.shape().dims()
-            );
-        }
-        let out = match (u, w) {
-            (CpuStorage::F32(u), CpuStorage::F32(_)) => {
-                CpuStorage::F32(self.fwd(contiguous(u, lu, "u")?, t, h)?)
-            }
-            (CpuStorage::F64(u), CpuStorage::F64(_)) => {
-                CpuStorage::F64(self.fwd(contiguous(u, lu, "u")?, t, h)?)
-            }
-            _ => candle_core::bail!(
-                "S7 B input: expected f32 or f64 throughout, found {:?}, {:?}",
-                u.dtype(),
-                w.dtype()
-            ),
-        };
-        Ok((out, Shape::from((t, self.n))))
-    }
-
-    fn bwd(
-        &self,
-        u: &Tensor,
-        _w: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (du, dw) = match u.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(u, g)?,
-            DType::F64 => self.bwd_typed::<f64>(u, g)?,
-            other => candle_core::bail!("S7 B input: unsupported dtype {other:?}"),
-        };
-        Ok((Some(du), Some(dw)))
-    }
-}
+bu_custom_op!(BQuad, "s7-b-quadratic-form");
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::bilinear::BInput;
     use candle_core::Var;
-
-    fn vec1(t: &Tensor) -> Vec<f64> {
-        t.flatten_all().unwrap().to_vec1().unwrap()
-    }
-
-    fn max_err(a: &[f64], b: &[f64]) -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
-    }
+    use lrnnx_testing::{max_err, vec1};
 
     /// The folded form against the plain `B^T u`, values and gradients, over
     /// several blocks (one partial) and GEMM chunks (one partial).
