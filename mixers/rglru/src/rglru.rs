@@ -379,16 +379,7 @@ mod tests {
     use crate::RgLruConfig;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
+        lrnnx_testing::max_abs_diff(a, b)
     }
 
     /// The fused block op (forward on the CPU) and the composed ops (prefill,

@@ -176,17 +176,7 @@ mod tests {
             let a = m.step_cpu(&x, &conv, &h).unwrap().unwrap();
             let b = m.step_tensors(&x, &conv, &h).unwrap();
             for (p, q) in [(&a.0, &b.0), (&a.1, &b.1), (&a.2, &b.2)] {
-                assert_eq!(p.dims(), q.dims());
-                let err = (p - q)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
+                let err = lrnnx_testing::max_abs_diff(p, q);
                 assert!(err < 1e-12, "W={w}: {err}");
             }
         }
