@@ -160,19 +160,7 @@ mod tests {
         }
     }
 
-    fn pseudo_random(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f64> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64)
-            })
-            .collect()
-    }
+    use lrnnx_testing::uniform_vec as pseudo_random;
 
     fn check(rule: Discretization, complex: bool) {
         let n = 37;

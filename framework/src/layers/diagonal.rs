@@ -55,3 +55,17 @@ pub fn finish_step(state: &mut MixerState, y: &Tensor, h: &Tensor, x: &Tensor) -
     state.seqlen_offset += 1;
     match_step_rank(y.squeeze(1)?.to_dtype(x.dtype())?, x)
 }
+
+/// How a linear time-invariant diagonal SSM runs its forward pass (a kwarg
+/// of ours, `forward_mode`; it changes no result, only the algorithm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardMode {
+    /// The mixer picks per call (by length and device).
+    #[default]
+    Auto,
+    /// The recurrence as a parallel scan over the state.
+    Scan,
+    /// The causal convolution with the state kernel, through FFTs.
+    Conv,
+}

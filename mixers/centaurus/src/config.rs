@@ -22,18 +22,11 @@ pub enum Mode {
     Full,
 }
 
-/// How [`crate::Centaurus`]'s `forward` runs (not an lrnnx argument; lrnnx always convolves).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ForwardMode {
-    /// Scan for short sequences (and off the CPU), convolution for long ones.
-    #[default]
-    Auto,
-    /// The complex diagonal scan over the `N·M` sub-states.
-    Scan,
-    /// The causal convolution with the real state kernel (CPU only).
-    Conv,
-}
+/// How [`crate::Centaurus`]'s `forward` runs (not an lrnnx argument; lrnnx
+/// always convolves): `auto` scans short sequences (and off the CPU) and
+/// convolves long ones; `scan` runs the complex diagonal scan over the `N·M`
+/// sub-states; `conv` the causal convolution with the real state kernel (CPU only).
+pub use lrnnx_framework::layers::diagonal::ForwardMode;
 
 /// Arguments of lrnnx's `Centaurus(d_model, d_state, sub_state_dim, discretization="zoh", mode="neck")`,
 /// plus `forward_mode`, which picks our algorithm and changes no result.

@@ -31,19 +31,11 @@ pub enum LtvDiscretization {
     Dirac,
 }
 
-/// How the LTI forward pass runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ForwardMode {
-    /// Pick per call; on the CPU this is always the scan (see the crate docs
-    /// for the measurements: the convolution never wins there).
-    #[default]
-    Auto,
-    /// Diagonal complex scan over the state, `O(B L N)`.
-    Scan,
-    /// Causal convolution of the state inputs with `A_bar^l` through FFTs, `O(B L N log L)`.
-    Conv,
-}
+/// How the LTI forward pass runs: `auto` picks per call (on the CPU always
+/// the scan: see the crate docs, the convolution never wins there); `scan`
+/// is the diagonal complex scan over the state, `O(B L N)`; `conv` the causal
+/// convolution of the state inputs with `A_bar^l` through FFTs, `O(B L N log L)`.
+pub use lrnnx_framework::layers::diagonal::ForwardMode;
 
 /// Arguments of lrnnx's LTI `S5(d_model, d_state, discretization, conj_sym=False)`
 /// (`lrnnx/models/lti/s5.py`), plus our `forward_mode`.

@@ -8,16 +8,11 @@ use crate::cpu::dispatch::{cpu_supports, SimdLevel};
 /// The vector functions under test, in order.
 const FUNCS: usize = 6;
 
-/// Deterministic uniform numbers in `[lo, hi)` (a 64-bit LCG).
+/// Deterministic uniform numbers in `[lo, hi]` (lrnnx-testing's generator, rounded to f32).
 pub(crate) fn uniform(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
+    lrnnx_testing::uniform_vec(n, seed, lo as f64, hi as f64)
+        .into_iter()
+        .map(|v| (v as f32).clamp(lo, hi))
         .collect()
 }
 
