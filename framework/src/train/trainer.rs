@@ -14,10 +14,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -178,6 +178,8 @@ pub struct TrainerRecord {
 /// A model being trained.
 pub struct Trainer {
     model: LRNNLMHeadModel,
+    /// The model's parameters, taken once (clipping reads them every step).
+    vars: BTreeMap<String, Var>,
     opt: AdamW,
     data: TokenBatches,
     val_batches: Vec<(Tensor, Tensor)>,
@@ -209,8 +211,9 @@ impl Trainer {
     ) -> Result<Self> {
         config.validate(model.config().padded_vocab_size())?;
         let dev = model.device().clone();
+        let vars = model.store().vars();
         let mut opt = AdamW::new(
-            model.store().vars(),
+            vars.clone(),
             AdamWConfig {
                 lr: config.lr,
                 weight_decay: config.weight_decay,
@@ -230,6 +233,7 @@ impl Trainer {
         };
         Ok(Self {
             model,
+            vars,
             opt,
             data,
             val_batches,
@@ -337,11 +341,7 @@ impl Trainer {
         }
         let mut grads = loss.backward()?;
         if self.config.grad_clip > 0.0 {
-            clip_grad_norm(
-                &mut grads,
-                &self.model.store().vars(),
-                self.config.grad_clip,
-            )?;
+            clip_grad_norm(&mut grads, &self.vars, self.config.grad_clip)?;
         }
         self.opt.step(&grads)?;
         Ok(l)
