@@ -104,9 +104,14 @@ pub fn compare(ours: &Tensor, reference: &Tensor) -> Result<(f64, f64)> {
 /// Symbolic links are not followed into directories (a link loop would never
 /// end), and groups nest at most [`MAX_CASE_DEPTH`] deep.
 pub fn run_dir(dir: &Path) -> Result<Vec<CaseResult>> {
+    run_dir_on(dir, &Device::Cpu)
+}
+
+/// [`run_dir`] with every case's model and inputs on `device`.
+pub fn run_dir_on(dir: &Path, device: &Device) -> Result<Vec<CaseResult>> {
     let mut results = Vec::new();
     for p in case_paths(dir, 0)? {
-        results.push(run_case(&p));
+        results.push(run_case_on(&p, device));
     }
     Ok(results)
 }
@@ -152,6 +157,11 @@ fn case_paths(dir: &Path, depth: usize) -> Result<Vec<PathBuf>> {
 
 /// Runs one case (file or checkpoint directory), never failing: errors become `Fail`.
 pub fn run_case(path: &Path) -> CaseResult {
+    run_case_on(path, &Device::Cpu)
+}
+
+/// [`run_case`] with the model and inputs on `device`.
+pub fn run_case_on(path: &Path, device: &Device) -> CaseResult {
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -165,9 +175,9 @@ pub fn run_case(path: &Path) -> CaseResult {
         outcome: Outcome::Pass,
     };
     let run = if path.is_dir() {
-        run_checkpoint(path, &mut result)
+        run_checkpoint(path, device, &mut result)
     } else {
-        run_file(path, &mut result)
+        run_file(path, device, &mut result)
     };
     match run {
         Ok(None) => {
@@ -244,8 +254,8 @@ fn meta_json(meta: &HashMap<String, String>, key: &str) -> Result<Value> {
     }
 }
 
-fn run_file(path: &Path, result: &mut CaseResult) -> Result<Option<String>> {
-    let file = read_safetensors_file(path, &Device::Cpu)?;
+fn run_file(path: &Path, device: &Device, result: &mut CaseResult) -> Result<Option<String>> {
+    let file = read_safetensors_file(path, device)?;
     let mixer = file.metadata.get("mixer").cloned().unwrap_or_default();
     if mixer == "LRNNLMHeadModel" {
         let config: LmConfig = serde_json::from_value(meta_json(&file.metadata, "config")?)
@@ -254,7 +264,7 @@ fn run_file(path: &Path, result: &mut CaseResult) -> Result<Option<String>> {
         if !missing.is_empty() {
             return Ok(Some(format!("mixers not built: {}", missing.join(", "))));
         }
-        let model = LRNNLMHeadModel::from_tensors(config, params(&file.tensors)?, &Device::Cpu)?;
+        let model = LRNNLMHeadModel::from_tensors(config, params(&file.tensors)?, device)?;
         let ids = get(&file.tensors, "input.input_ids")?;
         check_lm(&model, ids, &file.tensors, result)?;
         return Ok(None);
@@ -285,7 +295,7 @@ fn run_file(path: &Path, result: &mut CaseResult) -> Result<Option<String>> {
         .ok_or_else(|| Error::file(path, "kwargs name no d_model / embed_dim"))?
         as usize;
     let d_state = kwargs.get("d_state").and_then(|v| v.as_u64()).unwrap_or(64) as usize;
-    let store = ParamStore::load(params(&file.tensors)?, DType::F32, &Device::Cpu);
+    let store = ParamStore::load(params(&file.tensors)?, DType::F32, device);
     let args = BuildArgs {
         d_model,
         d_state,
@@ -371,8 +381,8 @@ fn check_lm(
     Ok(())
 }
 
-fn run_checkpoint(dir: &Path, result: &mut CaseResult) -> Result<Option<String>> {
-    let expected = read_safetensors_file(&dir.join("expected.safetensors"), &Device::Cpu)?;
+fn run_checkpoint(dir: &Path, device: &Device, result: &mut CaseResult) -> Result<Option<String>> {
+    let expected = read_safetensors_file(&dir.join("expected.safetensors"), device)?;
     let config: LmConfig = serde_json::from_value(crate::io::read_json(&dir.join("config.json"))?)
         .map_err(|e| Error::file(dir.join("config.json"), e))?;
     let missing = missing_mixers(&config.mixer_types);
@@ -383,7 +393,7 @@ fn run_checkpoint(dir: &Path, result: &mut CaseResult) -> Result<Option<String>>
         Value::Object(m) if !m.is_empty() => Some(m),
         _ => None,
     };
-    let model = LRNNLMHeadModel::from_pretrained(dir, kwargs.as_ref(), &Device::Cpu)?;
+    let model = LRNNLMHeadModel::from_pretrained(dir, kwargs.as_ref(), device)?;
     let ids = get(&expected.tensors, "input.input_ids")?;
     let logits = model.forward(ids, &LmForwardOpts::default())?;
     record(

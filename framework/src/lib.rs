@@ -12,6 +12,7 @@
 pub mod complex;
 pub mod conformance;
 pub mod declare;
+pub mod device;
 pub mod discretization;
 pub mod error;
 pub mod io;
@@ -29,7 +30,8 @@ pub use complex::Complex;
 pub use discretization::{Discrete, Discretization};
 pub use error::{Error, Result};
 pub use lm::{
-    generate, GenerateOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts, LmState, MixerKwargs, Sampler,
+    generate, GenerateOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts, LmState, LoadOptions,
+    MixerKwargs, Precision, Sampler,
 };
 pub use mixer::{
     check_sequence, check_step_input, match_step_rank, Family, ForwardOpts, Lti, Ltv, Mixer,

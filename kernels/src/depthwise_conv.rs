@@ -278,7 +278,12 @@ impl CustomOp3 for DepthwiseConv {
 
 /// The convolution of `x (B, L, D)` (or `(B*L, D)` with `B = batch`) with
 /// `w (D, W)` plus `bias (D)`.
+/// The fused op takes f32/f64 CPU tensors; everything else runs
+/// [`crate::portable::conv::depthwise_conv`].
 pub fn depthwise_conv(x: &Tensor, w: &Tensor, bias: &Tensor, batch: usize) -> Result<Tensor> {
+    if !crate::portable::use_fused_cpu(x) {
+        return crate::portable::conv::depthwise_conv(x, w, bias, batch);
+    }
     x.contiguous()?.apply_op3(
         &w.contiguous()?,
         &bias.contiguous()?,

@@ -350,7 +350,13 @@ impl CustomOp2 for KernelGrad {
 /// assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![1.0, 12.0, 23.0]);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
+///
+/// The FFT op takes f32/f64 CPU tensors; everything else runs
+/// [`crate::portable::conv::causal_conv`] (Toeplitz matmuls).
 pub fn causal_conv(x: &Tensor, k: &Tensor) -> Result<Tensor> {
+    if !crate::portable::use_fused_cpu(x) {
+        return crate::portable::conv::causal_conv(x, k);
+    }
     let k = k.to_dtype(x.dtype())?.contiguous()?;
     x.contiguous()?
         .apply_op2(&k, ChannelConv { reverse: false })

@@ -20,6 +20,7 @@ pub mod cpu;
 pub mod depthwise_conv;
 pub mod fft_conv;
 pub mod linalg;
+pub mod portable;
 pub mod scan;
 pub mod scan_cpu;
 pub mod scan_real_tv;

@@ -143,7 +143,15 @@ impl CustomOp3 for ComplexScan {
 /// assert_eq!(h.to_vec3::<f32>()?, vec![vec![vec![1.0, 0.0], vec![0.0, 1.0]]]);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
+///
+/// The fused kernels run on CPU and CUDA tensors (bf16/f16 inputs are widened
+/// to f32, and the states come back in f32); elsewhere, and under
+/// [`crate::portable::with_portable`], the portable scan runs.
 pub fn complex_diag_scan(u: &Tensor, lambda: &Tensor, h0: Option<&Tensor>) -> Result<Tensor> {
+    if !crate::portable::kernel_takes(u, true) {
+        return crate::portable::scan::complex_scan(u, lambda, h0);
+    }
+    let u = &crate::portable::widen(u)?;
     let (b, _, n2) = u.dims3()?;
     let h0 = match h0 {
         Some(h) => h.to_dtype(u.dtype())?.contiguous()?,

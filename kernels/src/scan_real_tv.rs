@@ -12,7 +12,8 @@
 //!   mixers that fuse the computation of `a` and `u` into their own ops
 //!   (RG-LRU does).
 //!
-//! There is no CUDA kernel yet: the op runs on CPU tensors only.
+//! There is no CUDA kernel yet: on other devices [`real_tv_scan`] runs the
+//! portable scan ([`crate::portable::scan`]).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -330,7 +331,15 @@ impl CustomOp3 for RealTvScan {
 /// assert_eq!(h.flatten_all()?.to_vec1::<f32>()?, vec![1.0, 1.5, 4.0]);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
+///
+/// The fused kernel runs on CPU tensors (bf16/f16 widened to f32, states
+/// returned in f32); on other devices, and under
+/// [`crate::portable::with_portable`], the portable scan runs.
 pub fn real_tv_scan(u: &Tensor, a: &Tensor, h0: Option<&Tensor>) -> Result<Tensor> {
+    if !crate::portable::kernel_takes(u, false) {
+        return crate::portable::scan::real_scan(u, a, h0);
+    }
+    let u = &crate::portable::widen(u)?;
     let (b, _, c) = u.dims3()?;
     let h0 = match h0 {
         Some(h) => h.to_dtype(u.dtype())?.contiguous()?,

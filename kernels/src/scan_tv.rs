@@ -12,7 +12,8 @@
 //! produces the gradients of `u` and `lambda` together:
 //! `s_t = g_t + conj(lambda_{t+1}) s_{t+1}`, `du_t = s_t`,
 //! `dlambda_t = s_t conj(h_{t-1})`, `dh0 = conj(lambda_0) s_0`.
-//! There is no CUDA implementation yet: on a CUDA device the op reports that.
+//! There is no CUDA implementation yet: on other devices [`complex_diag_scan_tv`]
+//! runs the portable scan ([`crate::portable::scan`]).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
@@ -250,7 +251,15 @@ impl CustomOp3 for TvComplexScanAdjoint {
 /// assert_eq!(h.to_vec3::<f32>()?, vec![vec![vec![1.0, 1.0], vec![2.0, 2.0]]]);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
+///
+/// The fused kernel runs on CPU tensors (bf16/f16 widened to f32, states
+/// returned in f32); on other devices, and under
+/// [`crate::portable::with_portable`], the portable scan runs.
 pub fn complex_diag_scan_tv(u: &Tensor, lambda: &Tensor, h0: Option<&Tensor>) -> Result<Tensor> {
+    if !crate::portable::kernel_takes(u, false) {
+        return crate::portable::scan::complex_scan(u, lambda, h0);
+    }
+    let u = &crate::portable::widen(u)?;
     let (b, _, n2) = u.dims3()?;
     if n2 % 2 != 0 {
         candle_core::bail!(

@@ -2,16 +2,18 @@
 
 use std::path::PathBuf;
 
-use lrnnx::conformance::{run_dir, summary};
+use lrnnx::conformance::{run_dir_on, summary};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Directory of reference cases (`*.safetensors` files and checkpoint directories).
     dir: PathBuf,
+    #[command(flatten)]
+    device: super::device::DeviceArg,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let results = run_dir(&a.dir)?;
+    let results = run_dir_on(&a.dir, &a.device.open()?)?;
     println!("{:<28} {:>10} {:>10}  RESULT", "CASE", "MAX ABS", "REL");
     for r in &results {
         println!("{}", r.line());

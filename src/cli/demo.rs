@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use lrnnx::{generate, GenerateOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts};
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +20,10 @@ pub struct Args {
     /// Tokens to generate.
     #[arg(long, default_value_t = 64)]
     tokens: usize,
+    #[command(flatten)]
+    device: super::device::DeviceArg,
+    #[command(flatten)]
+    dtype: super::device::DtypeArg,
 }
 
 impl Default for Args {
@@ -29,12 +33,14 @@ impl Default for Args {
             batch: 8,
             seqlen: 1024,
             tokens: 64,
+            device: Default::default(),
+            dtype: Default::default(),
         }
     }
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let dev = Device::Cpu;
+    let dev = a.device.open()?;
     let mut cfg = LmConfig::new(a.d_model, 64, 256, &["LRU", "attn", "LRU", "attn"]);
     cfg.d_intermediate = 2 * a.d_model;
     // Rotary on half of each head's dimensions.
@@ -42,12 +48,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     cfg.mixer_kwargs = serde_json::from_value(serde_json::json!({
         "attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": rotary}
     }))?;
-    let model = LRNNLMHeadModel::init(cfg, 0, &dev)?;
+    let model = LRNNLMHeadModel::init_with(cfg, 0, &dev, a.dtype.for_inference()?)?;
     println!(
-        "hybrid LM {:?}: d_model {}, {} parameters",
+        "hybrid LM {:?}: d_model {}, {} parameters, {:?} on {:?}",
         model.config().mixer_types,
         a.d_model,
-        model.num_params()
+        model.num_params(),
+        model.precision().compute,
+        dev
     );
     let ids: Vec<u32> = (0..a.batch * a.seqlen)
         .map(|i| ((i * 31 + 7) % 256) as u32)
@@ -55,6 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let ids = Tensor::from_vec(ids, (a.batch, a.seqlen), &dev)?;
     let t = Instant::now();
     let logits = model.forward(&ids, &LmForwardOpts::default())?;
+    dev.synchronize()?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "forward  B={} L={}: logits {:?} in {:.3}s = {:.0} tokens/s",

@@ -5,8 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::Device;
-use lrnnx::{GenerateOpts, LRNNLMHeadModel};
+use lrnnx::{GenerateOpts, LRNNLMHeadModel, LoadOptions};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -37,12 +36,20 @@ pub struct Args {
     /// Per-type mixer kwargs for checkpoints that lack them (Python lrnnx's).
     #[arg(long)]
     pub mixer_kwargs: Option<String>,
+    #[command(flatten)]
+    pub device: super::device::DeviceArg,
+    #[command(flatten)]
+    pub dtype: super::device::DtypeArg,
 }
 
 /// Generates and streams; returns the generated text.
 pub fn generate(a: &Args, out: &mut dyn Write) -> anyhow::Result<String> {
     let kwargs = super::convert::parse_mixer_kwargs(a.mixer_kwargs.as_deref())?;
-    let model = LRNNLMHeadModel::from_pretrained(&a.model, kwargs.as_ref(), &Device::Cpu)?;
+    let load = LoadOptions {
+        mixer_kwargs: kwargs,
+        precision: Some(a.dtype.for_inference()?),
+    };
+    let model = LRNNLMHeadModel::from_pretrained_with(&a.model, &load, &a.device.open()?)?;
     let tok = super::tokenizer::for_model(&a.model)?;
     let prompt = tok.encode(&a.prompt)?;
     if prompt.is_empty() {

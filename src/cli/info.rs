@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
 use lrnnx::LRNNLMHeadModel;
 
 #[derive(Debug, clap::Args)]
@@ -12,13 +11,16 @@ pub struct Args {
     /// Constructor kwargs per mixer type for checkpoints that lack them (Python lrnnx's).
     #[arg(long)]
     mixer_kwargs: Option<String>,
+    #[command(flatten)]
+    device: super::device::DeviceArg,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let kwargs = super::convert::parse_mixer_kwargs(a.mixer_kwargs.as_deref())?;
-    let model = LRNNLMHeadModel::from_pretrained(&a.model, kwargs.as_ref(), &Device::Cpu)?;
+    let model = LRNNLMHeadModel::from_pretrained(&a.model, kwargs.as_ref(), &a.device.open()?)?;
     let c = model.config();
     println!("model       {}", a.model.display());
+    println!("device      {:?}", model.device());
     println!(
         "d_model {}  d_state {}  n_layer {}  vocab {} (padded {})  d_intermediate {}",
         c.d_model,

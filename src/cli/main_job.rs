@@ -31,6 +31,8 @@ pub fn run() -> anyhow::Result<()> {
         repetition_penalty: 1.0,
         seed: 0,
         mixer_kwargs: None,
+        device: args.device.clone(),
+        dtype: Default::default(),
     };
     super::generate::generate(&gen, &mut std::io::stdout())?;
     Ok(())

@@ -4,6 +4,7 @@ mod bench;
 mod conformance;
 mod convert;
 mod demo;
+mod device;
 mod generate;
 mod info;
 mod main_job;

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use lrnnx::train::{TokenBatches, TrainConfig, Trainer};
 use lrnnx::{LRNNLMHeadModel, LmConfig};
@@ -102,6 +101,10 @@ pub struct Args {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub device: super::device::DeviceArg,
+    #[command(flatten)]
+    pub dtype: super::device::DtypeArg,
 }
 
 impl Default for Args {
@@ -272,7 +275,8 @@ fn check_resume_flags(a: &Args, model: &LmConfig, vocab: usize) -> anyhow::Resul
 
 /// Runs training as configured; returns the final validation loss and throughput.
 pub fn train(a: &Args) -> anyhow::Result<Summary> {
-    let dev = Device::Cpu;
+    let dev = a.device.open()?;
+    let precision = a.dtype.for_training()?;
     let tok_file = tokenizer_file(a)?;
     let tokenizer = super::tokenizer::load(tok_file.as_ref().map(|(p, _)| p.as_path()))?;
     let text = match &a.corpus {
@@ -287,13 +291,13 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
     let mut trainer = match &a.resume {
         Some(dir) => {
             lrnnx::train::recover_checkpoint(dir)?;
-            let t = Trainer::resume(dir, data, cfg, &dev)?;
+            let t = Trainer::resume(dir, data, cfg, &dev)?.with_compute_dtype(precision.compute)?;
             check_resume_flags(a, t.model().config(), tokenizer.vocab_size())?;
             t
         }
         None => {
-            let model =
-                LRNNLMHeadModel::init(model_config(a, tokenizer.vocab_size())?, a.seed, &dev)?;
+            let config = model_config(a, tokenizer.vocab_size())?;
+            let model = LRNNLMHeadModel::init_with(config, a.seed, &dev, precision)?;
             Trainer::new(model, data, cfg)?
         }
     };
@@ -303,6 +307,8 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
         layers = ?trainer.model().config().mixer_types,
         unigram_entropy = trainer.unigram_entropy(),
         start_step,
+        device = ?dev,
+        precision = ?trainer.model().precision(),
         "training"
     );
     let bar = if a.quiet {

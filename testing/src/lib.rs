@@ -17,6 +17,7 @@ pub mod decoding;
 pub mod errors;
 pub mod gradients;
 pub mod options;
+pub mod parity;
 pub mod random;
 
 pub use conformance::{assert_case_passes, checks_step, golden_case};
@@ -29,6 +30,7 @@ pub use errors::{
 };
 pub use gradients::{central_difference, first_middle_last, GradientCheck, FD_STEP};
 pub use options::assert_lengths_change_nothing;
+pub use parity::{assert_parity, Candidate, Tolerance};
 pub use random::uniform_vec;
 
 use candle_core::{DType, Device, Tensor};

@@ -58,7 +58,14 @@ pub fn residual_output(
 /// `x (.., in) @ w^T (+ b)` for `w (out, in)` and `b (out)`, as one 2-D
 /// matmul over all leading axes (`x` may be a strided view); the result is
 /// `(.., out)`. The one linear map of the mixers' forward passes.
+///
+/// The input's dtype is the compute dtype: `w` and `b` are cast to it (a
+/// no-op when they match), so f32 master weights run with bf16 activations
+/// and their gradients flow back in f32.
 pub fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let w = &w.to_dtype(x.dtype())?;
+    let b = b.map(|b| b.to_dtype(x.dtype())).transpose()?;
+    let b = b.as_ref();
     let mut dims = x.dims().to_vec();
     let inner = dims.pop().unwrap_or(0);
     let rows = x.elem_count() / inner.max(1);

@@ -1,8 +1,8 @@
 //! The gated MLP of Mamba-style blocks.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Tensor, D};
 
-use super::linear::{linear_no_bias, residual_output, Linear};
+use super::linear::{linear_no_bias, project_linear, residual_output, Linear};
 use crate::{ParamBuilder, Result};
 
 /// `fc2(y * silu(gate))` where `(y, gate) = fc1(x).chunk(2)`; no biases.
@@ -29,10 +29,10 @@ impl GatedMlp {
 
     /// Applies the MLP over the last axis.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward(x)?;
+        let h = project_linear(x, &self.fc1)?;
         let y = h.narrow(D::Minus1, 0, self.hidden)?;
         let gate = h.narrow(D::Minus1, self.hidden, self.hidden)?;
         let h = (y * candle_nn::ops::silu(&gate)?)?;
-        Ok(self.fc2.forward(&h)?)
+        project_linear(&h, &self.fc2)
     }
 }

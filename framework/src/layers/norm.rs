@@ -42,7 +42,13 @@ impl Norm {
     /// Normalises `x` (any rank) over its last axis; the output keeps `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
+        // Statistics in f32 (f64 inputs keep f64).
+        let wide = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let x = x.to_dtype(wide)?;
         let y = match self.kind {
             NormKind::Rms => {
                 let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -55,9 +61,9 @@ impl Norm {
                 xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
             }
         };
-        let mut y = y.broadcast_mul(&self.weight.to_dtype(DType::F32)?)?;
+        let mut y = y.broadcast_mul(&self.weight.to_dtype(wide)?)?;
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
+            y = y.broadcast_add(&b.to_dtype(wide)?)?;
         }
         Ok(y.to_dtype(dtype)?)
     }

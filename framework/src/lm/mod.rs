@@ -3,8 +3,10 @@
 mod config;
 mod generate;
 mod model;
+mod precision;
 mod pretrained;
 
 pub use config::{LmConfig, MixerKwargs};
 pub use generate::{generate, GenerateOpts, Sampler};
 pub use model::{LRNNLMHeadModel, LmForwardOpts, LmState};
+pub use precision::{LoadOptions, Precision};

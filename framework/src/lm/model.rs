@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::LmConfig;
+use super::{LmConfig, Precision};
 use crate::layers::{Block, GatedMlp, Norm, NormKind};
 use crate::{
     BuildArgs, Error, ForwardOpts, Init, MixerState, ParamStore, Registry, Result, Role, StepOpts,
@@ -52,15 +52,47 @@ pub struct LRNNLMHeadModel {
     norm_f: Norm,
     lm_head: Tensor,
     store: Arc<ParamStore>,
+    /// The dtype activations are computed in (the store's dtype unless set).
+    compute: DType,
 }
 
 impl LRNNLMHeadModel {
     /// A freshly initialised model (seeded), on `device`, in f32.
     pub fn init(config: LmConfig, seed: u64, device: &Device) -> Result<Self> {
-        let store = ParamStore::init(seed, DType::F32, device);
-        let model = Self::build(config, store)?;
+        Self::init_with(config, seed, device, Precision::F32)
+    }
+
+    /// A freshly initialised model (seeded), on `device`, in `precision`:
+    /// parameters drawn as for f32 and then stored in `precision.params`.
+    pub fn init_with(
+        config: LmConfig,
+        seed: u64,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let store = ParamStore::init(seed, precision.params, device);
+        let model = Self::build(config, store)?.with_compute_dtype(precision.compute)?;
         model.reinit_like_lrnnx()?;
         Ok(model)
+    }
+
+    /// The model computing in `dtype` (a float dtype); its parameters stay as stored.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::Config(format!(
+                "the compute dtype must be a float dtype, found {dtype:?}"
+            )));
+        }
+        self.compute = dtype;
+        Ok(self)
+    }
+
+    /// The parameter and compute dtypes.
+    pub fn precision(&self) -> Precision {
+        Precision {
+            params: self.store.dtype(),
+            compute: self.compute,
+        }
     }
 
     /// Builds the model with parameters from `store` (initialised or loaded).
@@ -138,6 +170,7 @@ impl LRNNLMHeadModel {
             layers,
             norm_f,
             lm_head,
+            compute: store.dtype(),
             store,
         })
     }
@@ -217,7 +250,11 @@ impl LRNNLMHeadModel {
         let ids = flat.to_dtype(DType::U32)?;
         let mut dims = input_ids.dims().to_vec();
         dims.push(self.config.d_model);
-        Ok(self.embedding.index_select(&ids, 0)?.reshape(dims)?)
+        Ok(self
+            .embedding
+            .index_select(&ids, 0)?
+            .reshape(dims)?
+            .to_dtype(self.compute)?)
     }
 
     fn head(&self, hidden: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
@@ -226,7 +263,14 @@ impl LRNNLMHeadModel {
             None => hidden.clone(),
         };
         let h = self.norm_f.forward(&residual)?;
-        Ok(h.broadcast_matmul(&self.lm_head.t()?)?)
+        let head = self.lm_head.to_dtype(h.dtype())?;
+        // Logits (and so the loss) in f32, f64 models keeping f64.
+        let wide = if h.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        Ok(h.broadcast_matmul(&head.t()?)?.to_dtype(wide)?)
     }
 
     fn check_ids(input_ids: &Tensor) -> Result<(usize, usize)> {
@@ -257,7 +301,7 @@ impl LRNNLMHeadModel {
 
     /// A fresh decoding state for `batch` sequences of up to `max_seqlen` tokens.
     pub fn init_state(&self, batch: usize, max_seqlen: usize) -> Result<LmState> {
-        let dtype = self.embedding.dtype();
+        let dtype = self.compute;
         let layers = self
             .layers
             .iter()

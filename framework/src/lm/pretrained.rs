@@ -8,7 +8,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
-use super::{LRNNLMHeadModel, LmConfig, MixerKwargs};
+use super::precision::stored_float_dtype;
+use super::{LRNNLMHeadModel, LmConfig, LoadOptions, MixerKwargs, Precision};
 use crate::{io, Error, Result};
 
 /// File names inside a model directory.
@@ -41,6 +42,22 @@ impl LRNNLMHeadModel {
         mixer_kwargs: Option<&MixerKwargs>,
         device: &Device,
     ) -> Result<Self> {
+        let opts = LoadOptions {
+            mixer_kwargs: mixer_kwargs.cloned(),
+            precision: None,
+        };
+        Self::from_pretrained_with(dir, &opts, device)
+    }
+
+    /// [`LRNNLMHeadModel::from_pretrained`] with [`LoadOptions`]: kwargs
+    /// overrides and the precision (by default the checkpoint's own float
+    /// dtype, so f16/bf16 weights load as such).
+    pub fn from_pretrained_with(
+        dir: impl AsRef<Path>,
+        opts: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let mixer_kwargs = opts.mixer_kwargs.as_ref();
         let dir = dir.as_ref();
         let config_path = dir.join(CONFIG_FILE);
         let mut config: LmConfig = serde_json::from_value(io::read_json(&config_path)?)
@@ -53,16 +70,22 @@ impl LRNNLMHeadModel {
             .map_err(|e| Error::file(&config_path, e))?;
         let (weights_path, tensors) = read_weights(dir, device)?;
         check_finite(&tensors).map_err(|e| Error::file(&weights_path, e))?;
-        Self::from_tensors(config, tensors, device).map_err(|e| match e {
-            Error::MissingTensor { key, .. } => Error::MissingTensor {
-                key,
-                hint: Some(format!("in {}", weights_path.display())),
-            },
-            Error::TensorShape { .. } | Error::UnexpectedTensors { .. } => {
-                Error::file(&weights_path, e)
-            }
-            other => other,
-        })
+        let precision = opts.precision.unwrap_or_else(|| {
+            Precision::pure(stored_float_dtype(tensors.values().map(|t| t.dtype())))
+        });
+        let store = crate::ParamStore::load(tensors, precision.params, device);
+        Self::build(config, store)
+            .and_then(|m| m.with_compute_dtype(precision.compute))
+            .map_err(|e| match e {
+                Error::MissingTensor { key, .. } => Error::MissingTensor {
+                    key,
+                    hint: Some(format!("in {}", weights_path.display())),
+                },
+                Error::TensorShape { .. } | Error::UnexpectedTensors { .. } => {
+                    Error::file(&weights_path, e)
+                }
+                other => other,
+            })
     }
 }
 

@@ -285,6 +285,14 @@ impl Trainer {
         Ok(t)
     }
 
+    /// The trainer with its model computing in `dtype` (bf16 for mixed
+    /// precision: the parameters, gradients and optimizer moments stay in the
+    /// store's dtype, f32 master weights).
+    pub fn with_compute_dtype(mut self, dtype: candle_core::DType) -> Result<Self> {
+        self.model = self.model.with_compute_dtype(dtype)?;
+        Ok(self)
+    }
+
     /// The model.
     pub fn model(&self) -> &LRNNLMHeadModel {
         &self.model
