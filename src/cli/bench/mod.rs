@@ -145,7 +145,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     for name in a.mixers.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         for &precision in &dtypes {
-            rows.push(layers::bench_layer(&dev, &a, name, precision)?);
+            match layers::bench_layer(&dev, &a, name, precision) {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    let msg = e.to_string();
+                    let msg = msg.lines().next().unwrap_or_default();
+                    println!("{name:<12} {:?}: error: {msg}", precision.compute);
+                    rows.push(json!({"name": name, "dtype": format!("{:?}", precision.compute).to_lowercase(), "error": msg}));
+                }
+            }
         }
     }
     let out = json!({"device": format!("{dev:?}"), "tf32": a.tf32, "batch": b, "seqlen": l, "d_model": h, "d_state": n,
