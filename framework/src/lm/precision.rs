@@ -98,7 +98,7 @@ pub struct LoadOptions {
 
 /// The dtype a set of floating-point tensors shares, or f32 when they mix
 /// dtypes or hold none.
-pub(crate) fn stored_float_dtype<'a>(dtypes: impl IntoIterator<Item = DType>) -> DType {
+pub(crate) fn stored_float_dtype(dtypes: impl IntoIterator<Item = DType>) -> DType {
     let mut found: Option<DType> = None;
     for d in dtypes.into_iter().filter(|d| d.is_float()) {
         match found {
