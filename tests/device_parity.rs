@@ -17,9 +17,9 @@ const CASES: &[(&str, &str, usize, usize)] = &[
     ("LRU", "{}", 24, 13),
     ("S4", "{}", 20, 16),
     ("S4D", "{}", 20, 16),
-    ("S5", "{}", 20, 16),
+    ("S5", r#"{"discretization": "zoh"}"#, 20, 16),
     ("S5LTV", "{}", 20, 16),
-    ("Centaurus", "{}", 20, 16),
+    ("Centaurus", r#"{"sub_state_dim": 2}"#, 20, 16),
     ("Mamba", "{}", 20, 16),
     ("RGLRU", "{}", 24, 16),
     ("S7", "{}", 20, 16),
@@ -119,9 +119,11 @@ fn loss_curve(dev: &Device) -> Vec<f64> {
     lrnnx::init();
     let names: Vec<&str> = CASES.iter().map(|c| c.0).collect();
     let mut cfg = LmConfig::new(32, 16, 64, &names);
-    cfg.mixer_kwargs =
-        serde_json::from_str(r#"{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 4}}"#)
-            .expect("kwargs");
+    // Each mixer's kwargs as its parity case gives them.
+    for &(name, kwargs, _, _) in CASES {
+        let kw: serde_json::Value = serde_json::from_str(kwargs).expect("kwargs are JSON");
+        cfg.mixer_kwargs.insert(name.to_string(), kw);
+    }
     let model = LRNNLMHeadModel::init(cfg, 7, dev).expect("model");
     let ids: Vec<u32> = (0..4000u32).map(|i| (i * 7 + i / 13) % 64).collect();
     let data = TokenBatches::new(ids, 24, 0.1, 3).expect("batches");

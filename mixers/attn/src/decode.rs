@@ -8,6 +8,7 @@
 
 use candle_core::{Result, Tensor};
 use lrnnx_kernels::cpu::{cpu_slice, tensor, Float};
+use lrnnx_kernels::portable::use_fused_cpu;
 use lrnnx_kernels::with_simd;
 use rayon::prelude::*;
 
@@ -111,7 +112,9 @@ pub(crate) fn decode<T: Float>(q: &[T], k: &[T], v: &[T], s: DecodeShape, scale:
 
 /// [`decode`] on tensors: `q (B, h, d)` and the caches `(B, hkv, capacity, d)`
 /// on the CPU; `None` where the fused path does not apply (other devices or
-/// dtypes, non-contiguous caches), so that the caller takes candle's ops.
+/// dtypes, caches of another dtype or non-contiguous, inside
+/// [`lrnnx_kernels::portable::with_portable`]), so that the caller takes
+/// candle's ops.
 pub(crate) fn decode_tensors(
     q: &Tensor,
     k: &Tensor,
@@ -119,7 +122,7 @@ pub(crate) fn decode_tensors(
     len: usize,
     scale: f64,
 ) -> Result<Option<Tensor>> {
-    if !q.device().is_cpu() || !k.is_contiguous() || !v.is_contiguous() {
+    if !use_fused_cpu(q) || !k.is_contiguous() || !v.is_contiguous() {
         return Ok(None);
     }
     let (batch, heads, head_dim) = q.dims3()?;
@@ -165,10 +168,12 @@ pub(crate) fn decode_tensors(
 
 /// `lin(x)` for the few rows of a decoding step, reading the weight in place
 /// (candle's GEMM repacks the whole weight on every call); `None` where it
-/// does not apply (not the CPU, not f32/f64), so that the caller takes candle's.
+/// does not apply (not the CPU, not f32/f64, a weight of another dtype, inside
+/// [`lrnnx_kernels::portable::with_portable`]), so that the caller takes candle's.
 pub(crate) fn step_linear(x: &Tensor, lin: &candle_nn::Linear) -> Result<Option<Tensor>> {
     let w = lin.weight();
-    if !x.device().is_cpu() || x.dtype() != w.dtype() || !w.is_contiguous() {
+    let bias_dtype_matches = lin.bias().is_none_or(|b| b.dtype() == x.dtype());
+    if !use_fused_cpu(x) || x.dtype() != w.dtype() || !bias_dtype_matches || !w.is_contiguous() {
         return Ok(None);
     }
     let (n, k) = w.dims2()?;
@@ -284,6 +289,41 @@ mod tests {
                 .fold(0.0, f64::max);
             assert!(err32 < 2e-6, "shape {i}: f32 error {err32:e}");
         }
+    }
+
+    #[test]
+    fn fused_paths_step_aside_for_the_portable_path_and_narrow_dtypes() {
+        use candle_core::{DType, Device};
+        use lrnnx_kernels::portable::with_portable;
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2, 4, 3), &dev).expect("q");
+        let kv = Tensor::randn(0f32, 1.0, (2, 2, 5, 3), &dev).expect("cache");
+        let lin = candle_nn::Linear::new(
+            Tensor::randn(0f32, 1.0, (6, 3), &dev).expect("w"),
+            Some(Tensor::randn(0f32, 1.0, 6, &dev).expect("b")),
+        );
+        let x = Tensor::randn(0f32, 1.0, (2, 1, 3), &dev).expect("x");
+        // CPU f32 takes the fused kernels...
+        assert!(decode_tensors(&q, &kv, &kv, 4, 0.5).expect("ok").is_some());
+        assert!(step_linear(&x, &lin).expect("ok").is_some());
+        // ...the portable path (what CUDA runs) does not,
+        with_portable(|| {
+            assert!(decode_tensors(&q, &kv, &kv, 4, 0.5).expect("ok").is_none());
+            assert!(step_linear(&x, &lin).expect("ok").is_none());
+        });
+        // nor do bf16 inputs, nor f32 ones on a bf16 cache.
+        let (qb, kvb, xb) = (
+            q.to_dtype(DType::BF16).expect("q"),
+            kv.to_dtype(DType::BF16).expect("cache"),
+            x.to_dtype(DType::BF16).expect("x"),
+        );
+        assert!(decode_tensors(&qb, &kvb, &kvb, 4, 0.5)
+            .expect("ok")
+            .is_none());
+        assert!(decode_tensors(&q, &kvb, &kvb, 4, 0.5)
+            .expect("ok")
+            .is_none());
+        assert!(step_linear(&xb, &lin).expect("ok").is_none());
     }
 
     #[test]

@@ -10,13 +10,16 @@
 //!
 //! Registered as `"attn"`.
 
+mod attend;
+mod cache;
 mod config;
 mod decode;
 mod mha;
 mod rotary;
 
+pub use attend::SCORE_BUDGET;
 pub use config::MhaConfig;
-pub use mha::{Mha, INITIAL_CACHE_POSITIONS, SCORE_BUDGET};
+pub use mha::{Mha, INITIAL_CACHE_POSITIONS};
 pub use rotary::Rotary;
 
 lrnnx_framework::mixers! {

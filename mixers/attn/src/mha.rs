@@ -6,7 +6,10 @@ use lrnnx_framework::{
     check_sequence, check_step_input, match_step_rank, Error, Family, ForwardOpts, Init, Mixer,
     MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
+use lrnnx_kernels::portable::accumulation_dtype;
 
+use crate::attend::Heads;
+use crate::cache;
 use crate::decode::{decode_tensors, step_linear};
 use crate::{MhaConfig, Rotary};
 
@@ -79,19 +82,30 @@ impl Mha {
         })
     }
 
+    fn attention(&self) -> Heads {
+        Heads {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            scale: self.scale,
+            causal: self.cfg.causal,
+        }
+    }
+
     fn qkv_dim(&self) -> usize {
         self.head_dim * (self.heads + 2 * self.kv_heads)
     }
 
     /// `in_proj`, then the MLP branch split off: `(qkv (B, L, qkv_dim), mlp (B, L, mlp_dim/2))`.
-    fn project(&self, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    /// `decoding` (prefill/step, no backward) lets one position take the
+    /// fused CPU projection, which has no backward; `forward` never does.
+    fn project(&self, x: &Tensor, decoding: bool) -> Result<(Tensor, Option<Tensor>)> {
         let p = match x.dim(1)? {
-            1 => step_linear(x, &self.in_proj)?,
+            1 if decoding => step_linear(x, &self.in_proj)?,
             _ => None,
         };
         let p = match p {
             Some(p) => p,
-            None => self.in_proj.forward(x)?,
+            None => linear_at(x, &self.in_proj)?,
         };
         let q = self.qkv_dim();
         if self.cfg.mlp_dim == 0 {
@@ -106,14 +120,18 @@ impl Mha {
         ))
     }
 
-    /// Causal depthwise conv over time on `qkv (B, L, C)`, left-padded with `history (B, W-1, C)`.
+    /// Causal depthwise conv over time on `qkv (B, L, C)`, left-padded with
+    /// `history (B, W-1, C)`; the taps sum in the accumulation dtype and the
+    /// result is in `qkv`'s dtype.
     fn conv(&self, qkv: &Tensor, history: &Tensor) -> Result<Tensor> {
         let Some((w, b)) = &self.conv else {
             return Ok(qkv.clone());
         };
+        let acc = accumulation_dtype(qkv.dtype());
         let width = self.cfg.d_conv;
         let l = qkv.dim(1)?;
-        let padded = Tensor::cat(&[history, qkv], 1)?;
+        let padded = Tensor::cat(&[history.to_dtype(acc)?, qkv.to_dtype(acc)?], 1)?;
+        let (w, b) = (w.to_dtype(acc)?, b.to_dtype(acc)?);
         let mut y = b
             .unsqueeze(0)?
             .unsqueeze(0)?
@@ -123,7 +141,7 @@ impl Mha {
             let tap = w.narrow(2, k, 1)?.flatten_all()?; // (C)
             y = (y + padded.narrow(1, k, l)?.broadcast_mul(&tap)?)?;
         }
-        Ok(y)
+        Ok(y.to_dtype(qkv.dtype())?)
     }
 
     /// Splits `qkv (B, L, C)` into `q (B, L, h, d)`, `k`, `v (B, L, hkv, d)` and applies rotary.
@@ -144,90 +162,18 @@ impl Mha {
         ))
     }
 
-    /// `softmax(q k^T * scale + mask) v` with query heads grouped over KV heads.
-    /// `q (B, h, Lq, d)`, `k`/`v (B, hkv, Lk, d)`; queries sit at positions
-    /// `Lk - Lq .. Lk` (bottom-right aligned causal mask). Returns `(B, Lq, h*d)`.
-    /// Softmax attention of `q (B, h, Lq, d)` over `k`, `v (B, hk, Lk, d)`;
-    /// `(B, Lq, h*d)`. Queries go in blocks small enough that one block's
-    /// scores stay within [`SCORE_BUDGET`] elements (a 100k-token prompt
-    /// would otherwise ask for a score matrix of tens of GB); with a causal
-    /// mask, each block sees only the keys it may attend to.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let (b, h, lq, _) = q.dims4()?;
-        let lk = k.dim(2)?;
-        let per_row = (b * h * lk).max(1);
-        let rows = (SCORE_BUDGET / per_row).max(1);
-        if rows >= lq {
-            return self.attend_block(q, k, v);
-        }
-        let mut outs = Vec::with_capacity(lq.div_ceil(rows));
-        let mut start = 0;
-        while start < lq {
-            let r = rows.min(lq - start);
-            let qb = q.narrow(2, start, r)?;
-            let o = if self.cfg.causal {
-                // Query i sees keys j <= i + (Lk - Lq): the block's last query bounds them.
-                let keys = start + r + (lk - lq);
-                self.attend_block(&qb, &k.narrow(2, 0, keys)?, &v.narrow(2, 0, keys)?)?
-            } else {
-                self.attend_block(&qb, k, v)?
-            };
-            outs.push(o);
-            start += r;
-        }
-        Ok(Tensor::cat(&outs, 1)?)
-    }
-
-    /// [`Self::attend`] in one piece.
-    fn attend_block(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let (b, h, lq, d) = q.dims4()?;
-        let lk = k.dim(2)?;
-        let (hk, g) = (self.kv_heads, self.heads / self.kv_heads);
-        let q = q.reshape((b, hk, g * lq, d))?;
-        // A view into the KV cache multiplies as it is; other layouts are copied first.
-        let kt = k.t()?;
-        let scores = match q.matmul(&kt) {
-            Ok(s) => s,
-            Err(_) => q.matmul(&kt.contiguous()?)?,
-        };
-        let scores = (scores * self.scale)?; // (B, hk, g*Lq, Lk)
-        let scores = if self.cfg.causal && lq > 1 {
-            // Key j is visible to query i iff j <= i + (Lk - Lq); built on the device.
-            let dev = q.device();
-            let qi = (Tensor::arange(0u32, lq as u32, dev)?.unsqueeze(1)? + (lk - lq) as f64)?;
-            let kj = Tensor::arange(0u32, lk as u32, dev)?.unsqueeze(0)?;
-            let visible = kj.broadcast_le(&qi)?;
-            let zeros = Tensor::zeros((lq, lk), scores.dtype(), dev)?;
-            let neg = Tensor::full(f32::NEG_INFINITY, (lq, lk), dev)?.to_dtype(scores.dtype())?;
-            let mask = visible.where_cond(&zeros, &neg)?;
-            scores
-                .reshape((b, hk, g, lq, lk))?
-                .broadcast_add(&mask)?
-                .reshape((b, hk, g * lq, lk))?
-        } else {
-            scores
-        };
-        let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let o = match p.matmul(v) {
-            Ok(o) => o,
-            Err(_) => p.matmul(&v.contiguous()?)?,
-        }; // (B, hk, g*Lq, d)
-        Ok(o.reshape((b, h, lq, d))?
-            .transpose(1, 2)?
-            .reshape((b, lq, h * d))?)
-    }
-
-    fn output(&self, ctx: Tensor, mlp: Option<Tensor>) -> Result<Tensor> {
+    /// `out_proj` of the context (and MLP branch); `decoding` as in [`Self::project`].
+    fn output(&self, ctx: Tensor, mlp: Option<Tensor>, decoding: bool) -> Result<Tensor> {
         let ctx = match mlp {
             Some(m) => Tensor::cat(&[ctx, m], D::Minus1)?,
             None => ctx,
         };
-        if ctx.dim(1)? == 1 {
+        if decoding && ctx.dim(1)? == 1 {
             if let Some(y) = step_linear(&ctx, &self.out_proj)? {
                 return Ok(y);
             }
         }
-        Ok(self.out_proj.forward(&ctx)?)
+        linear_at(&ctx, &self.out_proj)
     }
 
     fn zero_history(&self, b: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
@@ -237,38 +183,7 @@ impl Mha {
             dev,
         )?)
     }
-
-    /// Writes `k`, `v (B, hkv, n, d)` at `offset` into the cache, growing it if needed.
-    fn cache_write(
-        &self,
-        state: &mut MixerState,
-        k: &Tensor,
-        v: &Tensor,
-        offset: usize,
-    ) -> Result<()> {
-        let n = k.dim(2)?;
-        for (name, new) in [("k", k), ("v", v)] {
-            let mut cache = state.get(name)?.clone();
-            let cap = cache.dim(2)?;
-            if offset + n > cap {
-                let (b, hk, _, d) = cache.dims4()?;
-                let grown = Tensor::zeros(
-                    (b, hk, (2 * cap).max(offset + n), d),
-                    cache.dtype(),
-                    cache.device(),
-                )?;
-                grown.slice_set(&cache, 2, 0)?;
-                cache = grown;
-            }
-            cache.slice_set(&new.contiguous()?, 2, offset)?;
-            state.set(name, cache);
-        }
-        Ok(())
-    }
 }
-
-/// The most attention scores one block of queries computes at once (64 MiB of f32).
-pub const SCORE_BUDGET: usize = 1 << 24;
 
 /// The most positions a fresh KV cache reserves; it grows past them on demand.
 pub const INITIAL_CACHE_POSITIONS: usize = 4096;
@@ -284,37 +199,34 @@ impl Mixer for Mha {
 
     fn forward(&self, x: &Tensor, _opts: &ForwardOpts) -> Result<Tensor> {
         let (b, _) = check_sequence(x, self.d_model, "attention input")?;
-        let (qkv, mlp) = self.project(x)?;
+        let (qkv, mlp) = self.project(x, false)?;
         let qkv = self.conv(&qkv, &self.zero_history(b, x.dtype(), x.device())?)?;
         let (q, k, v) = self.heads(&qkv, 0)?;
-        let ctx = self.attend(
+        let ctx = self.attention().attend(
             &q.transpose(1, 2)?,
             &k.transpose(1, 2)?,
             &v.transpose(1, 2)?,
         )?;
-        self.output(ctx, mlp)
+        self.output(ctx, mlp, false)
     }
 
     fn prefill(&self, x: &Tensor, state: &mut MixerState, _opts: &ForwardOpts) -> Result<Tensor> {
         let (b, l) = check_sequence(x, self.d_model, "attention input")?;
         let offset = state.seqlen_offset;
-        let (qkv, mlp) = self.project(x)?;
+        let (qkv, mlp) = self.project(x, true)?;
         let qkv = match &self.conv {
             Some(_) => {
-                let hist = state.get("conv")?.clone();
-                let out = self.conv(&qkv, &hist)?;
-                let all = Tensor::cat(&[&hist, &qkv], 1)?;
-                let w = hist.dim(1)?;
-                state.set("conv", all.narrow(1, all.dim(1)? - w, w)?);
-                out
+                let hist = cache::push_history(state, &qkv)?;
+                self.conv(&qkv, &hist)?
             }
             None => qkv,
         };
         let (q, k, v) = self.heads(&qkv, offset)?;
         let (k, v) = (k.transpose(1, 2)?, v.transpose(1, 2)?);
-        self.cache_write(state, &k, &v, offset)?;
+        cache::write(state, &k, &v, offset)?;
         let t = offset + l;
         let (kc, vc) = (state.get("k")?, state.get("v")?);
+        // The fused step reads the cache in place; elsewhere candle's ops (which widen).
         let fused = match l {
             1 => decode_tensors(
                 &q.reshape((b, self.heads, self.head_dim))?,
@@ -327,14 +239,14 @@ impl Mixer for Mha {
         };
         let ctx = match fused {
             Some(ctx) => ctx,
-            None => self.attend(
+            None => self.attention().attend(
                 &q.transpose(1, 2)?.contiguous()?,
                 &kc.narrow(2, 0, t)?,
                 &vc.narrow(2, 0, t)?,
             )?,
         };
         state.seqlen_offset = t;
-        self.output(ctx, mlp)
+        self.output(ctx, mlp, true)
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, opts: &StepOpts) -> Result<Tensor> {
@@ -351,7 +263,9 @@ impl Mixer for Mha {
     }
 
     /// A KV cache `k`, `v (B, hkv, capacity, d)` and, with a conv, its last
-    /// `d_conv - 1` inputs. The capacity starts at `max_seqlen`, at most
+    /// `d_conv - 1` inputs, all in `dtype` on `device`: they hold activations
+    /// (keys, values, `qkv` rows), not accumulated states, so the activation
+    /// dtype keeps them exactly; inputs of another dtype are cast on write. The capacity starts at `max_seqlen`, at most
     /// [`INITIAL_CACHE_POSITIONS`], and doubles on demand: a request for a
     /// huge `max_seqlen` costs nothing until the tokens arrive.
     fn init_state(
@@ -375,4 +289,17 @@ impl Mixer for Mha {
     fn family(&self) -> Family {
         Family::Attention
     }
+}
+
+/// `lin(x)` with the weight and bias cast to `x`'s dtype (no-ops when they
+/// match): f32 master weights run with bf16 activations, and the gradients
+/// flow back through the casts to the stored parameters.
+fn linear_at(x: &Tensor, lin: &Linear) -> Result<Tensor> {
+    let dtype = x.dtype();
+    if lin.weight().dtype() == dtype && lin.bias().is_none_or(|b| b.dtype() == dtype) {
+        return Ok(lin.forward(x)?);
+    }
+    let w = lin.weight().to_dtype(dtype)?;
+    let b = lin.bias().map(|b| b.to_dtype(dtype)).transpose()?;
+    Ok(Linear::new(w, b).forward(x)?)
 }

@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use lrnnx_framework::Result;
+use lrnnx_kernels::portable::accumulation_dtype;
 
 /// Rotates the first `dim` features of each head by position-dependent angles
 /// `t / base^(2i/dim)`: GPT-NeoX halves (`x[i]` with `x[i + dim/2]`) or, when
@@ -42,20 +43,23 @@ impl Rotary {
         Ok((angle.cos()?.to_dtype(dtype)?, angle.sin()?.to_dtype(dtype)?))
     }
 
-    /// Applies the rotation to `x (B, L, heads, head_dim)` at positions `offset..offset+L`.
+    /// Applies the rotation to `x (B, L, heads, head_dim)` at positions
+    /// `offset..offset+L`, on `x`'s device; the rotation is computed in the
+    /// accumulation dtype (f32 for bf16/f16) and rounded once to `x`'s dtype.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         if self.dim == 0 {
             return Ok(x.clone());
         }
         let (_, l, _, hd) = x.dims4()?;
         let half = self.dim / 2;
-        let (cos, sin) = self.tables(offset, l, x.dtype(), x.device())?;
+        let acc = accumulation_dtype(x.dtype());
+        let (cos, sin) = self.tables(offset, l, acc, x.device())?;
         // (L, half) -> (1, L, 1, half)
         let (cos, sin) = (
             cos.unsqueeze(0)?.unsqueeze(2)?,
             sin.unsqueeze(0)?.unsqueeze(2)?,
         );
-        let rot = x.narrow(D::Minus1, 0, self.dim)?;
+        let rot = x.narrow(D::Minus1, 0, self.dim)?.to_dtype(acc)?;
         let rotated = if self.interleaved {
             let dims = rot.dims().to_vec();
             let pairs = rot.reshape((dims[0], dims[1], dims[2], half, 2))?;
@@ -71,6 +75,7 @@ impl Rotary {
             let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
             Tensor::cat(&[r1, r2], D::Minus1)?
         };
+        let rotated = rotated.to_dtype(x.dtype())?;
         if self.dim == hd {
             Ok(rotated)
         } else {

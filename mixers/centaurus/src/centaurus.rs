@@ -8,6 +8,7 @@ use lrnnx_framework::{
     MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 use lrnnx_kernels::fft_conv::causal_conv;
+use lrnnx_kernels::portable::{accumulation_dtype, portable_forced, widen};
 use lrnnx_kernels::scan::complex_diag_scan;
 
 use crate::{CentaurusConfig, ForwardMode, Mode};
@@ -42,6 +43,19 @@ pub struct Centaurus {
     pub(crate) log_delta: Tensor,
     pub(crate) b: Tensor,
     pub(crate) c: Tensor,
+}
+
+/// The zero initial state `(B, 2N)` for scan inputs `u (B, L, 2N)`, in their
+/// accumulation dtype. Passed explicitly rather than as `None` so that `Ā`
+/// is in the graph at L = 1 on every path (its gradient is zero there, not
+/// absent); the fused scan builds the same zeros itself.
+pub(crate) fn zero_state(u: &Tensor) -> Result<Tensor> {
+    let (b, _, n2) = u.dims3()?;
+    Ok(Tensor::zeros(
+        (b, n2),
+        accumulation_dtype(u.dtype()),
+        u.device(),
+    )?)
 }
 
 /// A `(rows, cols)` tensor of `std`-scaled standard-normal draws `z`.
@@ -143,15 +157,18 @@ impl Centaurus {
 
     /// The algorithm `forward` uses for `batch` sequences of `len` positions on `device`.
     ///
-    /// `auto`: the scan off the CPU (the convolution op is CPU-only) and for
-    /// pw (its kernel has as many channels as the scan, and the scan measured
-    /// faster at every length); otherwise the convolution from
-    /// [`CONV_MIN_LEN`] positions on, unless `batch == 1` and `len >=`
-    /// [`SCAN_MIN_LEN_SINGLE`].
+    /// `auto`: the scan where the fused FFT convolution does not run (off the
+    /// CPU, and under [`lrnnx_kernels::portable::with_portable`]: the portable
+    /// convolution builds an `L x L` Toeplitz matrix per channel, which the
+    /// scan beats) and for pw (its kernel has as many channels as the scan,
+    /// and the scan measured faster at every length); otherwise the
+    /// convolution from [`CONV_MIN_LEN`] positions on, unless `batch == 1`
+    /// and `len >=` [`SCAN_MIN_LEN_SINGLE`].
     pub fn resolve_forward_mode(&self, batch: usize, len: usize, device: &Device) -> ForwardMode {
         match self.cfg.forward_mode {
             ForwardMode::Auto => {
                 let conv = device.is_cpu()
+                    && !portable_forced()
                     && self.cfg.mode != Mode::Pw
                     && len >= CONV_MIN_LEN
                     && (batch > 1 || len < SCAN_MIN_LEN_SINGLE);
@@ -167,12 +184,16 @@ impl Centaurus {
 
     /// `forward` with the algorithm chosen here instead of by the config
     /// (`Auto` as in the config). Both give the same result up to rounding.
+    ///
+    /// The input and output maps run in `x`'s dtype (the parameters are cast
+    /// at use); the states (scan) or state channels (convolution) are
+    /// computed in `x`'s accumulation dtype (f32 for bf16/f16). `conv` runs
+    /// the fused FFT convolution on the CPU and the portable Toeplitz one
+    /// elsewhere, which refuses lengths past its budget (use `scan` there).
     pub fn forward_by(&self, x: &Tensor, how: ForwardMode) -> Result<Tensor> {
         let (b, l) = self.check(x)?;
-        let dtype = x.dtype();
-        let x = x.to_dtype(self.a.dtype())?;
         if l == 0 {
-            return Ok(Tensor::zeros((b, 0, self.d_model), dtype, x.device())?);
+            return Ok(Tensor::zeros((b, 0, self.d_model), x.dtype(), x.device())?);
         }
         let how = match how {
             ForwardMode::Auto => match self.cfg.forward_mode {
@@ -182,10 +203,10 @@ impl Centaurus {
             fixed => fixed,
         };
         let y = match how {
-            ForwardMode::Conv => self.run_conv(&x)?,
-            _ => self.run_scan(&x, None, &self.lambda()?, &self.b_bar()?)?.0,
+            ForwardMode::Conv => self.run_conv(x)?,
+            _ => self.run_scan(x, None, &self.lambda()?, &self.b_bar()?)?.0,
         };
-        Ok(y.to_dtype(dtype)?)
+        Ok(y)
     }
 
     /// Scan form from `h0 (B, 2·N·M)`: outputs `(B, L, H)` and every state `(B, L, 2·N·M)`.
@@ -197,17 +218,22 @@ impl Centaurus {
         b_bar: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let u = self.to_substates(&self.input(x, b_bar)?)?;
-        let h = complex_diag_scan(&u, lambda, h0)?;
-        let y = self.readout(&self.mix(&h)?)?;
-        Ok((y, h))
+        let h0 = match h0 {
+            Some(h0) => h0.clone(),
+            None => zero_state(&u)?,
+        };
+        let h = complex_diag_scan(&u, lambda, Some(&h0))?;
+        let z = self.mix(&h)?.to_dtype(x.dtype())?;
+        Ok((self.readout(&z)?, h))
     }
 
-    /// Convolution form: `y = C_eff (K * B̄x)` with the real state kernel `K (S, L)`.
+    /// Convolution form: `y = C_eff (K * B̄x)` with the real state kernel
+    /// `K (S, L)`, convolved in the accumulation dtype.
     fn run_conv(&self, x: &Tensor) -> Result<Tensor> {
         let l = x.dim(1)?;
-        let u = self.input(x, &self.b_bar()?)?;
+        let u = widen(&self.input(x, &self.b_bar()?)?)?;
         let v = causal_conv(&u, &self.state_kernel(l)?)?;
-        self.readout(&v)
+        self.readout(&v.to_dtype(x.dtype())?)
     }
 
     fn check(&self, x: &Tensor) -> Result<(usize, usize)> {
@@ -243,16 +269,14 @@ impl Mixer for Centaurus {
     /// Always the scan form (it yields the final state).
     fn prefill(&self, x: &Tensor, state: &mut MixerState, _opts: &ForwardOpts) -> Result<Tensor> {
         let (b, l) = self.check(x)?;
-        let dtype = x.dtype();
         if l == 0 {
-            return Ok(Tensor::zeros((b, 0, self.d_model), dtype, x.device())?);
+            return Ok(Tensor::zeros((b, 0, self.d_model), x.dtype(), x.device())?);
         }
-        let x = x.to_dtype(self.a.dtype())?;
         let h0 = state.get("h")?.reshape((b, ()))?;
         let (lambda, b_bar) = (state.get("lambda")?.clone(), state.get("b_bar")?.clone());
-        let (y, h) = self.run_scan(&x, Some(&h0), &lambda, &b_bar)?;
+        let (y, h) = self.run_scan(x, Some(&h0), &lambda, &b_bar)?;
         keep_last_state(state, &self.per_position(&h)?, l)?;
-        Ok(y.to_dtype(dtype)?)
+        Ok(y)
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
@@ -260,23 +284,24 @@ impl Mixer for Centaurus {
         let b = x2.dim(0)?;
         let h0 = state.get("h")?.reshape((b, ()))?;
         let (lambda, b_bar) = (state.get("lambda")?.clone(), state.get("b_bar")?.clone());
-        let xs = x2.to_dtype(self.a.dtype())?.unsqueeze(1)?;
+        let xs = x2.unsqueeze(1)?;
         let (y, h) = self.run_scan(&xs, Some(&h0), &lambda, &b_bar)?;
         finish_step(state, &y, &self.per_position(&h)?, x)
     }
 
     /// State `h (B, 2, N, M)`: the complex sub-states, real parts then
-    /// imaginary parts (flattened, the scan's split layout), plus `lambda`
+    /// imaginary parts (flattened, the scan's split layout), in the
+    /// accumulation dtype of `dtype` (f32 for bf16/f16), plus `lambda`
     /// (`Ā`, split) and `b_bar` (`δB`), computed once here as lrnnx's
     /// `allocate_inference_cache` does.
     fn init_state(
         &self,
         batch: usize,
         _max_seqlen: usize,
-        _dtype: DType,
+        dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let h = Tensor::zeros(self.state_dims(batch), self.a.dtype(), device)?;
+        let h = Tensor::zeros(self.state_dims(batch), accumulation_dtype(dtype), device)?;
         Ok(MixerState::new()
             .with("h", h)
             .with("lambda", self.lambda()?.to_device(device)?)

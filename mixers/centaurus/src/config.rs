@@ -25,7 +25,8 @@ pub enum Mode {
 /// How [`crate::Centaurus`]'s `forward` runs (not an lrnnx argument; lrnnx
 /// always convolves): `auto` scans short sequences (and off the CPU) and
 /// convolves long ones; `scan` runs the complex diagonal scan over the `N·M`
-/// sub-states; `conv` the causal convolution with the real state kernel (CPU only).
+/// sub-states; `conv` the causal convolution with the real state kernel (FFT
+/// on the CPU, Toeplitz matmuls elsewhere, up to the portable convolution's length budget).
 pub use lrnnx_framework::layers::diagonal::ForwardMode;
 
 /// Arguments of lrnnx's `Centaurus(d_model, d_state, sub_state_dim, discretization="zoh", mode="neck")`,

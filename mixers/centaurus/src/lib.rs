@@ -30,16 +30,24 @@
 //!   sub-states, then `Re`, `E` mixing and `C`;
 //! - `conv`: the causal convolution (`lrnnx_kernels::fft_conv`, direct or FFT)
 //!   of `δBx` with the real state kernel `K[n,l] = Σ_m E[n,m] Re(Ā[n,m]^l)`,
-//!   then `C` (CPU only);
+//!   then `C`; on the CPU by FFT, elsewhere (CUDA, or under
+//!   `lrnnx_kernels::portable::with_portable`) by Toeplitz matmuls, which
+//!   refuse lengths past `lrnnx_kernels::portable::conv::TOEPLITZ_BUDGET`;
 //! - `auto` (default): on the CPU, conv for neck/dws/full from [`CONV_MIN_LEN`]
 //!   positions on (except a single sequence of [`SCAN_MIN_LEN_SINGLE`] or
-//!   more), scan otherwise and always for pw; scan off the CPU. The
+//!   more), scan otherwise and always for pw; scan off the CPU (and under
+//!   `with_portable`). The
 //!   thresholds were measured at H=256, N=64, M=4 (see
 //!   [`Centaurus::resolve_forward_mode`]).
 //!
 //! `step` keeps the complex sub-states `(B, N, M)` (O(1) in the length);
 //! `prefill` runs the scan. [`lrnnx_framework::Lti::kernel`] gives the
 //! input-output kernel `(H, H, len)`.
+//!
+//! Dtypes: the input and output maps run in the input's dtype (parameters
+//! are cast at use, so f32 master weights take bf16 activations); the
+//! sub-states and the convolution's state channels are computed in f32 for
+//! bf16/f16 inputs (f64 stays f64), and so is the decoding state.
 //!
 //! Checkpoints: `A` is a complex `(N, M)` parameter in lrnnx, stored here in
 //! PyTorch's `view_as_real` layout `(N, M, 2)`.

@@ -8,6 +8,7 @@ use lrnnx_framework::layers::project;
 use lrnnx_framework::Result;
 use lrnnx_kernels::scan::complex_diag_scan;
 
+use crate::centaurus::zero_state;
 use crate::{Centaurus, Mode};
 
 impl Centaurus {
@@ -48,7 +49,9 @@ impl Centaurus {
     }
 
     /// `u = B̄ x`: `x (.., H)` to `(.., S)`, real.
+    /// In `x`'s dtype (`b_bar` is cast).
     pub(crate) fn input(&self, x: &Tensor, b_bar: &Tensor) -> Result<Tensor> {
+        let b_bar = &b_bar.to_dtype(x.dtype())?;
         match self.cfg.mode {
             Mode::Neck | Mode::Pw => project(x, b_bar, None),
             Mode::Dws => Ok(x.broadcast_mul(b_bar)?),
@@ -106,7 +109,8 @@ impl Centaurus {
         Ok(u.reshape(src)?.broadcast_mul(&mask)?.reshape(out)?)
     }
 
-    /// `Σ_m E[n,m] Re h[.., n, m]`: scan states `(.., 2·N·M)` (split) to `(.., S)`.
+    /// `Σ_m E[n,m] Re h[.., n, m]`: scan states `(.., 2·N·M)` (split) to
+    /// `(.., S)`, in `h`'s dtype (`E` is cast).
     pub(crate) fn mix(&self, h: &Tensor) -> Result<Tensor> {
         let (n, m) = (self.cfg.d_state, self.cfg.sub_state_dim);
         let last = h.rank() - 1;
@@ -119,20 +123,22 @@ impl Centaurus {
         wide.extend([2, n, m]);
         let re = h.reshape(wide)?.narrow(last, 0, 1)?; // (.., 1, N, M)
         dims.push(n);
-        Ok(re.broadcast_mul(e)?.sum(D::Minus1)?.reshape(dims)?)
+        let e = e.to_dtype(h.dtype())?;
+        Ok(re.broadcast_mul(&e)?.sum(D::Minus1)?.reshape(dims)?)
     }
 
-    /// `y = C_eff z`: `z (.., S)` to `(.., H)`.
+    /// `y = C_eff z`: `z (.., S)` to `(.., H)`, in `z`'s dtype (`C` is cast).
     pub(crate) fn readout(&self, z: &Tensor) -> Result<Tensor> {
+        let c = &self.c.to_dtype(z.dtype())?;
         match self.cfg.mode {
-            Mode::Neck | Mode::Pw => project(z, &self.c, None),
-            Mode::Dws => Ok(z.broadcast_mul(&self.c)?),
+            Mode::Neck | Mode::Pw => project(z, c, None),
+            Mode::Dws => Ok(z.broadcast_mul(c)?),
             Mode::Full => {
                 let h = self.d_model;
                 let last = z.rank() - 1;
-                let prod =
-                    z.narrow(last, 0, h * h)?
-                        .broadcast_mul(&self.c.narrow(0, 0, h * h)?)?;
+                let prod = z
+                    .narrow(last, 0, h * h)?
+                    .broadcast_mul(&c.narrow(0, 0, h * h)?)?;
                 let mut dims = z.dims().to_vec();
                 dims.pop();
                 dims.extend([h, h]);
@@ -165,7 +171,8 @@ impl Centaurus {
             2,
         )?
         .pad_with_zeros(1, 0, len - 1)?;
-        let powers = complex_diag_scan(&impulse, &lambda, None)?.squeeze(0)?; // (len, 2·N·M): Ā^l
+        let h0 = zero_state(&impulse)?;
+        let powers = complex_diag_scan(&impulse, &lambda, Some(&h0))?.squeeze(0)?; // (len, 2·N·M): Ā^l
         Ok(self.mix(&powers)?.t()?.contiguous()?)
     }
 
@@ -173,23 +180,24 @@ impl Centaurus {
     /// `K_io[o,i,l] = Σ_s C_eff[o,s] K[s,l] B̄[s,i]`.
     pub(crate) fn io_kernel(&self, len: usize) -> Result<Tensor> {
         let h = self.d_model;
-        let k = self.state_kernel(len)?; // (S, len)
-        let b_bar = self.b_bar()?;
+        let k = self.state_kernel(len)?; // (S, len), in the scan's accumulation dtype
+        let b_bar = self.b_bar()?.to_dtype(k.dtype())?;
+        let c = &self.c.to_dtype(k.dtype())?;
         match self.cfg.mode {
             Mode::Neck | Mode::Pw => {
                 // (len, H, S) * ... @ (S, H) -> (len, H, H)
-                let ck = self.c.unsqueeze(0)?.broadcast_mul(&k.t()?.unsqueeze(1)?)?;
+                let ck = c.unsqueeze(0)?.broadcast_mul(&k.t()?.unsqueeze(1)?)?;
                 let kio = ck.broadcast_matmul(&b_bar)?;
                 Ok(kio.permute((1, 2, 0))?.contiguous()?)
             }
             Mode::Dws => {
-                let g = k.broadcast_mul(&(&self.c * &b_bar)?.unsqueeze(1)?)?; // (H, len)
+                let g = k.broadcast_mul(&(c * &b_bar)?.unsqueeze(1)?)?; // (H, len)
                 let eye = Tensor::eye(h, g.dtype(), g.device())?.unsqueeze(2)?;
                 Ok(eye.broadcast_mul(&g.unsqueeze(1)?)?)
             }
             Mode::Full => {
                 let h2 = h * h;
-                let gain = (self.c.narrow(0, 0, h2)? * b_bar.narrow(0, 0, h2)?)?;
+                let gain = (c.narrow(0, 0, h2)? * b_bar.narrow(0, 0, h2)?)?;
                 let g = k.narrow(0, 0, h2)?.broadcast_mul(&gain.unsqueeze(1)?)?;
                 Ok(g.reshape((h, h, len))?)
             }

@@ -7,7 +7,10 @@
 //!
 //! Registered as `"LRU"`. The CPU forward runs the recurrence as a scan that
 //! is parallel over batch and state channels (`lrnnx_kernels::scan`); with
-//! feature `cuda` the same op runs as a CUDA kernel.
+//! feature `cuda` the same op runs as a CUDA kernel; on other devices (and
+//! under `lrnnx_kernels::portable::with_portable`) a log-depth scan of candle
+//! ops. The projections run in the input's dtype (parameters are cast at
+//! use); the states are f32 for bf16/f16 inputs (f64 stays f64).
 
 mod config;
 mod lru;

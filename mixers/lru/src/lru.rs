@@ -8,6 +8,7 @@ use lrnnx_framework::{
     check_sequence, check_step_input, Complex, Discretization, Error, Family, ForwardOpts, Lti,
     Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
+use lrnnx_kernels::portable::accumulation_dtype;
 use lrnnx_kernels::scan::complex_diag_scan;
 
 use crate::LruConfig;
@@ -125,18 +126,43 @@ impl Lru {
         })
     }
 
-    /// Forward from an initial state `h0 (B, 2N)`; returns outputs and every state.
+    /// Forward from an initial state `h0 (B, 2N)`; returns outputs (in `x`'s
+    /// dtype) and every state (in `x`'s accumulation dtype: f32 for bf16/f16).
+    ///
+    /// The projections run in `x`'s dtype (the parameters are cast at use);
+    /// the scan widens and keeps `lambda` in its own precision.
     fn run(&self, x: &Tensor, h0: Option<&Tensor>, ops: &SplitSystem) -> Result<(Tensor, Tensor)> {
-        let x = x.to_dtype(self.d.dtype())?;
-        let u = project(&x, &ops.w_in, None)?;
-        let h = complex_diag_scan(&u, &ops.lambda, h0)?;
-        let y = (project(&h, &ops.w_out, None)? + x.broadcast_mul(&self.d)?)?;
+        let u = project(x, &ops.w_in, None)?;
+        // An explicit zero state rather than `None`: then `lambda` is in the
+        // graph at L = 1 on every path (its gradient is zero there, not absent),
+        // and the fused scan builds the same zeros itself.
+        let zero;
+        let h0 = match h0 {
+            Some(h0) => h0,
+            None => {
+                zero = zero_state(&u)?;
+                &zero
+            }
+        };
+        let h = complex_diag_scan(&u, &ops.lambda, Some(h0))?;
+        let read = project(&h.to_dtype(x.dtype())?, &ops.w_out, None)?;
+        let y = (read + x.broadcast_mul(&self.d.to_dtype(x.dtype())?)?)?;
         Ok((y, h))
     }
 
     fn check(&self, x: &Tensor) -> Result<(usize, usize)> {
         check_sequence(x, self.d_model, "LRU input")
     }
+}
+
+/// The zero initial state `(B, 2N)` for scan inputs `u (B, L, 2N)`, in their accumulation dtype.
+fn zero_state(u: &Tensor) -> Result<Tensor> {
+    let (b, _, n2) = u.dims3()?;
+    Ok(Tensor::zeros(
+        (b, n2),
+        accumulation_dtype(u.dtype()),
+        u.device(),
+    )?)
 }
 
 impl Mixer for Lru {
@@ -150,19 +176,17 @@ impl Mixer for Lru {
 
     fn forward(&self, x: &Tensor, _opts: &ForwardOpts) -> Result<Tensor> {
         self.check(x)?;
-        let dtype = x.dtype();
         let (y, _) = self.run(x, None, &self.operators()?)?;
-        Ok(y.to_dtype(dtype)?)
+        Ok(y)
     }
 
     fn prefill(&self, x: &Tensor, state: &mut MixerState, _opts: &ForwardOpts) -> Result<Tensor> {
         let (_, l) = self.check(x)?;
-        let dtype = x.dtype();
         let ops = self.operators()?;
         let h0 = state.get("h")?.clone();
         let (y, h) = self.run(x, Some(&h0), &ops)?;
         keep_last_state(state, &h, l)?;
-        Ok(y.to_dtype(dtype)?)
+        Ok(y)
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
@@ -173,16 +197,21 @@ impl Mixer for Lru {
         finish_step(state, &y, &h, x)
     }
 
-    /// State `h (B, 2N)` (split complex) plus the discrete operators, computed
-    /// once here as lrnnx's `allocate_inference_cache` does.
+    /// State `h (B, 2N)` (split complex, in the accumulation dtype of
+    /// `dtype`: f32 for bf16/f16) plus the discrete operators, computed once
+    /// here as lrnnx's `allocate_inference_cache` does.
     fn init_state(
         &self,
         batch: usize,
         _max_seqlen: usize,
-        _dtype: DType,
+        dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let h = Tensor::zeros((batch, 2 * self.cfg.d_state), self.d.dtype(), device)?;
+        let h = Tensor::zeros(
+            (batch, 2 * self.cfg.d_state),
+            accumulation_dtype(dtype),
+            device,
+        )?;
         self.operators()?
             .stored_in(MixerState::new().with("h", h), device)
     }

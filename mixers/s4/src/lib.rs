@@ -25,6 +25,7 @@
 mod config;
 pub mod ctilde;
 pub mod dplr;
+pub mod dplr_portable;
 pub mod s4;
 pub mod s4d;
 pub mod ssm;

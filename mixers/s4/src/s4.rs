@@ -12,8 +12,10 @@ use num_complex::Complex64;
 use crate::config::S4Disc;
 use crate::ctilde;
 use crate::dplr::{self, dplr_scan, Dims};
+use crate::dplr_portable::{self as portable, Dense, StepMap};
 pub use crate::ssm::ForwardMode;
 use crate::S4Config;
+use lrnnx_kernels::portable::{accumulation_dtype, use_fused_cpu, widen};
 
 /// Below this length `forward_mode = "auto"` runs the recurrence, from it on
 /// the convolution, except at batch 1 where the recurrence always runs (the
@@ -138,11 +140,26 @@ impl S4 {
         Ok(k.reshape((len, c * h))?.t()?.contiguous()?)
     }
 
+    /// The kernel `(channels*H, len)` on the portable path, in the
+    /// accumulation dtype of `dtype`.
+    fn portable_kernel(&self, packed: &Tensor, len: usize, dtype: DType) -> Result<Tensor> {
+        let packed = packed.to_dtype(accumulation_dtype(dtype))?;
+        let map = StepMap::new(&packed, self.block.channels())?;
+        Dense::new(&map)?.kernel(len)
+    }
+
     /// The SSM over `x (B, L, H)`: `(B, L, channels, H)`. `auto` is the
     /// recurrence at batch 1 (the kernel is itself a batch-1 run of it).
+    /// Off the fused CPU path both modes are the convolution with the
+    /// portable kernel (the same map; `scan` still refuses `L > l_max`).
     fn ssm_forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let packed = self.packed()?;
+        if !use_fused_cpu(x) {
+            self.block.pick(l, true)?;
+            let k = self.portable_kernel(&packed, self.block.taps(l), x.dtype())?;
+            return self.block.conv(x, &k);
+        }
         if self.block.pick(l, b > 1 && l >= AUTO_CONV_FROM)? == ForwardMode::Scan {
             return Ok(dplr_scan(x, &packed, None, self.block.channels())?);
         }
@@ -172,9 +189,87 @@ impl S4 {
     /// the new state goes back into it.
     fn run_from_state(&self, x: &Tensor, state: &mut MixerState) -> Result<Tensor> {
         let packed = state.get("params")?.clone();
-        let (y, s) = self.run_raw(x, &packed, state.get("lrnn_state")?)?;
-        state.set("lrnn_state", s);
+        let s0 = state.get("lrnn_state")?.clone();
+        let (y, s) = if use_fused_cpu(x) {
+            self.run_raw(x, &packed, &s0)?
+        } else {
+            let start = (state.seqlen_offset > 0).then_some(&s0);
+            self.run_portable(x, &packed, start)?
+        };
+        state.set("lrnn_state", s.to_dtype(s0.dtype())?);
         Ok(y)
+    }
+
+    /// The recurrence over `x (B, L, H)` from `s0 (B, H, N/2, 2)` (zero when
+    /// `None`) with candle ops: the convolution with the full-length kernel,
+    /// plus `c Ā^(t+1) s0`; the last state is `Ā^L s0 + sum_t Ā^(L-1-t) B̄ x_t`.
+    /// Returns `(y (B, L, C, H)` in `x`'s dtype, the state in the accumulation dtype).
+    fn run_portable(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        s0: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, l, h) = x.dims3()?;
+        let acc = accumulation_dtype(x.dtype());
+        let map = StepMap::new(&packed.to_dtype(acc)?, self.block.channels())?;
+        if l == 1 {
+            return self.step_portable(&x.squeeze(1)?, &map, s0);
+        }
+        let sys = Dense::new(&map)?;
+        let powers = portable::orbit(&sys.a, &sys.b, l)?; // (H, N, L): Ā^j B̄
+        let k = self.block.conv(
+            x,
+            &sys.c.matmul(&powers)?.transpose(0, 1)?.reshape(((), l))?,
+        )?;
+        let mut y = k.to_dtype(acc)?;
+        // x reversed in time, as (H, L, B).
+        let rev: Vec<u32> = (0..l as u32).rev().collect();
+        let rev = Tensor::from_vec(rev, l, x.device())?;
+        let xr = widen(&x.contiguous()?.index_select(&rev, 1)?)?.permute((2, 1, 0))?;
+        let mut last = powers.matmul(&xr.contiguous()?)?; // (H, N, B)
+        if let Some(s0) = s0 {
+            let s = portable::state_to_real(&s0.to_dtype(acc)?)?;
+            let decay = portable::orbit(&sys.a, &sys.a.matmul(&s)?, l)?; // (H, N, L*B)
+            let ch = self.block.channels();
+            let y0 = sys
+                .c
+                .matmul(&decay)?
+                .reshape((h, ch, l, b))?
+                .permute((3, 2, 1, 0))?;
+            y = (y + y0)?;
+            last = (last + decay.narrow(2, (l - 1) * b, b)?)?;
+        }
+        Ok((y.to_dtype(x.dtype())?, portable::real_to_state(&last)?))
+    }
+
+    /// One step of `x (B, H)` from `s0` with candle ops: `(y (B, 1, C, H), state)`.
+    fn step_portable(
+        &self,
+        x: &Tensor,
+        map: &StepMap,
+        s0: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, h) = x.dims2()?;
+        let acc = accumulation_dtype(x.dtype());
+        let n2 = self.block.n2;
+        let s = match s0 {
+            Some(s0) => s0.to_dtype(acc)?.transpose(0, 1)?, // (H, B, N/2, 2)
+            None => Tensor::zeros((h, b, n2, 2), acc, x.device())?,
+        };
+        let part = |i: usize| s.narrow(3, i, 1).and_then(|t| t.squeeze(3));
+        let s = lrnnx_framework::Complex::new(part(0)?, part(1)?);
+        let xs = widen(x)?.t()?.unsqueeze(2)?; // (H, B, 1)
+        let next = map.step(&s, Some(&xs))?;
+        let real = Tensor::cat(&[&next.re, &next.im], 2)?; // (H, B, N)
+        let y = real
+            .matmul(&map.readout().t()?)? // (H, B, C)
+            .permute((1, 2, 0))?
+            .unsqueeze(1)?;
+        let state = Tensor::stack(&[&next.re, &next.im], 3)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        Ok((y.to_dtype(x.dtype())?, state))
     }
 }
 
@@ -204,17 +299,20 @@ impl Mixer for S4 {
     }
 
     /// State `lrnn_state (B, H, N/2, 2)` (the half basis of lrnnx's `(B, H, N)`
-    /// complex state) and the packed system `params`, computed once here as
+    /// complex state, in the accumulation dtype of `dtype`: f32 for bf16/f16) and the packed system `params`, computed once here as
     /// lrnnx's `allocate_inference_cache` does.
     fn init_state(
         &self,
         batch: usize,
         _max_seqlen: usize,
-        _dtype: DType,
+        dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let dtype = self.block.wrapper.d().dtype();
-        let s = Tensor::zeros((batch, self.block.d_model, self.block.n2, 2), dtype, device)?;
+        let s = Tensor::zeros(
+            (batch, self.block.d_model, self.block.n2, 2),
+            accumulation_dtype(dtype),
+            device,
+        )?;
         let packed = self.packed()?.detach().to_device(device)?;
         Ok(MixerState::new()
             .with("lrnn_state", s)
@@ -238,6 +336,9 @@ impl Lti for S4 {
         let packed = self.packed()?;
         if len == 0 {
             return self.block.empty_kernel(packed.dtype(), packed.device());
+        }
+        if !use_fused_cpu(&packed) {
+            return self.portable_kernel(&packed, len, packed.dtype());
         }
         self.kernel_of(&packed, len)
     }

@@ -10,10 +10,11 @@ use lrnnx_framework::{
     ForwardOpts, Lti, Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
 use lrnnx_kernels::fft_conv::causal_conv;
+use lrnnx_kernels::portable::{accumulation_dtype, widen};
 use lrnnx_kernels::scan::complex_diag_scan;
 
 use crate::config::{ForwardMode, LtiDiscretization, S5Config, S5LtiConfig};
-use crate::util::{complex_of, matmul_last, powers, softplus, tensor};
+use crate::util::{complex_of, matmul_last, or_zero_state, powers, softplus, tensor};
 
 /// The LTI S5 layer: a MIMO diagonal state space model
 /// `h_t = A_bar h_{t-1} + B_bar x_t`, `y_t = Re(C h_t) + x_t @ D`.
@@ -154,16 +155,21 @@ impl S5Lti {
         if self.use_conv() {
             conv_states(u, &ops.lambda, h0)
         } else {
-            Ok(complex_diag_scan(u, &ops.lambda, h0)?)
+            let h0 = or_zero_state(h0, u)?;
+            Ok(complex_diag_scan(u, &ops.lambda, Some(&h0))?)
         }
     }
 
-    /// Forward from `h0 (B, 2N)`; returns outputs and every state.
+    /// Forward from `h0 (B, 2N)`; returns outputs (in `x`'s dtype) and every
+    /// state (in `x`'s accumulation dtype: f32 for bf16/f16).
+    ///
+    /// The projections run in `x`'s dtype (the parameters are cast at use);
+    /// the scan or convolution widens and keeps `A_bar` in its own precision.
     fn run(&self, x: &Tensor, h0: Option<&Tensor>, ops: &SplitSystem) -> Result<(Tensor, Tensor)> {
-        let x = x.to_dtype(self.d.dtype())?;
-        let u = project(&x, &ops.w_in, None)?;
+        let u = project(x, &ops.w_in, None)?;
         let h = self.states(&u, h0, ops)?;
-        let y = (project(&h, &ops.w_out, None)? + matmul_last(&x, &self.d)?)?;
+        let read = project(&h.to_dtype(x.dtype())?, &ops.w_out, None)?;
+        let y = (read + matmul_last(x, &self.d.to_dtype(x.dtype())?)?)?;
         Ok((y, h))
     }
 
@@ -173,14 +179,16 @@ impl S5Lti {
 }
 
 /// `h_t = sum_{j<=t} A_bar^{t-j} u_j + A_bar^{t+1} h0` by causal convolution
-/// of each complex state channel with `A_bar^l` (FFT for long inputs).
+/// of each complex state channel with `A_bar^l` (FFT for long inputs on the
+/// CPU, Toeplitz matmuls elsewhere), in the accumulation dtype of `u`.
 pub(crate) fn conv_states(u: &Tensor, lambda: &Tensor, h0: Option<&Tensor>) -> Result<Tensor> {
+    let u = &widen(u)?;
     let (b, l, n2) = u.dims3()?;
     let n = n2 / 2;
     if l == 0 {
         return Ok(u.clone());
     }
-    let p = powers(lambda, l + 1)?; // (L+1, 2N)
+    let p = powers(lambda, l + 1)?.to_dtype(u.dtype())?; // (L+1, 2N)
     let k = p.narrow(0, 0, l)?.t()?; // (2N, L)
     let (kr, ki) = (k.narrow(0, 0, n)?, k.narrow(0, n, n)?);
     // Channels [ur, ui, ur, ui] against kernels [kr, kr, ki, ki]:
@@ -196,7 +204,7 @@ pub(crate) fn conv_states(u: &Tensor, lambda: &Tensor, h0: Option<&Tensor>) -> R
         // A_bar^{t+1} h0 for t = 0..L.
         let q = p.narrow(0, 1, l)?.unsqueeze(0)?; // (1, L, 2N)
         let (qr, qi) = (q.narrow(2, 0, n)?, q.narrow(2, n, n)?);
-        let h0 = h0.unsqueeze(1)?; // (B, 1, 2N)
+        let h0 = h0.to_dtype(u.dtype())?.unsqueeze(1)?; // (B, 1, 2N)
         let (hr, hi) = (h0.narrow(2, 0, n)?, h0.narrow(2, n, n)?);
         let qh = Complex::new(qr, qi).mul(&Complex::new(hr, hi))?;
         h = (h + Tensor::cat(&[qh.re, qh.im], 2)?.broadcast_as((b, l, n2))?)?;
@@ -215,25 +223,21 @@ impl Mixer for S5Lti {
 
     fn forward(&self, x: &Tensor, _opts: &ForwardOpts) -> Result<Tensor> {
         self.check(x)?;
-        let dtype = x.dtype();
         let (y, _) = self.run(x, None, &self.operators()?)?;
-        Ok(y.to_dtype(dtype)?)
+        Ok(y)
     }
 
     fn prefill(&self, x: &Tensor, state: &mut MixerState, _opts: &ForwardOpts) -> Result<Tensor> {
         let (_, l) = self.check(x)?;
-        let dtype = x.dtype();
         let ops = SplitSystem::from_state(state)?;
         let h0 = state.get("h")?.clone();
         let (y, h) = self.run(x, Some(&h0), &ops)?;
         keep_last_state(state, &h, l)?;
-        Ok(y.to_dtype(dtype)?)
+        Ok(y)
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
         let x2 = check_step_input(x, self.d_model, "S5 step input")?;
-        let dtype = x.dtype();
-        let x2 = x2.to_dtype(self.d.dtype())?;
         let (lambda, w_in, w_out) = (
             state.get("lambda")?,
             state.get("w_in")?,
@@ -242,22 +246,28 @@ impl Mixer for S5Lti {
         let h0 = state.get("h")?;
         let u = project(&x2, w_in, None)?.unsqueeze(1)?;
         let h = complex_diag_scan(&u, lambda, Some(h0))?.squeeze(1)?;
-        let y = (project(&h, w_out, None)? + x2.matmul(&self.d)?)?;
+        let read = project(&h.to_dtype(x2.dtype())?, w_out, None)?;
+        let y = (read + x2.matmul(&self.d.to_dtype(x2.dtype())?)?)?;
         state.set("h", h);
         state.seqlen_offset += 1;
-        match_step_rank(y.to_dtype(dtype)?, x)
+        match_step_rank(y, x)
     }
 
-    /// State `h (B, 2N)` (split complex) plus `A_bar`, `B_bar` and `C`,
-    /// computed once here as lrnnx's `allocate_inference_cache` does.
+    /// State `h (B, 2N)` (split complex, in the accumulation dtype of
+    /// `dtype`: f32 for bf16/f16) plus `A_bar`, `B_bar` and `C`, computed
+    /// once here as lrnnx's `allocate_inference_cache` does.
     fn init_state(
         &self,
         batch: usize,
         _max_seqlen: usize,
-        _dtype: DType,
+        dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let h = Tensor::zeros((batch, 2 * self.cfg.d_state), self.d.dtype(), device)?;
+        let h = Tensor::zeros(
+            (batch, 2 * self.cfg.d_state),
+            accumulation_dtype(dtype),
+            device,
+        )?;
         self.operators()?
             .stored_in(MixerState::new().with("h", h), device)
     }
@@ -286,10 +296,12 @@ impl Lti for S5Lti {
             p.narrow(1, 0, n)?.unsqueeze(1)?,
             p.narrow(1, n, n)?.unsqueeze(1)?,
         ); // (len, 1, N)
-        let c = complex_of(&self.c)?;
+           // The powers come back in the scan's accumulation dtype (f32 for bf16 parameters).
+        let c = complex_of(&self.c.to_dtype(p.dtype())?)?;
         let c = Complex::new(c.re.unsqueeze(0)?, c.im.unsqueeze(0)?); // (1, H, N)
         let cp = c.mul(&Complex::new(pr, pi))?; // (len, H, N)
-        let (br, bi) = (ops.w_in.narrow(0, 0, n)?, ops.w_in.narrow(0, n, n)?); // (N, H)
+        let w_in = ops.w_in.to_dtype(p.dtype())?;
+        let (br, bi) = (w_in.narrow(0, 0, n)?, w_in.narrow(0, n, n)?); // (N, H)
         let k = (matmul_last(&cp.re, &br)? - matmul_last(&cp.im, &bi)?)?; // (len, H, H)
         Ok(k.permute((1, 2, 0))?.contiguous()?)
     }

@@ -9,12 +9,13 @@ use lrnnx_framework::{
     check_sequence, check_step_input, Complex, Discretization, Error, Family, ForwardOpts, Ltv,
     Mixer, MixerConfig, MixerState, ParamBuilder, Result, StepOpts,
 };
+use lrnnx_kernels::portable::{accumulation_dtype, widen};
 use lrnnx_kernels::scan::complex_diag_scan;
 use lrnnx_kernels::scan_tv::complex_diag_scan_tv;
 
 use crate::config::{LtvDiscretization, S5Config, S5LtvConfig};
 use crate::hippo::make_dplr_hippo;
-use crate::util::{complex_of, tensor, timesteps_seq, timesteps_step};
+use crate::util::{complex_of, or_zero_state, tensor, timesteps_seq, timesteps_step};
 
 /// The LTV S5 layer: `s_t = A_bar_t s_{t-1} + gamma (B x_t)`,
 /// `y_t = Re(C s_t) + D x_t` (times 2 on `Re` with `conj_sym`).
@@ -192,8 +193,10 @@ impl S5Ltv {
         })
     }
 
-    /// `A_bar` at `dtA = tau * dt` for timesteps `tau (B, L)`: `(B, L, 2P)`.
+    /// `A_bar` at `dtA = tau * dt` for timesteps `tau (B, L)`: `(B, L, 2P)`,
+    /// in the accumulation dtype of the parameters (f32 for bf16 ones).
     fn lambda_events(&self, a: &Complex, dt: &Tensor, tau: &Tensor) -> Result<Tensor> {
+        let (dt, a) = (widen(dt)?, Complex::new(widen(&a.re)?, widen(&a.im)?));
         let tau = tau.to_dtype(dt.dtype())?.unsqueeze(2)?; // (B, L, 1)
         let dta = tau.broadcast_mul(&dt.reshape((1, 1, dt.dim(0)?))?)?; // (B, L, P)
         let z = a.mul_real(&dta)?;
@@ -208,7 +211,10 @@ impl S5Ltv {
         a_bar.to_split()
     }
 
-    /// Forward from `h0 (B, 2P)` with optional timesteps `(B, L)`; returns outputs and every state.
+    /// Forward from `h0 (B, 2P)` with optional timesteps `(B, L)`; returns
+    /// outputs (in `x`'s dtype) and every state (in `x`'s accumulation dtype:
+    /// f32 for bf16/f16). The projections run in `x`'s dtype (the parameters
+    /// are cast at use); the scans widen and keep `A_bar` in its own precision.
     fn run(
         &self,
         x: &Tensor,
@@ -216,16 +222,17 @@ impl S5Ltv {
         tau: Option<&Tensor>,
         ops: &Operators,
     ) -> Result<(Tensor, Tensor)> {
-        let x = x.to_dtype(self.d.dtype())?;
-        let u = project(&x, &ops.system.w_in, None)?;
+        let u = project(x, &ops.system.w_in, None)?;
+        let h0 = or_zero_state(h0, &u)?;
         let h = match tau {
-            None => complex_diag_scan(&u, &ops.system.lambda, h0)?,
+            None => complex_diag_scan(&u, &ops.system.lambda, Some(&h0))?,
             Some(tau) => {
                 let lam = self.lambda_events(&ops.a, &ops.dt, tau)?;
-                complex_diag_scan_tv(&u, &lam, h0)?
+                complex_diag_scan_tv(&u, &lam, Some(&h0))?
             }
         };
-        let y = (project(&h, &ops.system.w_out, None)? + x.broadcast_mul(&self.d)?)?;
+        let read = project(&h.to_dtype(x.dtype())?, &ops.system.w_out, None)?;
+        let y = (read + x.broadcast_mul(&self.d.to_dtype(x.dtype())?)?)?;
         Ok((y, h))
     }
 
@@ -265,19 +272,17 @@ impl Mixer for S5Ltv {
 
     fn forward(&self, x: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
         let (_, _, tau) = self.check(x, opts)?;
-        let dtype = x.dtype();
         let (y, _) = self.run(x, None, tau.as_ref(), &self.operators()?)?;
-        Ok(y.to_dtype(dtype)?)
+        Ok(y)
     }
 
     fn prefill(&self, x: &Tensor, state: &mut MixerState, opts: &ForwardOpts) -> Result<Tensor> {
         let (_, l, tau) = self.check(x, opts)?;
-        let dtype = x.dtype();
         let ops = Self::state_ops(state)?;
         let h0 = state.get("h")?.clone();
         let (y, h) = self.run(x, Some(&h0), tau.as_ref(), &ops)?;
         keep_last_state(state, &h, l)?;
-        Ok(y.to_dtype(dtype)?)
+        Ok(y)
     }
 
     fn step(&self, x: &Tensor, state: &mut MixerState, opts: &StepOpts) -> Result<Tensor> {
@@ -293,17 +298,22 @@ impl Mixer for S5Ltv {
         finish_step(state, &y, &h, x)
     }
 
-    /// State `h (B, 2P)` (split complex) plus the system (`A`, `dt`, `A_bar`,
+    /// State `h (B, 2P)` (split complex, in the accumulation dtype of
+    /// `dtype`: f32 for bf16/f16) plus the system (`A`, `dt`, `A_bar`,
     /// `gamma B`, `C`), frozen here as lrnnx's `allocate_inference_cache` does.
     fn init_state(
         &self,
         batch: usize,
         _max_seqlen: usize,
-        _dtype: DType,
+        dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
         let ops = self.operators()?;
-        let h = Tensor::zeros((batch, 2 * self.cfg.d_state), self.d.dtype(), device)?;
+        let h = Tensor::zeros(
+            (batch, 2 * self.cfg.d_state),
+            accumulation_dtype(dtype),
+            device,
+        )?;
         let state = MixerState::new()
             .with("h", h)
             .with("a_re", ops.a.re.to_device(device)?)

@@ -52,7 +52,29 @@ pub(crate) fn powers(lambda: &Tensor, len: usize) -> Result<Tensor> {
     } else {
         one
     };
-    Ok(lrnnx_kernels::scan::complex_diag_scan(&u, lambda, None)?.squeeze(0)?)
+    let h0 = zero_state(&u)?;
+    Ok(lrnnx_kernels::scan::complex_diag_scan(&u, lambda, Some(&h0))?.squeeze(0)?)
+}
+
+/// The zero initial state `(B, 2N)` for scan inputs `u (B, L, 2N)`, in their
+/// accumulation dtype. Passed explicitly rather than as `None` so that the
+/// transition is in the graph at L = 1 on every path (its gradient is zero
+/// there, not absent); the fused scans build the same zeros themselves.
+pub(crate) fn zero_state(u: &Tensor) -> Result<Tensor> {
+    let (b, _, n2) = u.dims3()?;
+    Ok(Tensor::zeros(
+        (b, n2),
+        lrnnx_kernels::portable::accumulation_dtype(u.dtype()),
+        u.device(),
+    )?)
+}
+
+/// `h0`, or the zero state of [`zero_state`] when it is `None`.
+pub(crate) fn or_zero_state(h0: Option<&Tensor>, u: &Tensor) -> Result<Tensor> {
+    match h0 {
+        Some(h0) => Ok(h0.clone()),
+        None => zero_state(u),
+    }
 }
 
 /// An f32 CPU tensor from f64 values (parameters are drawn on the CPU, then cast by the store).

@@ -6,6 +6,7 @@ use lrnnx_framework::{
     check_sequence, Discretization, Error, Family, ForwardOpts, Init, Ltv, Mixer, MixerConfig,
     MixerState, ParamBuilder, Result, StepOpts,
 };
+use lrnnx_kernels::portable::{accumulation_dtype, use_fused_cpu, widen};
 use lrnnx_kernels::scan_real_tv::real_tv_scan;
 
 use crate::ops::{b_input, c_output, gate_residual, gelu};
@@ -71,39 +72,60 @@ impl S7 {
         self.cfg.d_state
     }
 
-    fn dtype(&self) -> DType {
+    /// The dtype the parameters are stored in.
+    pub(crate) fn param_dtype(&self) -> DType {
         self.x_proj.dtype()
     }
 
-    /// Rows `[start, start + len)` of x_proj's weight.
-    fn rows(&self, start: usize, len: usize) -> Result<Tensor> {
-        Ok(self.x_proj.narrow(0, start, len)?)
-    }
-
     /// The layer over `x (B, L, H)`, `L > 0`, from the state `h0 (B, N)`;
-    /// returns the output and every state `(B, L, N)`.
+    /// returns the output `(B, L, H)` in `x`'s dtype and every state
+    /// `(B, L, N)` in its accumulation dtype.
+    ///
+    /// The projections run in `x`'s dtype (the weights cast to it at use);
+    /// the transition, `Bu`, the scan, `yc` and `y` in the accumulation
+    /// dtype (f32, f64 stays f64); the gate in `x`'s dtype again. On CPU
+    /// f32/f64 every op is fused; elsewhere each runs its portable version.
     fn run(&self, x: &Tensor, h0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let (b, l, h) = x.dims3()?;
         let (n, t) = (self.cfg.d_state, b * l);
-        let x2 = x.to_dtype(self.dtype())?.reshape((t, h))?;
-        let u = x2.matmul(&self.in_proj.t()?)?;
+        let (dt, acc) = (x.dtype(), accumulation_dtype(x.dtype()));
+        let x2 = x.reshape((t, h))?;
+        let u = x2.matmul(&self.in_proj.to_dtype(dt)?.t()?)?;
         // x_proj rows: A [0, N) | B [N, N+HN) | C [N+HN, N+2HN) | D (H) | bias (N).
+        let x_proj = self.x_proj.to_dtype(dt)?;
+        let rows = |start: usize, len: usize| x_proj.narrow(0, start, len);
         let (b0, c0, d0) = (n, n + h * n, n + 2 * h * n);
-        let a_bias = Tensor::cat(&[&self.rows(0, n)?, &self.rows(d0 + h, n)?], 0)?;
-        let a_bias = u.matmul(&a_bias.t()?)?; // (T, 2N)
-        let d_t = u.matmul(&self.rows(d0, h)?.t()?)?; // (T, H)
-        let a = a_bias.narrow(1, 0, n)?.broadcast_add(&self.base_params)?;
+        let a_bias = Tensor::cat(&[&rows(0, n)?, &rows(d0 + h, n)?], 0)?;
+        let a_bias = widen(&u.matmul(&a_bias.t()?)?)?; // (T, 2N)
+        let d_t = u.matmul(&rows(d0, h)?.t()?)?; // (T, H)
+        let base = self.base_params.to_dtype(acc)?;
+        let a = a_bias.narrow(1, 0, n)?.broadcast_add(&base)?;
         let a_bar = a.sqr()?.affine(1.0, 0.5)?.recip()?.affine(-1.0, 1.0)?;
-        let bu = (b_input(&u, &self.rows(b0, h * n)?, n)? + a_bias.narrow(1, n, n)?)?;
+        let bu = (b_input(&u, &rows(b0, h * n)?, n)? + a_bias.narrow(1, n, n)?)?;
         let s = real_tv_scan(&bu.reshape((b, l, n))?, &a_bar.reshape((b, l, n))?, h0)?;
-        let y = (c_output(&s.reshape((t, n))?, &u, &self.rows(c0, h * n)?)? + (d_t * &u)?)?;
-        let z = gelu(&y)?.matmul(&self.gate_proj.t()?)?;
+        let yc = c_output(&s.reshape((t, n))?, &u, &rows(c0, h * n)?)?;
+        let y = (yc + (widen(&d_t)? * widen(&u)?)?)?.to_dtype(dt)?;
+        let z = gelu(&y)?.matmul(&self.gate_proj.to_dtype(dt)?.t()?)?;
         let out = gate_residual(&z, &y, &x2)?.reshape((b, l, h))?;
         Ok((out, s))
     }
 
     fn check(&self, x: &Tensor) -> Result<(usize, usize)> {
         check_sequence(x, self.d_model, "S7 input")
+    }
+
+    /// The cached state of a batch of `b`, checked to be `(b, N)`.
+    pub(crate) fn state_of<'a>(&self, state: &'a MixerState, b: usize) -> Result<&'a Tensor> {
+        let s = state.get("lrnn_state")?;
+        let n = self.cfg.d_state;
+        if s.dims() != [b, n] {
+            return Err(Error::shape(
+                "S7 state",
+                format!("lrnn_state ({b}, {n})"),
+                s.dims(),
+            ));
+        }
+        Ok(s)
     }
 
     /// The step through the forward's ops: `x (B, H)`, `s (B, N)` to `(y, s)`.
@@ -128,7 +150,7 @@ impl Mixer for S7 {
         if l == 0 {
             return Ok(x.zeros_like()?);
         }
-        Ok(self.run(x, None)?.0.to_dtype(x.dtype())?)
+        Ok(self.run(x, None)?.0)
     }
 
     /// The parallel forward from the state, leaving the last state in it.
@@ -137,39 +159,42 @@ impl Mixer for S7 {
         if l == 0 {
             return Ok(x.zeros_like()?);
         }
-        let h0 = state.get("lrnn_state")?.clone();
+        let h0 = self.state_of(state, b)?.clone();
         let (y, s) = self.run(x, Some(&h0))?;
         state.set(
             "lrnn_state",
             s.narrow(1, l - 1, 1)?.reshape((b, self.cfg.d_state))?,
         );
         state.seqlen_offset += l;
-        Ok(y.to_dtype(x.dtype())?)
+        Ok(y)
     }
 
-    /// One position. On the CPU this runs on raw slices (`crate::step`), with
-    /// no graph and no GEMM repacking; elsewhere through the forward's ops.
+    /// One position. On CPU f32/f64 with parameters of the input's dtype this
+    /// runs on raw slices (`crate::step`), with no graph and no GEMM
+    /// repacking; otherwise through the forward's ops (portable off CPU
+    /// f32/f64).
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
         step_cached(x, self.d_model, "S7 step input", state, |x2, st| {
-            let xs = x2.to_dtype(self.dtype())?;
-            let h0 = st.get("lrnn_state")?;
-            let (y, s) = match self.step_cpu(&xs, h0)? {
-                Some(out) => out,
-                None => self.step_tensors(&xs, h0)?,
+            let h0 = self.state_of(st, x2.dim(0)?)?;
+            let (y, s) = if use_fused_cpu(x2) && x2.dtype() == self.param_dtype() {
+                self.step_cpu(x2, &h0.to_dtype(x2.dtype())?)?
+            } else {
+                self.step_tensors(x2, h0)?
             };
             Ok((y, [("lrnn_state", s)]))
         })
     }
 
-    /// lrnnx's cache: `lrnn_state (B, N)`, zeros, in the parameters' dtype.
+    /// lrnnx's cache: `lrnn_state (B, N)`, zeros, in the accumulation dtype
+    /// of `dtype` (f32, f64 stays f64).
     fn init_state(
         &self,
         batch: usize,
         _max_seqlen: usize,
-        _dtype: DType,
+        dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let s = Tensor::zeros((batch, self.cfg.d_state), self.dtype(), device)?;
+        let s = Tensor::zeros((batch, self.cfg.d_state), accumulation_dtype(dtype), device)?;
         Ok(MixerState::new().with("lrnn_state", s))
     }
 

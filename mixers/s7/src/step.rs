@@ -17,26 +17,20 @@ macro_rules! slice_of {
 }
 
 impl S7 {
-    /// The step on the CPU: `x (B, H)`, `s (B, N)` to `(y (B, H), s)`; `None`
-    /// off the CPU or in other dtypes.
-    pub(crate) fn step_cpu(&self, x: &Tensor, s: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
-        if !x.device().is_cpu() {
-            return Ok(None);
-        }
-        let (b, n) = (x.dim(0)?, self.cfg.d_state);
-        if s.dims() != [b, n] {
-            return Err(lrnnx_framework::Error::shape(
-                "S7 state",
-                format!("lrnn_state ({b}, {n})"),
-                s.dims(),
-            ));
-        }
+    /// The step on CPU slices: `x (B, H)`, `s (B, N)` to `(y (B, H), s)`, for
+    /// CPU tensors in f32 or f64 with parameters of the same dtype (what
+    /// `Mixer::step` checks before choosing it).
+    pub(crate) fn step_cpu(&self, x: &Tensor, s: &Tensor) -> Result<(Tensor, Tensor)> {
         let (x, s) = (x.contiguous()?, s.contiguous()?);
-        Ok(Some(match x.dtype() {
-            DType::F32 => self.step_typed::<f32>(&x, &s)?,
-            DType::F64 => self.step_typed::<f64>(&x, &s)?,
-            _ => return Ok(None),
-        }))
+        match (x.dtype(), x.device().is_cpu()) {
+            (DType::F32, true) => self.step_typed::<f32>(&x, &s),
+            (DType::F64, true) => self.step_typed::<f64>(&x, &s),
+            (dtype, _) => Err(lrnnx_framework::Error::shape(
+                "S7 slice step input",
+                "a CPU f32 or f64 tensor",
+                (dtype, x.device().location()),
+            )),
+        }
     }
 
     fn step_typed<T: Float>(&self, x: &Tensor, s: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -115,7 +109,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f64, 1.0, (3, 6), &dev).unwrap();
         let s = Tensor::randn(0f64, 1.0, (3, 5), &dev).unwrap();
-        let a = m.step_cpu(&x, &s).unwrap().unwrap();
+        let a = m.step_cpu(&x, &s).unwrap();
         let b = m.step_tensors(&x, &s).unwrap();
         for (p, q) in [(&a.0, &b.0), (&a.1, &b.1)] {
             let err = lrnnx_testing::max_abs_diff(p, q);

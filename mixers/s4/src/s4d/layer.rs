@@ -7,10 +7,12 @@ use lrnnx_framework::{
     Complex, Discretization, Family, ForwardOpts, Lti, Mixer, MixerConfig, MixerState,
     ParamBuilder, Result, StepOpts,
 };
+use lrnnx_kernels::portable::{accumulation_dtype, use_fused_cpu, widen};
 use lrnnx_kernels::scan::complex_diag_scan;
 use rayon::prelude::*;
 
 use super::config::S4dDisc;
+use super::powers;
 use super::vandermonde::vandermonde;
 use super::S4dConfig;
 pub use crate::ssm::ForwardMode;
@@ -32,6 +34,31 @@ struct Discrete {
     da: Complex,
     db: Complex,
     c: Complex,
+}
+
+impl Discrete {
+    /// The system in `dtype` (the accumulation dtype of the compute dtype).
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let cast = |z: &Complex| -> Result<Complex> {
+            Ok(Complex::new(z.re.to_dtype(dtype)?, z.im.to_dtype(dtype)?))
+        };
+        Ok(Self {
+            da: cast(&self.da)?,
+            db: cast(&self.db)?,
+            c: cast(&self.c)?,
+        })
+    }
+}
+
+impl ScanSys {
+    /// The system in `dtype`.
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            lam: self.lam.to_dtype(dtype)?,
+            db: self.db.to_dtype(dtype)?,
+            c: self.c.to_dtype(dtype)?,
+        })
+    }
 }
 
 /// The same system in the scan's split layout (see [`S4d::scan_sys`]).
@@ -152,8 +179,15 @@ impl S4d {
         Ok(s.unsqueeze(2)?.broadcast_mul(&c)?.sum(D::Minus1)?.sum(3)?)
     }
 
-    /// The recurrence over `x (B, L, H)` from `s0`: `(y (B, L, channels, H), last state (B, 2, H, N/2))`.
+    /// The recurrence over `x (B, L, H)` from `s0`: `(y (B, L, channels, H)`
+    /// in `x`'s dtype, last state `(B, 2, H, N/2)` in its accumulation dtype).
+    /// The system and the state are cast to that dtype, `x` widened to it.
     fn run_scan(&self, x: &Tensor, sys: &ScanSys, s0: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let dtype = x.dtype();
+        let acc = accumulation_dtype(dtype);
+        let (x, sys) = (&widen(x)?, &sys.to_dtype(acc)?);
+        let s0 = s0.map(|s| s.to_dtype(acc)).transpose()?;
+        let s0 = s0.as_ref();
         let (b, l, h) = x.dims3()?;
         let g = self.group(b * l);
         let (mut ys, mut last) = (Vec::new(), Vec::new());
@@ -166,17 +200,24 @@ impl S4d {
             h0 += hc;
         }
         if ys.len() == 1 {
-            return Ok((ys.remove(0), last.remove(0).contiguous()?));
+            return Ok((ys.remove(0).to_dtype(dtype)?, last.remove(0).contiguous()?));
         }
-        Ok((Tensor::cat(&ys, 3)?, Tensor::cat(&last, 2)?))
+        Ok((
+            Tensor::cat(&ys, 3)?.to_dtype(dtype)?,
+            Tensor::cat(&last, 2)?,
+        ))
     }
 
-    /// The kernel `(channels*H, len)` (row `c*H + h`): `2 Re(C dB dA^l)`.
-    fn kernel_of(&self, d: &Discrete, len: usize) -> Result<Tensor> {
+    /// The kernel `(channels*H, len)` (row `c*H + h`): `2 Re(C dB dA^l)`, in
+    /// `d`'s dtype: by the fused CPU op when `fused`, else from candle ops.
+    fn kernel_of(&self, d: &Discrete, len: usize, fused: bool) -> Result<Tensor> {
         let w = d.c.mul(&d.db)?;
+        let rows = self.block.channels() * self.block.d_model;
+        if !fused {
+            return Ok(powers::kernel(&w, &d.da, len)?.reshape((rows, len))?);
+        }
         let w = Tensor::stack(&[&w.re, &w.im], 3)?;
         let z = Tensor::stack(&[&d.da.re, &d.da.im], 2)?;
-        let rows = self.block.channels() * self.block.d_model;
         Ok(vandermonde(&w, &z, len)?.reshape((rows, len))?)
     }
 
@@ -188,7 +229,8 @@ impl S4d {
         want_state: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let l = x.dim(1)?;
-        let d = self.discrete()?;
+        let fused = use_fused_cpu(x);
+        let d = self.discrete()?.to_dtype(accumulation_dtype(x.dtype()))?;
         let mode = self
             .block
             .pick(l, x.device().is_cpu() && l >= AUTO_CONV_FROM)?;
@@ -198,11 +240,12 @@ impl S4d {
         }
         let y = self
             .block
-            .conv(x, &self.kernel_of(&d, self.block.taps(l))?)?;
-        let s = if want_state {
-            Some(final_state(x, &d)?)
-        } else {
-            None
+            .conv(x, &self.kernel_of(&d, self.block.taps(l), fused)?)?;
+        let s = match (want_state, fused) {
+            (false, _) => None,
+            (true, true) => Some(final_state(x, &d)?),
+            // Off the fused path the state comes from the (portable) scan.
+            (true, false) => Some(self.run_scan(x, &self.scan_sys(&d)?, None)?.1),
         };
         Ok((y, s))
     }
@@ -326,7 +369,7 @@ impl Mixer for S4d {
                 c: get("C")?,
             };
             let s0 = get("lrnn_state")?;
-            let (y, s) = if xs.device().is_cpu() {
+            let (y, s) = if use_fused_cpu(xs) {
                 step_cpu(xs, &sys, &s0)?
             } else {
                 let (y, s) = self.run_scan(&xs.unsqueeze(1)?, &sys, Some(&s0))?;
@@ -337,7 +380,8 @@ impl Mixer for S4d {
         })
     }
 
-    /// State `lrnn_state (B, 2, H, N/2)` (real parts, imaginary parts) and the
+    /// State `lrnn_state (B, 2, H, N/2)` (real parts, imaginary parts; in the
+    /// accumulation dtype of `dtype`: f32 for bf16/f16) and the
     /// discrete system (`lambda` = dA and `dB` as `(2, H, N/2)`, `C` as
     /// `(channels, 2, H, N/2)` holding `(2 Re C, -2 Im C)`), computed once here as
     /// lrnnx's `allocate_inference_cache` does.
@@ -345,12 +389,15 @@ impl Mixer for S4d {
         &self,
         batch: usize,
         _max_seqlen: usize,
-        _dtype: DType,
+        dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
         let sys = self.scan_sys(&self.discrete()?)?;
-        let dtype = self.block.wrapper.d().dtype();
-        let s = Tensor::zeros((batch, 2, self.block.d_model, self.block.n2), dtype, device)?;
+        let s = Tensor::zeros(
+            (batch, 2, self.block.d_model, self.block.n2),
+            accumulation_dtype(dtype),
+            device,
+        )?;
         let on = |t: &Tensor| -> Result<Tensor> { Ok(t.detach().to_device(device)?) };
         Ok(MixerState::new()
             .with("lrnn_state", s)
@@ -378,7 +425,8 @@ impl Lti for S4d {
             let d = self.block.wrapper.d();
             return self.block.empty_kernel(d.dtype(), d.device());
         }
-        self.kernel_of(&d, len)
+        let fused = use_fused_cpu(&d.da.re);
+        self.kernel_of(&d, len, fused)
     }
 
     fn discretization(&self) -> Discretization {

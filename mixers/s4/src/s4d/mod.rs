@@ -18,6 +18,7 @@
 
 mod config;
 pub mod layer;
+mod powers;
 mod vandermonde;
 
 pub use crate::NAME_S4D as NAME;

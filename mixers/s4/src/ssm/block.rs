@@ -132,8 +132,8 @@ impl<Disc: SsmDisc> SsmBlock<Disc> {
         )?)
     }
 
-    /// The block over `x (B, L, H)`: shape check, the parameters' dtype,
-    /// `lengths` mask, the wrapper's input part, `ssm` (from the SSM's input
+    /// The block over `x (B, L, H)` in `x`'s dtype (the compute dtype: the
+    /// parameters are cast to it at use): shape check, `lengths` mask, the wrapper's input part, `ssm` (from the SSM's input
     /// `(B, L, H)` to `(B, L, channels, H)`), the wrapper's output part, back
     /// to `x`'s dtype. An empty sequence gives an empty output without `ssm`.
     pub fn forward(
@@ -144,8 +144,7 @@ impl<Disc: SsmDisc> SsmBlock<Disc> {
     ) -> Result<Tensor> {
         let dtype = x.dtype();
         check_sequence(x, self.d_model, &format!("{} input", self.name))?;
-        let x = x.to_dtype(self.wrapper.d().dtype())?;
-        let x = mask_lengths(&x, opts.lengths.as_ref())?;
+        let x = mask_lengths(x, opts.lengths.as_ref())?;
         let (b, l, _) = x.dims3()?;
         if l == 0 {
             return Ok(Tensor::zeros(
@@ -186,7 +185,6 @@ impl<Disc: SsmDisc> SsmBlock<Disc> {
     ) -> Result<Tensor> {
         let x2 = check_step_input(x, self.d_model, &format!("{} step input", self.name))?;
         let dtype = x.dtype();
-        let x2 = x2.to_dtype(self.wrapper.d().dtype())?;
         let (xs, v) = self.wrapper.input(&x2)?;
         let y = ssm(&xs, state)?;
         state.seqlen_offset += 1;

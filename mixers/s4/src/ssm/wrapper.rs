@@ -1,9 +1,9 @@
 //! The block around lrnnx's S4/S4D kernel: gates, linears, `D` skip, GELUs,
 //! `lengths` masking.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
-use lrnnx_framework::layers::{linear, Linear};
+use lrnnx_framework::layers::{linear, project_linear, Linear};
 use lrnnx_framework::params::random;
 use lrnnx_framework::{Error, ParamBuilder, Result};
 
@@ -180,11 +180,11 @@ impl SsmWrapper {
     /// `v = gelu(input_gate(x))`, `x = input_linear(x)`.
     pub fn input(&self, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let v = match &self.input_gate {
-            Some(l) => Some(l.forward(x)?.gelu_erf()?),
+            Some(l) => Some(project_linear(x, l)?.gelu_erf()?),
             None => None,
         };
         let x = match &self.input_linear {
-            Some(l) => l.forward(x)?,
+            Some(l) => project_linear(x, l)?,
             None => x.clone(),
         };
         Ok((x, v))
@@ -195,7 +195,12 @@ impl SsmWrapper {
     /// then GELU, `[output_gate(.) * v]`, GELU, output linear + GELU.
     pub fn output(&self, y: &Tensor, x: &Tensor, v: Option<&Tensor>) -> Result<Tensor> {
         let (c, h) = (self.opts.channels, self.opts.d_model);
-        let y = y.broadcast_add(&x.unsqueeze(D::Minus2)?.broadcast_mul(&self.d)?)?;
+        let d = self.d.to_dtype(y.dtype())?;
+        let y = y.broadcast_add(
+            &x.to_dtype(y.dtype())?
+                .unsqueeze(D::Minus2)?
+                .broadcast_mul(&d)?,
+        )?;
         let mut dims = y.dims().to_vec();
         dims.truncate(dims.len() - 2);
         dims.push(c * h);
@@ -207,13 +212,13 @@ impl SsmWrapper {
         let mut y = y.reshape(dims)?.gelu_erf()?;
         if let Some(v) = v {
             if let Some(g) = &self.output_gate {
-                y = g.forward(&y)?;
+                y = project_linear(&y, g)?;
             }
             y = (y * v)?;
         }
         let y = y.gelu_erf()?;
         match &self.output_linear {
-            Some(l) => Ok(l.forward(&y)?.gelu_erf()?),
+            Some(l) => Ok(project_linear(&y, l)?.gelu_erf()?),
             None => Ok(y),
         }
     }

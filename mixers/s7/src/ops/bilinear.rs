@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, T
 use rayon::prelude::*;
 
 use lrnnx_kernels::cpu::{contiguous, tensor, with_cpu_slice, Float};
+use lrnnx_kernels::portable::use_fused_cpu;
 
 use super::contract::{
     accumulate, add_weighted_rows, bu_custom_op, check_uw, dot_from, outer, BuOp,
@@ -280,8 +281,13 @@ impl CustomOp3 for COutput {
 /// [`super::quad`] (folding the weight costs about as much as ~100 tokens).
 pub const FOLD_MIN_TOKENS: usize = 256;
 
-/// `Bu (T, N)` from `u (T, H)` and the `B` block `wb (H*N, H)` of x_proj.
+/// `Bu (T, N)` from `u (T, H)` and the `B` block `wb (H*N, H)` of x_proj, in
+/// the accumulation dtype of `u`: the fused CPU ops for CPU f32/f64, else
+/// [`super::portable::b_input`].
 pub fn b_input(u: &Tensor, wb: &Tensor, n: usize) -> Result<Tensor> {
+    if !use_fused_cpu(u) {
+        return super::portable::b_input(u, wb, n);
+    }
     let w = wb.contiguous()?;
     let u = u.contiguous()?;
     if u.dim(0)? >= FOLD_MIN_TOKENS {
@@ -291,8 +297,13 @@ pub fn b_input(u: &Tensor, wb: &Tensor, n: usize) -> Result<Tensor> {
     }
 }
 
-/// `yc (T, H)` from the states `s (T, N)`, `u (T, H)` and the `C` block `wc (H*N, H)`.
+/// `yc (T, H)` from the states `s (T, N)`, `u (T, H)` and the `C` block
+/// `wc (H*N, H)`, in the accumulation dtype of `u`: the fused CPU op for CPU
+/// f32/f64, else [`super::portable::c_output`].
 pub fn c_output(s: &Tensor, u: &Tensor, wc: &Tensor) -> Result<Tensor> {
+    if !use_fused_cpu(u) {
+        return super::portable::c_output(s, u, wc);
+    }
     let n = s.dim(1)?;
     let w = wc.contiguous()?;
     s.contiguous()?

@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use lrnnx_kernels::cpu::{contiguous, cpu_slice, tensor, with_simd, Float};
+use lrnnx_kernels::portable::use_fused_cpu;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -157,8 +158,12 @@ impl CustomOp3 for GateResidual {
     }
 }
 
-/// `sigmoid(z) * y + x`.
+/// `sigmoid(z) * y + x`: the fused op for CPU f32/f64, else
+/// [`super::portable::gate_residual`].
 pub fn gate_residual(z: &Tensor, y: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if !use_fused_cpu(z) {
+        return super::portable::gate_residual(z, y, x);
+    }
     z.contiguous()?
         .apply_op3(&y.contiguous()?, &x.contiguous()?, GateResidual)
 }

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use lrnnx_kernels::cpu::{
     self as util, contiguous, cpu_slice, gelu_and_grad, tensor, with_simd, Float,
 };
+use lrnnx_kernels::portable::use_fused_cpu;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -92,7 +93,11 @@ impl CustomOp1 for Gelu {
     }
 }
 
-/// Exact-erf GELU of `x`.
+/// Exact-erf GELU of `x`: the fused op for CPU f32/f64, else
+/// [`super::portable::gelu`].
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if !use_fused_cpu(x) {
+        return super::portable::gelu(x);
+    }
     x.contiguous()?.apply_op1(Gelu)
 }
