@@ -1,17 +1,19 @@
 //! Mamba from candle ops, on any device: candle ops for the projections, the
-//! conv and softplus, and for the recurrence the CUDA selective-scan kernel
-//! (`crate::cuda`, feature `cuda`) on a GPU or the plain reference scan
-//! (`crate::reference`) on the CPU, which is how this path is tested
-//! without a GPU. It is what GPUs run; on the CPU the fused ops of
-//! `crate::cpu` run instead. One function serves forward, prefill and step, since each is
-//! "run these positions from this state". Forward only: training Mamba runs
-//! on the CPU, whose fused ops have backward passes.
+//! conv and softplus, and for the recurrence either the CUDA selective-scan
+//! kernel (`crate::cuda`, feature `cuda`; forward only, taken for decoding and
+//! for forwards no gradient flows through) or the differentiable candle-ops
+//! scan (`crate::portable_scan`, everywhere else: training on a GPU, and the
+//! CPU inside `with_portable`, which is how this path is tested without a
+//! GPU). On the CPU in f32/f64 the fused ops of `crate::cpu` run instead.
+//! One function serves forward, prefill and step, since each is "run these
+//! positions from this state". Compute runs in the parameters' dtype (bf16
+//! inputs are widened to it, the outputs cast back).
 
 use candle_core::{Tensor, D};
 use lrnnx_framework::{Error, Result};
 
 use crate::cpu::recurrence::LANES;
-use crate::reference::selective_scan_reference;
+use crate::portable_scan::selective_scan_portable;
 use crate::scan_args::ScanArgs;
 use crate::Mamba;
 use lrnnx_framework::layers::project_linear as project;
@@ -40,6 +42,7 @@ impl Mamba {
         x: &Tensor,
         its: Option<&Tensor>,
         state: Option<(&Tensor, &Tensor)>,
+        decoding: bool,
     ) -> Result<CandleOpsRun> {
         let (b, l, _) = x.dims3()?;
         let (d, w, n) = (self.d_inner, self.cfg.d_conv, self.cfg.d_state);
@@ -90,16 +93,19 @@ impl Mamba {
             Some((_, h)) => h.clone(),
             None => Tensor::zeros((b, d.div_ceil(LANES), n, LANES), dtype, dev)?,
         };
-        let (y, h) = scan(&ScanArgs {
-            uz: &uz,
-            delta: &delta,
-            dta: &dta,
-            xdbl: &xdbl,
-            a: &a,
-            skip: &self.d,
-            h0: &h0,
-            rule: self.rule,
-        })?;
+        let (y, h) = scan(
+            &ScanArgs {
+                uz: &uz,
+                delta: &delta,
+                dta: &dta,
+                xdbl: &xdbl,
+                a: &a,
+                skip: &self.d,
+                h0: &h0,
+                rule: self.rule,
+            },
+            decoding,
+        )?;
         Ok(CandleOpsRun {
             out: project(&y, &self.out_proj)?,
             conv_state,
@@ -108,16 +114,28 @@ impl Mamba {
     }
 }
 
-/// The scan on the tensors' device: the CUDA kernel, or the plain reference on the CPU.
-fn scan(args: &ScanArgs) -> Result<(Tensor, Tensor)> {
-    if args.uz.device().is_cpu() {
-        return Ok(selective_scan_reference(args)?);
+/// Whether any input of the scan is in an autograd graph.
+#[cfg(feature = "cuda")]
+fn tracks_grad(a: &ScanArgs) -> bool {
+    [a.uz, a.delta, a.dta, a.xdbl, a.a, a.skip, a.h0]
+        .iter()
+        .any(|t| t.track_op())
+}
+
+/// The scan on the tensors' device. The CUDA kernel (forward only) runs on a
+/// GPU for decoding and for forwards no gradient will flow through; everything
+/// else runs the differentiable candle-ops scan ([`selective_scan_portable`]).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn scan(args: &ScanArgs, decoding: bool) -> Result<(Tensor, Tensor)> {
+    let dev = args.uz.device();
+    if !dev.is_cpu() && !dev.is_cuda() {
+        return Err(unsupported(args.uz));
     }
     #[cfg(feature = "cuda")]
-    if args.uz.device().is_cuda() {
+    if dev.is_cuda() && (decoding || !tracks_grad(args)) {
         return Ok(crate::cuda::selective_scan_gpu(args)?);
     }
-    Err(unsupported(args.uz))
+    Ok(selective_scan_portable(args)?)
 }
 
 fn unsupported(t: &Tensor) -> Error {
@@ -176,7 +194,7 @@ mod tests {
                 };
                 let want = m.forward(&x, &opts).expect("fused forward");
                 let whole = m
-                    .run_candle_ops(&x, its.as_ref(), None)
+                    .run_candle_ops(&x, its.as_ref(), None, false)
                     .expect("device path");
                 let e = max_rel(&whole.out, &want);
                 assert!(e < 1e-12, "{rule:?} events={events}: forward {e:e}");
@@ -187,12 +205,14 @@ mod tests {
                     (x.narrow(1, t0, n).expect("positions"), ts)
                 };
                 let (x0, t0) = part(0, split);
-                let mut run = m.run_candle_ops(&x0, t0.as_ref(), None).expect("prefill");
+                let mut run = m
+                    .run_candle_ops(&x0, t0.as_ref(), None, true)
+                    .expect("prefill");
                 let mut outs = vec![run.out.clone()];
                 for t in split..l {
                     let (xt, tt) = part(t, 1);
                     run = m
-                        .run_candle_ops(&xt, tt.as_ref(), Some((&run.conv_state, &run.h)))
+                        .run_candle_ops(&xt, tt.as_ref(), Some((&run.conv_state, &run.h)), true)
                         .expect("step");
                     outs.push(run.out.clone());
                 }

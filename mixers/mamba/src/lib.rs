@@ -45,10 +45,11 @@
 //! `dt_proj` + softplus and `out_proj`, and one CUDA kernel
 //! (`cuda/selective_scan.cu`, launched from [`cuda`]) for the discretization, the recurrence, the
 //! read-out, the skip and the gate, chunked over `L` inside each block.
-//! Forward, prefill and step run there (step = forward); there is no GPU
-//! backward yet, so training Mamba runs on the CPU. `d_state` up to 64.
-//! On CPU tensors the same candle-ops path runs with [`reference`]'s plain
-//! scan in place of the CUDA kernel, which is how it is tested without a GPU.
+//! Forward, prefill and step run there (step = forward), `d_state` up to 64.
+//! The kernel has no backward: a forward whose inputs are in an autograd
+//! graph (training) runs `portable_scan.rs` instead, the same scan from
+//! candle ops (`O(B L D N log L)` memory), which is also what the CPU runs
+//! inside `lrnnx_kernels::portable::with_portable` (how it is tested here).
 
 mod candle_ops;
 pub mod config;
@@ -56,6 +57,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod mamba;
+mod portable_scan;
 pub mod reference;
 mod scan_args;
 

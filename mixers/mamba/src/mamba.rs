@@ -16,6 +16,7 @@ use crate::cpu::recurrence::{Rule, LANES};
 use crate::cpu::selective_scan::{scan_with_state, selective_scan};
 use crate::cpu::step::{self, StepWeights};
 use crate::MambaConfig;
+use lrnnx_kernels::portable::use_fused_cpu;
 
 /// lrnnx's Mamba (S6) mixer.
 ///
@@ -280,11 +281,11 @@ impl Mixer for Mamba {
         let (b, l) = check_sequence(x, self.d_model, "Mamba input")?;
         let its = self.timesteps(opts.integration_timesteps.as_ref(), b, l)?;
         let dtype = x.dtype();
-        if !x.device().is_cpu() {
+        if !use_fused_cpu(x) {
             if l == 0 {
                 return Ok(x.zeros_like()?);
             }
-            let run = self.run_candle_ops(x, its.as_ref(), None)?;
+            let run = self.run_candle_ops(x, its.as_ref(), None, false)?;
             return Ok(run.out.to_dtype(dtype)?);
         }
         let x = x.to_dtype(self.dtype())?;
@@ -303,12 +304,12 @@ impl Mixer for Mamba {
     fn prefill(&self, x: &Tensor, state: &mut MixerState, opts: &ForwardOpts) -> Result<Tensor> {
         let (b, l) = check_sequence(x, self.d_model, "Mamba input")?;
         let its = self.timesteps(opts.integration_timesteps.as_ref(), b, l)?;
-        if !x.device().is_cpu() && l > 0 {
+        if !use_fused_cpu(x) && l > 0 {
             let from = match state.seqlen_offset {
                 0 => None,
                 _ => Some((state.get("conv_state")?, state.get("lrnn_state")?)),
             };
-            let run = self.run_candle_ops(x, its.as_ref(), from)?;
+            let run = self.run_candle_ops(x, its.as_ref(), from, true)?;
             state.set("conv_state", run.conv_state);
             state.set("lrnn_state", run.h);
             state.seqlen_offset += l;
@@ -351,10 +352,10 @@ impl Mixer for Mamba {
             }
         };
         let dtype = x.dtype();
-        if !x.device().is_cpu() {
+        if !use_fused_cpu(x) {
             let from = (state.get("conv_state")?, state.get("lrnn_state")?);
             let its = its.map(|t| t.reshape((b, 1))).transpose()?;
-            let run = self.run_candle_ops(&x2.unsqueeze(1)?, its.as_ref(), Some(from))?;
+            let run = self.run_candle_ops(&x2.unsqueeze(1)?, its.as_ref(), Some(from), true)?;
             state.set("conv_state", run.conv_state);
             state.set("lrnn_state", run.h);
             state.seqlen_offset += 1;
