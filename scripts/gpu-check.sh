@@ -14,7 +14,7 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name: $*"; local t0=$SECONDS
 step parity 240 $R "$par" --test-threads 1 --nocapture
 step conformance 120 $R lrnnx conformance --device cuda tests/data/lrnnx
 step bench 300 $R lrnnx bench --device cuda --dtype f32,bf16 --reps 10 --json "$OUT/bench.json"
-mix=LRU,S4D,S5,Centaurus,RGLRU,S7,attn,mLSTM
+mix=LRU,S4,S4D,S5,Centaurus,Mamba,RGLRU,S7,attn,mLSTM
 kw='{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 16}, "S5": {"discretization": "zoh"}, "Centaurus": {"sub_state_dim": 2}}' 
 for dev in cuda cpu; do for dt in f32 bf16; do
   step "train-$dev-$dt" 150 $R lrnnx train --device $dev --dtype $dt --steps 150 --mixers LRU,attn,LRU,attn --out "/tmp/run-$dev-$dt" --quiet
