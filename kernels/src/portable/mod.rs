@@ -26,6 +26,19 @@ use candle_core::{DType, Result, Tensor};
 
 thread_local! {
     static FORCE_PORTABLE: Cell<bool> = const { Cell::new(false) };
+    static NO_GRAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with `flag` set on this thread, restoring it afterwards (also on unwinding).
+fn with_flag<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
+    struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            self.0.with(|c| c.set(self.1));
+        }
+    }
+    let _restore = Restore(flag, flag.with(|c| c.replace(true)));
+    f()
 }
 
 /// Runs `f` with every op that has a portable path taking it, on this thread,
@@ -41,14 +54,27 @@ thread_local! {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn with_portable<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            FORCE_PORTABLE.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(FORCE_PORTABLE.with(|c| c.replace(true)));
-    f()
+    with_flag(&FORCE_PORTABLE, f)
+}
+
+/// Runs `f` promising that no backward pass will go through what it
+/// computes (inference, benchmarks of the forward): ops whose fastest kernel
+/// has no backward (Mamba's CUDA selective scan) may then take it even when
+/// their inputs are in an autograd graph (parameters are `Var`s). A backward
+/// through such an op fails with an error naming it, never silently.
+///
+/// ```
+/// use lrnnx_kernels::portable::{grad_disabled, without_grad};
+/// assert!(!grad_disabled());
+/// assert!(without_grad(grad_disabled));
+/// ```
+pub fn without_grad<R>(f: impl FnOnce() -> R) -> R {
+    with_flag(&NO_GRAD, f)
+}
+
+/// Whether [`without_grad`] is in force on this thread.
+pub fn grad_disabled() -> bool {
+    NO_GRAD.with(|c| c.get())
 }
 
 /// Whether [`with_portable`] is in force on this thread.

@@ -123,7 +123,8 @@ fn tracks_grad(a: &ScanArgs) -> bool {
 }
 
 /// The scan on the tensors' device. The CUDA kernel (forward only) runs on a
-/// GPU for decoding and for forwards no gradient will flow through; everything
+/// GPU for decoding, for forwards whose inputs track no gradient and inside
+/// [`lrnnx_kernels::portable::without_grad`]; everything
 /// else runs the differentiable candle-ops scan ([`selective_scan_portable`]).
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 fn scan(args: &ScanArgs, decoding: bool) -> Result<(Tensor, Tensor)> {
@@ -132,7 +133,8 @@ fn scan(args: &ScanArgs, decoding: bool) -> Result<(Tensor, Tensor)> {
         return Err(unsupported(args.uz));
     }
     #[cfg(feature = "cuda")]
-    if dev.is_cuda() && (decoding || !tracks_grad(args)) {
+    if dev.is_cuda() && (decoding || lrnnx_kernels::portable::grad_disabled() || !tracks_grad(args))
+    {
         return Ok(crate::cuda::selective_scan_gpu(args)?);
     }
     Ok(selective_scan_portable(args)?)

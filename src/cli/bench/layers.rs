@@ -42,7 +42,8 @@ pub fn bench_layer(
     let x = Tensor::randn(0f32, 1.0, (b, l, h), dev)?.to_dtype(dtype)?;
     let opts = ForwardOpts::default();
     let t_fwd = time(dev, a.reps, || {
-        let _ = m.forward(&x, &opts)?;
+        // No backward follows: forward-only kernels may run.
+        let _ = lrnnx_kernels::portable::without_grad(|| m.forward(&x, &opts))?;
         Ok(())
     })?;
     let t_bwd = time(dev, a.reps, || {
