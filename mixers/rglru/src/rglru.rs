@@ -8,6 +8,7 @@ use lrnnx_framework::{
     check_sequence, Discretization, Error, Family, ForwardOpts, Init, Ltv, Mixer, MixerConfig,
     MixerState, ParamBuilder, Result, StepOpts,
 };
+use lrnnx_kernels::portable::{accumulation_dtype, use_fused_cpu};
 
 use crate::ops::block::{self, block, BlockParams};
 use crate::ops::{depthwise_conv, gate_scan, gelu_mul};
@@ -28,11 +29,13 @@ impl Dense {
         }
     }
 
-    /// `x (rows, in) @ w^T + b`, one 2-D matmul.
+    /// `x (rows, in) @ w^T + b`, one 2-D matmul in `x`'s dtype (the
+    /// parameters cast to it).
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.t()?)?;
+        let dt = x.dtype();
+        let y = x.matmul(&self.w.to_dtype(dt)?.t()?)?;
         Ok(match &self.b {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.to_dtype(dt)?)?,
             None => y,
         })
     }
@@ -76,11 +79,11 @@ pub struct RgLru {
 
 /// What a parallel run over a sequence leaves behind.
 struct Run {
-    /// `(B, L, H)`.
+    /// `(B, L, H)`, in the input's dtype.
     y: Tensor,
-    /// `(B, L', D)`: the convolution's inputs, history included.
+    /// `(B, L', D)`: the convolution's inputs, history included, in the input's dtype.
     conv_in: Tensor,
-    /// `(B, L, D)`: every recurrent state.
+    /// `(B, L, D)`: every recurrent state, in the input's accumulation dtype.
     h: Tensor,
 }
 
@@ -130,39 +133,43 @@ impl RgLru {
         self.d_inner
     }
 
+    /// The dtype the parameters are stored in.
     fn dtype(&self) -> DType {
         self.a_log.dtype()
     }
 
-    /// `(D, W)` taps and `(D)` bias of the convolution.
-    fn conv_params(&self) -> Result<(Tensor, Tensor)> {
-        let w = self.conv_w.reshape((self.d_inner, self.cfg.d_conv))?;
+    /// `(D, W)` taps and `(D)` bias of the convolution, in `dt`.
+    fn conv_params(&self, dt: DType) -> Result<(Tensor, Tensor)> {
+        let w = self
+            .conv_w
+            .reshape((self.d_inner, self.cfg.d_conv))?
+            .to_dtype(dt)?;
         let b = match &self.conv_b {
-            Some(b) => b.clone(),
-            None => Tensor::zeros(self.d_inner, self.dtype(), self.a_log.device())?,
+            Some(b) => b.to_dtype(dt)?,
+            None => Tensor::zeros(self.d_inner, dt, self.a_log.device())?,
         };
         Ok((w, b))
     }
 
-    /// Both gate projections as one `(2D, D)` matmul, recurrent gate first.
-    fn gates_weight(&self) -> Result<Tensor> {
-        Ok(Tensor::cat(
-            &[&self.recurrent_gate_proj.w, &self.input_gate_proj.w],
-            0,
-        )?)
+    /// Both gate projections as one `(2D, D)` matmul, recurrent gate first, in `dt`.
+    fn gates_weight(&self, dt: DType) -> Result<Tensor> {
+        Ok(
+            Tensor::cat(&[&self.recurrent_gate_proj.w, &self.input_gate_proj.w], 0)?
+                .to_dtype(dt)?,
+        )
     }
 
-    /// Everything [`block`] takes.
+    /// Everything [`block`] takes, in the stored dtype ([`block`] casts).
     fn block_params(&self) -> Result<BlockParams> {
         let dense = |d: &Dense| block::Dense {
             w: d.w.clone(),
             b: d.b.clone(),
         };
-        let (conv_w, conv_b) = self.conv_params()?;
+        let (conv_w, conv_b) = self.conv_params(self.dtype())?;
         Ok(BlockParams {
             gate: dense(&self.gate_proj),
             input: dense(&self.in_proj),
-            gates_w: self.gates_weight()?,
+            gates_w: self.gates_weight(self.dtype())?,
             conv_w,
             conv_b,
             p: self.channel_params()?,
@@ -189,33 +196,40 @@ impl RgLru {
 
     /// The block over `x (B, L, H)`, `L > 0`, after `history (B, W-1, D)`
     /// convolution inputs (zeros when `None`) and from the state `h0 (B, D)`.
-    /// Everything runs on `(B*L, .)` matrices. (On the CPU, `forward` takes
-    /// the fused `ops::block` instead; this path serves prefill.)
+    /// Everything runs on `(B*L, .)` matrices, in `x`'s dtype up to the gates
+    /// and the recurrence (its accumulation dtype). Each op is fused on CPU
+    /// f32/f64 and portable elsewhere. (`forward` takes `ops::block`
+    /// instead; this path serves prefill.)
     fn run(&self, x: &Tensor, history: Option<&Tensor>, h0: Option<&Tensor>) -> Result<Run> {
         let (b, l, hdim) = x.dims3()?;
         let d = self.d_inner;
-        let x2 = x.to_dtype(self.dtype())?.reshape((b * l, hdim))?;
+        let (dt, acc) = (x.dtype(), accumulation_dtype(x.dtype()));
+        let x2 = x.reshape((b * l, hdim))?;
         let gate = self.gate_proj.apply(&x2)?;
         let xi = self.in_proj.apply(&x2)?;
-        let (cw, cb) = self.conv_params()?;
+        // The taps are summed in the accumulation dtype, rounded once to `dt`.
+        let (cw, cb) = self.conv_params(acc)?;
         let (xc, conv_in) = match history {
             Some(hist) => {
-                let conv_in = Tensor::cat(&[hist, &xi.reshape((b, l, d))?], 1)?;
-                let xc = depthwise_conv(&conv_in, &cw, &cb, b)?
+                let hist = hist.to_dtype(dt)?;
+                let conv_in = Tensor::cat(&[&hist, &xi.reshape((b, l, d))?], 1)?;
+                let xc = depthwise_conv(&conv_in.to_dtype(acc)?, &cw, &cb, b)?
+                    .to_dtype(dt)?
                     .narrow(1, self.cfg.d_conv - 1, l)?
                     .reshape((b * l, d))?;
                 (xc, conv_in)
             }
             None => {
-                let xc = depthwise_conv(&xi, &cw, &cb, b)?;
+                let xc = depthwise_conv(&xi.to_dtype(acc)?, &cw, &cb, b)?.to_dtype(dt)?;
                 (xc, xi.reshape((b, l, d))?)
             }
         };
-        let z = xc.matmul(&self.gates_weight()?.t()?)?;
-        let h = gate_scan(&z, &xc, &self.channel_params()?, self.cfg.c, h0, b)?;
+        let z = xc.matmul(&self.gates_weight(dt)?.t()?)?;
+        let p = self.channel_params()?.to_dtype(acc)?;
+        let h = gate_scan(&z, &xc, &p, self.cfg.c, h0, b)?;
         let y = self
             .out_proj
-            .apply(&gelu_mul(&gate, &h)?)?
+            .apply(&gelu_mul(&gate, &h)?.to_dtype(dt)?)?
             .reshape((b, l, hdim))?;
         Ok(Run {
             y,
@@ -228,8 +242,12 @@ impl RgLru {
         check_sequence(x, self.d_model, "RGLRU input")
     }
 
-    /// The step through tensor ops: `x (B, H)`, `conv_state (B, D, W)`,
-    /// `h (B, D, 1)` to `(y, conv_state, h)`.
+    /// The step through tensor ops (fused where `ops` has a kernel for the
+    /// tensors, portable elsewhere): `x (B, H)`, `conv_state (B, D, W)`,
+    /// `h (B, D, 1)` to `(y, conv_state, h)`. The projections and the
+    /// convolution run in `x`'s dtype, the gates and the update in its
+    /// accumulation dtype; `y` comes back in `x`'s dtype, both states in
+    /// its accumulation dtype.
     pub(crate) fn step_tensors(
         &self,
         x: &Tensor,
@@ -238,20 +256,46 @@ impl RgLru {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let b = x.dim(0)?;
         let (d, w) = (self.d_inner, self.cfg.d_conv);
+        self.check_state(b, conv_state, h0)?;
+        let (dt, acc) = (x.dtype(), accumulation_dtype(x.dtype()));
         let gate = self.gate_proj.apply(x)?;
         let xi = self.in_proj.apply(x)?.unsqueeze(2)?;
         let window = if w > 1 {
-            Tensor::cat(&[&conv_state.narrow(2, 1, w - 1)?, &xi], 2)?
+            Tensor::cat(&[&conv_state.narrow(2, 1, w - 1)?.to_dtype(dt)?, &xi], 2)?
         } else {
             xi
         };
-        let (cw, cb) = self.conv_params()?;
-        let xc = window.broadcast_mul(&cw)?.sum(2)?.broadcast_add(&cb)?;
-        let z = xc.matmul(&self.gates_weight()?.t()?)?;
-        let h0 = h0.reshape((b, d))?;
-        let h = gate_scan(&z, &xc, &self.channel_params()?, self.cfg.c, Some(&h0), b)?;
-        let y = self.out_proj.apply(&gelu_mul(&gate, &h)?)?;
-        Ok((y, window, h.reshape((b, d, 1))?))
+        let (cw, cb) = self.conv_params(acc)?;
+        let xc = window
+            .to_dtype(acc)?
+            .broadcast_mul(&cw)?
+            .sum(2)?
+            .broadcast_add(&cb)?
+            .to_dtype(dt)?;
+        let z = xc.matmul(&self.gates_weight(dt)?.t()?)?;
+        let h0 = h0.reshape((b, d))?.to_dtype(acc)?;
+        let p = self.channel_params()?.to_dtype(acc)?;
+        let h = gate_scan(&z, &xc, &p, self.cfg.c, Some(&h0), b)?;
+        let y = self.out_proj.apply(&gelu_mul(&gate, &h)?.to_dtype(dt)?)?;
+        Ok((
+            y,
+            window.to_dtype(acc)?,
+            h.reshape((b, d, 1))?.to_dtype(acc)?,
+        ))
+    }
+
+    /// Checks the decoding state of a batch of `b`: `conv_state (b, D, W)`
+    /// and `lrnn_state (b, D, 1)`.
+    pub(crate) fn check_state(&self, b: usize, conv_state: &Tensor, h: &Tensor) -> Result<()> {
+        let (d, w) = (self.d_inner, self.cfg.d_conv);
+        if conv_state.dims() != [b, d, w] || h.dims() != [b, d, 1] {
+            return Err(Error::shape(
+                "RGLRU state",
+                format!("conv_state ({b}, {d}, {w}) and lrnn_state ({b}, {d}, 1)"),
+                (conv_state.dims(), h.dims()),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -264,21 +308,18 @@ impl Mixer for RgLru {
         &self.cfg
     }
 
-    /// On the CPU the block up to `out_proj` is one op with a hand-written
-    /// backward (`ops::block`); elsewhere it is composed from the separate ops.
+    /// The block up to `out_proj` is `ops::block`: on CPU f32/f64 one op
+    /// with a hand-written backward, elsewhere composed from the portable
+    /// tensor ops. Computes in `x`'s dtype (recurrence in its accumulation
+    /// dtype) and returns in it.
     fn forward(&self, x: &Tensor, _opts: &ForwardOpts) -> Result<Tensor> {
         let (b, l) = self.check(x)?;
         if l == 0 {
             return Ok(x.zeros_like()?);
         }
-        let y = if x.device().is_cpu() && matches!(self.dtype(), DType::F32 | DType::F64) {
-            let x2 = x.to_dtype(self.dtype())?.reshape((b * l, self.d_model))?;
-            let yg = block(&x2, b, &self.block_params()?)?;
-            self.out_proj.apply(&yg)?.reshape((b, l, self.d_model))?
-        } else {
-            self.run(x, None, None)?.y
-        };
-        Ok(y.to_dtype(x.dtype())?)
+        let x2 = x.reshape((b * l, self.d_model))?;
+        let yg = block(&x2, b, &self.block_params()?)?;
+        Ok(self.out_proj.apply(&yg)?.reshape((b, l, self.d_model))?)
     }
 
     /// The parallel forward from the state, leaving the last `W` convolution
@@ -289,47 +330,59 @@ impl Mixer for RgLru {
             return Ok(x.zeros_like()?);
         }
         let (d, w) = (self.d_inner, self.cfg.d_conv);
+        let acc = accumulation_dtype(x.dtype());
         let conv_state = state.get("conv_state")?.clone();
+        self.check_state(b, &conv_state, state.get("lrnn_state")?)?;
         let history = if w > 1 {
             Some(conv_state.narrow(2, 1, w - 1)?.transpose(1, 2)?)
         } else {
             None
         };
-        let h0 = state.get("lrnn_state")?.reshape((b, d))?;
+        let h0 = state.get("lrnn_state")?.reshape((b, d))?.to_dtype(acc)?;
         let run = self.run(x, history.as_ref(), Some(&h0))?;
         // The convolution saw W-1 history rows before the prompt: L + W - 1 >= W rows.
         let total = run.conv_in.dim(1)?;
         let window = run.conv_in.narrow(1, total - w, w)?;
-        state.set("conv_state", window.transpose(1, 2)?.contiguous()?);
-        state.set("lrnn_state", run.h.narrow(1, l - 1, 1)?.reshape((b, d, 1))?);
+        state.set(
+            "conv_state",
+            window.transpose(1, 2)?.contiguous()?.to_dtype(acc)?,
+        );
+        let last = run.h.narrow(1, l - 1, 1)?.reshape((b, d, 1))?;
+        state.set("lrnn_state", last.to_dtype(acc)?);
         state.seqlen_offset += l;
-        Ok(run.y.to_dtype(x.dtype())?)
+        Ok(run.y)
     }
 
-    /// One position. On the CPU this runs on raw slices (`crate::step`), with
-    /// no graph and no GEMM repacking; elsewhere through tensor ops.
+    /// One position. On CPU f32/f64 with parameters of the input's dtype this
+    /// runs on raw slices (`crate::step`), with no graph and no GEMM
+    /// repacking; otherwise through tensor ops (portable off CPU f32/f64).
     fn step(&self, x: &Tensor, state: &mut MixerState, _opts: &StepOpts) -> Result<Tensor> {
         step_cached(x, self.d_model, "RGLRU step input", state, |x2, st| {
-            let xs = x2.to_dtype(self.dtype())?;
             let (conv_state, h0) = (st.get("conv_state")?, st.get("lrnn_state")?);
-            let (y, conv_state, h) = match self.step_cpu(&xs, conv_state, h0)? {
+            let slices = use_fused_cpu(x2) && x2.dtype() == self.dtype();
+            let fused = if slices {
+                self.step_cpu(x2, conv_state, h0)?
+            } else {
+                None
+            };
+            let (y, conv_state, h) = match fused {
                 Some(out) => out,
-                None => self.step_tensors(&xs, conv_state, h0)?,
+                None => self.step_tensors(x2, conv_state, h0)?,
             };
             Ok((y, [("conv_state", conv_state), ("lrnn_state", h)]))
         })
     }
 
     /// lrnnx's cache: `conv_state (B, D, W)` and `lrnn_state (B, D, 1)`, zeros,
-    /// in the parameters' dtype.
+    /// in the accumulation dtype of `dtype` (f32, f64 stays f64).
     fn init_state(
         &self,
         batch: usize,
         _max_seqlen: usize,
-        _dtype: DType,
+        dtype: DType,
         device: &Device,
     ) -> Result<MixerState> {
-        let (d, w, dt) = (self.d_inner, self.cfg.d_conv, self.dtype());
+        let (d, w, dt) = (self.d_inner, self.cfg.d_conv, accumulation_dtype(dtype));
         Ok(MixerState::new()
             .with("conv_state", Tensor::zeros((batch, d, w), dt, device)?)
             .with("lrnn_state", Tensor::zeros((batch, d, 1), dt, device)?))

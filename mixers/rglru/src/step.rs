@@ -70,25 +70,20 @@ with_simd! {
 
 impl RgLru {
     /// The step on the CPU: `x (B, H)`, `conv_state (B, D, W)`, `h (B, D, 1)`
-    /// to `(y (B, H), conv_state, h)`; `None` off the CPU or in other dtypes.
+    /// to `(y (B, H), conv_state, h)`, all in `x`'s dtype, which must be the
+    /// parameters'; `None` off the CPU or in other dtypes.
     pub(crate) fn step_cpu(
         &self,
         x: &Tensor,
         conv_state: &Tensor,
         h: &Tensor,
     ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-        if !x.device().is_cpu() {
+        if !x.device().is_cpu() || !conv_state.device().is_cpu() || !h.device().is_cpu() {
             return Ok(None);
         }
-        let (d, w) = (self.d_inner, self.cfg.d_conv);
-        let b = x.dim(0)?;
-        if conv_state.dims() != [b, d, w] || h.dims() != [b, d, 1] {
-            return Err(lrnnx_framework::Error::shape(
-                "RGLRU state",
-                format!("conv_state ({b}, {d}, {w}) and lrnn_state ({b}, {d}, 1)"),
-                (conv_state.dims(), h.dims()),
-            ));
-        }
+        self.check_state(x.dim(0)?, conv_state, h)?;
+        // The states are kept in the accumulation dtype, which for f32/f64 is x's.
+        let (conv_state, h) = (conv_state.to_dtype(x.dtype())?, h.to_dtype(x.dtype())?);
         let (x, conv_state, h) = (x.contiguous()?, conv_state.contiguous()?, h.contiguous()?);
         Ok(Some(match x.dtype() {
             DType::F32 => self.step_typed::<f32>(&x, &conv_state, &h)?,

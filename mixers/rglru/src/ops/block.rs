@@ -22,6 +22,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use super::{gate_scan, gelu_mul};
 use lrnnx_kernels::cpu::{cpu_slice, tensor, Float};
 use lrnnx_kernels::depthwise_conv as conv;
+use lrnnx_kernels::portable::use_fused_cpu;
 
 /// A dense layer's weight `(out, in)` and optional bias `(out)`.
 #[derive(Debug, Clone)]
@@ -70,6 +71,25 @@ pub struct BlockParams {
 }
 
 impl BlockParams {
+    /// Every tensor cast to `dtype` (a no-op for those already in it).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let dense = |l: &Dense| -> Result<Dense> {
+            Ok(Dense {
+                w: l.w.to_dtype(dtype)?,
+                b: l.b.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
+            })
+        };
+        Ok(Self {
+            gate: dense(&self.gate)?,
+            input: dense(&self.input)?,
+            gates_w: self.gates_w.to_dtype(dtype)?,
+            conv_w: self.conv_w.to_dtype(dtype)?,
+            conv_b: self.conv_b.to_dtype(dtype)?,
+            p: self.p.to_dtype(dtype)?,
+            c: self.c,
+        })
+    }
+
     fn detach(&self) -> Self {
         Self {
             gate: self.gate.detach(),
@@ -303,16 +323,23 @@ impl CustomOp3 for Block {
 }
 
 /// The block over `x (B*L, H)` (rows batch-major, `B = batch`) from zero
-/// states, up to `out_proj`: returns `gelu(gate) * h`, `(B*L, D)`.
+/// states, up to `out_proj`: returns `gelu(gate) * h`, `(B*L, D)`, in `x`'s
+/// dtype, the parameters cast to it. One fused op for CPU f32/f64; elsewhere
+/// [`super::portable::block`].
 pub fn block(x: &Tensor, batch: usize, prm: &BlockParams) -> Result<Tensor> {
     let (t, h) = x.dims2()?;
     let (d, _) = prm.conv_w.dims2()?;
     if batch == 0 || t % batch != 0 || prm.gate.w.dims() != [d, h] {
         candle_core::bail!(
-            "RG-LRU block: expected x (B*L, H) with B = {batch} and weights for H = {h}, D = {d}; found x {:?}",
-            x.dims()
+            "RG-LRU block: expected x (B*L, H) with B = {batch} and weights for H = {h}, D = {d}; found x {:?} and gate_proj weight {:?}",
+            x.dims(),
+            prm.gate.w.dims()
         );
     }
+    if !use_fused_cpu(x) {
+        return super::portable::block(x, batch, prm);
+    }
+    let prm = &prm.to_dtype(x.dtype())?;
     let x = x.contiguous()?;
     let wpack = cat_flat(&prm.weights())?;
     let ppack = cat_flat(&[prm.conv_w.clone(), prm.conv_b.clone(), prm.p.clone()])?;

@@ -19,6 +19,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use lrnnx_kernels::portable::use_fused_cpu;
 use lrnnx_kernels::scan_real_tv::{scan_bwd, scan_in_place, TvDims};
 
 use lrnnx_kernels::cpu::{
@@ -505,8 +506,10 @@ impl CustomOp3 for GateScan {
     }
 }
 
-/// Runs the fused RG-LRU core; see the module docs. `z` and `xc` are
-/// `(B, L, .)`, or `(B*L, .)` with `B = batch`.
+/// Runs the RG-LRU core; see the module docs. `z` and `xc` are
+/// `(B, L, .)`, or `(B*L, .)` with `B = batch`. The fused op takes CPU f32/f64
+/// tensors of one dtype (and returns `h` in it); everything else runs
+/// [`super::portable::gate_scan`], which returns `h` in the accumulation dtype.
 pub fn gate_scan(
     z: &Tensor,
     xc: &Tensor,
@@ -515,6 +518,10 @@ pub fn gate_scan(
     h0: Option<&Tensor>,
     batch: usize,
 ) -> Result<Tensor> {
+    let same = z.dtype() == xc.dtype() && p.dtype() == xc.dtype();
+    if !(use_fused_cpu(xc) && same && z.device().is_cpu() && p.device().is_cpu()) {
+        return super::portable::gate_scan(z, xc, p, c, h0, batch);
+    }
     let h0 = match h0 {
         Some(h) => Some(h.to_dtype(xc.dtype())?.contiguous()?),
         None => None,

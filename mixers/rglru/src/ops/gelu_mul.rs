@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use lrnnx_kernels::cpu::{contiguous, cpu_slice, gelu, gelu_and_grad, tensor, with_simd, Float};
+use lrnnx_kernels::portable::use_fused_cpu;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -130,7 +131,11 @@ impl CustomOp2 for GeluMul {
     }
 }
 
-/// `gelu(g) * h` with exact-erf GELU.
+/// `gelu(g) * h` with exact-erf GELU: fused for CPU f32/f64 tensors of one
+/// dtype, else [`super::portable::gelu_mul`] (in the accumulation dtype).
 pub fn gelu_mul(g: &Tensor, h: &Tensor) -> Result<Tensor> {
+    if !(use_fused_cpu(g) && h.dtype() == g.dtype() && h.device().is_cpu()) {
+        return super::portable::gelu_mul(g, h);
+    }
     g.contiguous()?.apply_op2(&h.contiguous()?, GeluMul)
 }
