@@ -7,7 +7,10 @@
 //!
 //! Registered as `"RGLRU"` (alias `"rglru"`, family LTV). The CPU forward runs
 //! the gates and the recurrence as one fused op, parallel over batch and
-//! channel blocks, with a fused backward (`ops`).
+//! channel blocks, with a fused backward (`ops`). Everywhere else (CUDA,
+//! bf16/f16, or inside `lrnnx_kernels::portable::with_portable`) the same
+//! block runs from candle ops (`ops::portable`: gates in f32, the log-depth
+//! real scan), differentiable by autograd.
 
 mod config;
 pub mod ops;
