@@ -11,13 +11,18 @@ nvidia-smi -L | tee "$OUT/gpu.txt"
 par=$(cd .device && ls device_parity-* | sed 's/\.xz$//' | head -1)
 step() { local name=$1 limit=$2; shift 2; echo "== $name: $*"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; echo "   exit $? in $((SECONDS - t0)) s"; tail -4 "$OUT/$name.txt"; }
+# PART=1: parity, conformance, bench; PART=2: training and generation; default both.
+PART=${PART:-all}
+if [ "$PART" != 2 ]; then
 step parity 240 $R "$par" --test-threads 1 --nocapture
 step conformance 120 $R lrnnx conformance --device cuda tests/data/lrnnx
 step bench 300 $R lrnnx bench --device cuda --dtype f32,bf16 --reps 10 --json "$OUT/bench.json"
+fi
+[ "$PART" = 1 ] && exit 0
 mix=LRU,S4,S4D,S5,Centaurus,Mamba,RGLRU,S7,attn,mLSTM
 kw='{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 16}, "S5": {"discretization": "zoh"}, "Centaurus": {"sub_state_dim": 2}}' 
 for dev in cuda cpu; do for dt in f32 bf16; do
-  step "train-$dev-$dt" 150 $R lrnnx train --device $dev --dtype $dt --steps 150 --mixers LRU,attn,LRU,attn --out "/tmp/run-$dev-$dt" --quiet
+  step "train-$dev-$dt" 90 $R lrnnx train --device $dev --dtype $dt --steps 100 --mixers LRU,attn,LRU,attn --out "/tmp/run-$dev-$dt" --quiet
 done; done
 step train-every-mixer-cuda 150 $R lrnnx train --device cuda --steps 60 --mixers $mix --mixer-kwargs "$kw" --out /tmp/run-all --quiet
 for dev in cuda cpu; do
