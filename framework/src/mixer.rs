@@ -142,11 +142,22 @@ pub fn check_sequence(x: &Tensor, width: usize, what: &str) -> Result<(usize, us
     }
 }
 
-/// Checks that `x` is `(B, width)` or `(B, 1, width)` and returns it as `(B, width)`.
+/// Checks that `x` is `(B, width)` or `(B, 1, width)` and returns it as a
+/// contiguous `(B, width)` (a position narrowed out of a sequence is strided,
+/// and candle's CUDA matmul refuses strided operands).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let seq = Tensor::zeros((2, 5, 3), candle_core::DType::F32, &Device::Cpu)?;
+/// let x = lrnnx_framework::check_step_input(&seq.narrow(1, 2, 1)?, 3, "step input")?;
+/// assert_eq!(x.dims(), &[2, 3]);
+/// assert!(x.is_contiguous());
+/// # Ok::<(), lrnnx_framework::Error>(())
+/// ```
 pub fn check_step_input(x: &Tensor, width: usize, what: &str) -> Result<Tensor> {
     match x.dims() {
-        &[_, h] if h == width => Ok(x.clone()),
-        &[_, 1, h] if h == width => Ok(x.squeeze(1)?),
+        &[_, h] if h == width => Ok(x.contiguous()?),
+        &[_, 1, h] if h == width => Ok(x.squeeze(1)?.contiguous()?),
         d => Err(crate::Error::shape(
             what,
             format!("(batch, {width}) or (batch, 1, {width})"),
