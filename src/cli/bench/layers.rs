@@ -12,6 +12,10 @@ use super::{time, Args};
 fn bench_kwargs(name: &str) -> serde_json::Map<String, serde_json::Value> {
     match name {
         "attn" => serde_json::from_str(r#"{"num_heads": 4, "causal": true}"#).unwrap_or_default(),
+        // lrnnx gives these no default: the LTI S5 its discretization,
+        // Centaurus its sub-state size.
+        "S5" => serde_json::from_str(r#"{"discretization": "zoh"}"#).unwrap_or_default(),
+        "Centaurus" => serde_json::from_str(r#"{"sub_state_dim": 2}"#).unwrap_or_default(),
         _ => Default::default(),
     }
 }
@@ -80,4 +84,30 @@ pub fn bench_layer(
         "forward_backward_ms": t_bwd * 1e3,
         "step_us": t_step * 1e6,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_kwargs;
+    use candle_core::{DType, Device};
+    use lrnnx::{BuildArgs, ParamStore, Registry};
+
+    /// Every mixer of the default bench list builds from its bench kwargs.
+    #[test]
+    fn every_default_bench_mixer_builds() {
+        lrnnx::init();
+        for name in super::super::DEFAULT_MIXERS.split(',') {
+            let store = ParamStore::init(0, DType::F32, &Device::Cpu);
+            let args = BuildArgs {
+                d_model: 16,
+                d_state: 8,
+                layer_idx: 0,
+                kwargs: bench_kwargs(name),
+                params: store.builder(),
+            };
+            if let Err(e) = Registry::build(name, &args) {
+                panic!("{name}: {e}");
+            }
+        }
+    }
 }
