@@ -39,6 +39,14 @@ impl Candidate {
         }
     }
 
+    /// The portable path on the CPU with bf16 activations on f32 master weights.
+    pub fn portable_bf16() -> Self {
+        Self {
+            activations: DType::BF16,
+            ..Self::portable()
+        }
+    }
+
     /// `device` with parameters in `params` and inputs in `activations`.
     pub fn on(device: &Device, params: DType, activations: DType) -> Self {
         Self {

@@ -109,12 +109,7 @@ const BF16: Tolerance = Tolerance {
 
 #[test]
 fn bf16_activations_on_f32_weights_match_the_f64_reference() {
-    let cand = Candidate {
-        device: Device::Cpu,
-        params: DType::F32,
-        activations: DType::BF16,
-        portable: true,
-    };
+    let cand = Candidate::portable_bf16();
     for &(json, e) in CONFIGS {
         for (b, l) in [(1, 1), (2, 9), (1, 21)] {
             let steps = if causal(json) { 3 } else { 0 };

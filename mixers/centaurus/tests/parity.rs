@@ -75,12 +75,7 @@ const BF16: Tolerance = Tolerance {
 
 #[test]
 fn bf16_activations_on_f32_weights_match_the_f64_reference() {
-    let cand = Candidate {
-        device: Device::Cpu,
-        params: DType::F32,
-        activations: DType::BF16,
-        portable: true,
-    };
+    let cand = Candidate::portable_bf16();
     for &(mode, h, n, m) in SHAPES {
         for how in [ForwardMode::Scan, ForwardMode::Conv] {
             for (b, l) in [(1, 1), (2, 9), (1, 21)] {

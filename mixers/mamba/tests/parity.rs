@@ -2,7 +2,6 @@
 //! when training) against the fused CPU path in f64: forward, every gradient,
 //! prefill + steps, for every discretization; and bf16 activations.
 
-use candle_core::{DType, Device};
 use lrnnx_framework::{Discretization, Mixer, ParamBuilder};
 use lrnnx_mamba::{Mamba, MambaConfig};
 use lrnnx_testing::parity::{assert_parity, Candidate, Tolerance};
@@ -57,12 +56,7 @@ const BF16: Tolerance = Tolerance {
 fn bf16_activations_on_f32_weights_match_the_f64_reference() {
     for (h, n, b, l) in [(6, 4, 1, 1), (10, 16, 2, 9)] {
         let what = format!("bf16 Mamba (b {b}, l {l}, h {h}, n {n})");
-        let cand = Candidate {
-            device: Device::Cpu,
-            params: DType::F32,
-            activations: DType::BF16,
-            portable: true,
-        };
+        let cand = Candidate::portable_bf16();
         let r = assert_parity(
             &builder(h, n, Discretization::Mamba),
             (b, l, h),

@@ -78,12 +78,7 @@ const BF16: Tolerance = Tolerance {
 };
 
 fn bf16_candidate() -> Candidate {
-    Candidate {
-        device: Device::Cpu,
-        params: DType::F32,
-        activations: DType::BF16,
-        portable: true,
-    }
+    Candidate::portable_bf16()
 }
 
 #[test]

@@ -96,12 +96,7 @@ const BF16: Tolerance = Tolerance {
 
 #[test]
 fn bf16_activations_on_f32_weights_match_the_f64_reference() {
-    let cand = Candidate {
-        device: Device::Cpu,
-        params: DType::F32,
-        activations: DType::BF16,
-        portable: false,
-    };
+    let cand = Candidate::on(&Device::Cpu, DType::F32, DType::BF16);
     for (name, h, build) in layers() {
         for (b, l) in [(1, 1), (2, 9), (1, 21)] {
             let what = format!("bf16 {name} (b {b}, l {l}, h {h})");

@@ -3,7 +3,6 @@
 //! steps; and bf16 activations on f32 master weights. Event timesteps are in
 //! `parity_events.rs`.
 
-use candle_core::{DType, Device};
 use lrnnx_framework::{Mixer, ParamBuilder};
 use lrnnx_s5::{
     ForwardMode, LtiDiscretization, LtvDiscretization, S5Lti, S5LtiConfig, S5Ltv, S5LtvConfig,
@@ -96,12 +95,7 @@ pub const BF16: Tolerance = Tolerance {
 
 #[test]
 fn bf16_activations_on_f32_weights_match_the_f64_reference() {
-    let cand = Candidate {
-        device: Device::Cpu,
-        params: DType::F32,
-        activations: DType::BF16,
-        portable: true,
-    };
+    let cand = Candidate::portable_bf16();
     for (name, h, build) in variants() {
         for (b, l) in [(1, 1), (2, 9), (1, 21)] {
             let what = format!("bf16 {name} (b {b}, l {l})");
