@@ -55,7 +55,7 @@ impl Dims {
     }
 }
 
-fn dims_of(z: &Shape, xc: &Shape, p: &Shape, batch: usize) -> Result<Dims> {
+pub(super) fn dims_of(z: &Shape, xc: &Shape, p: &Shape, batch: usize) -> Result<Dims> {
     let (b, l, d) = lrnnx_kernels::cpu::batch_dims(xc, batch, "RG-LRU gate scan input")?;
     let mut zdims = xc.dims().to_vec();
     if let Some(last) = zdims.last_mut() {

@@ -15,30 +15,10 @@ use lrnnx_kernels::portable::{accumulation_dtype, conv, scan::real_scan, widen};
 
 use super::block::{BlockParams, Dense};
 
-/// `(B, L, D)` of the convolved input `xc`, `(B, L, D)` or `(B*L, D)` with
-/// `B = batch`, checking `z` (the same with `2D`) and `p (3D)`.
+/// `(B, L, D)` of the convolved input `xc`, checked as the fused op checks it.
 fn gate_dims(z: &Tensor, xc: &Tensor, p: &Tensor, batch: usize) -> Result<(usize, usize, usize)> {
-    let (b, l, d) = match *xc.dims() {
-        [rows, d] if batch > 0 && rows % batch == 0 => (batch, rows / batch, d),
-        [b, l, d] => (b, l, d),
-        _ => candle_core::bail!(
-            "RG-LRU gate scan: expected xc (B, L, D) or (B*L, D) with B = {batch}, found {:?}",
-            xc.dims()
-        ),
-    };
-    let mut zdims = xc.dims().to_vec();
-    if let Some(last) = zdims.last_mut() {
-        *last = 2 * d;
-    }
-    if z.dims() != zdims.as_slice() || p.dims() != [3 * d] {
-        candle_core::bail!(
-            "RG-LRU gate scan: expected z (B, L, 2D), xc (B, L, D), p (3D); found z {:?}, xc {:?}, p {:?}",
-            z.dims(),
-            xc.dims(),
-            p.dims()
-        );
-    }
-    Ok((b, l, d))
+    let dims = super::gate_scan::dims_of(z.shape(), xc.shape(), p.shape(), batch)?;
+    Ok((dims.b, dims.l, dims.d))
 }
 
 /// `log(sigmoid(x))`, stably: `min(x, 0) - log(1 + exp(-|x|))`.
