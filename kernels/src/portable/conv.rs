@@ -4,8 +4,8 @@
 //!   as a sum of shifted, scaled copies of the input;
 //! - [`causal_conv`]: the long channel-wise causal convolution of the LTI
 //!   layers' convolution mode, as batched matmuls with each channel's Toeplitz
-//!   matrix, built by one gather and processed in groups of channels so that
-//!   no group's matrices exceed [`TOEPLITZ_BUDGET`] elements.
+//!   matrix, built by tiling the kernel and processed in groups of channels so
+//!   that no group's tilings exceed [`TOEPLITZ_BUDGET`] elements.
 
 use candle_core::{DType, Result, Tensor};
 
@@ -85,42 +85,62 @@ pub fn causal_conv(x: &Tensor, k: &Tensor) -> Result<Tensor> {
     if l == 0 || h == 0 {
         return Ok(x.clone());
     }
-    let per_channel = l * l;
-    if per_channel > TOEPLITZ_BUDGET {
+    if l * l > TOEPLITZ_BUDGET {
         candle_core::bail!(
             "causal conv: the portable convolution builds an L x L matrix per channel and \
              handles L up to {} (found L = {l}); use the layer's scan mode for longer inputs",
             (TOEPLITZ_BUDGET as f64).sqrt() as usize
         );
     }
-    // index[t, j] = t - j where that is a tap, else `taps` (a zero appended to k).
-    let index: Vec<u32> = (0..l)
-        .flat_map(|t| {
-            (0..l).map(move |j| {
-                if j <= t && t - j < taps {
-                    (t - j) as u32
-                } else {
-                    taps as u32
-                }
-            })
-        })
-        .collect();
-    let index = Tensor::from_vec(index, per_channel, x.device())?;
     let k = k.to_dtype(x.dtype())?;
-    let k = Tensor::cat(&[&k, &Tensor::zeros((h, 1), x.dtype(), x.device())?], 1)?;
-    // (H, L, B): each channel's inputs as columns.
-    let xt = x.permute((2, 1, 0))?.contiguous()?;
-    let group = (TOEPLITZ_BUDGET / per_channel).clamp(1, h);
+    // The first L taps, zero-padded to L.
+    let k = if taps >= l {
+        k.narrow(1, 0, l)?
+    } else {
+        Tensor::cat(
+            &[&k, &Tensor::zeros((h, l - taps), x.dtype(), x.device())?],
+            1,
+        )?
+    };
+    // (H, B, L): each channel's inputs as rows, so that y = x M with M[j, t] = k[t - j].
+    let xt = x.permute((2, 0, 1))?.contiguous()?;
+    if l == 1 {
+        return xt
+            .broadcast_mul(&k.unsqueeze(1)?)?
+            .permute((1, 2, 0))?
+            .contiguous();
+    }
+    let group = (TOEPLITZ_BUDGET / (2 * l * l)).clamp(1, h);
     let mut outs = Vec::with_capacity(h.div_ceil(group));
     for start in (0..h).step_by(group) {
         let g = group.min(h - start);
-        let toeplitz = k
-            .narrow(0, start, g)?
-            .index_select(&index, 1)?
-            .reshape((g, l, l))?;
-        outs.push(toeplitz.matmul(&xt.narrow(0, start, g)?)?);
+        outs.push(
+            xt.narrow(0, start, g)?
+                .matmul(&toeplitz(&k.narrow(0, start, g)?)?)?,
+        );
     }
-    Tensor::cat(&outs, 0)?.permute((2, 1, 0))?.contiguous()
+    Tensor::cat(&outs, 0)?.permute((1, 2, 0))?.contiguous()
+}
+
+/// `M (G, L, L)` with `M[j, t] = k[t - j]` for `t >= j`, else 0, from `k (G, L)`, `L >= 2`.
+///
+/// Row `j` of `M` is the period `P = 2L - 1` sequence `w = [k, 0 x (L - 1)]`
+/// read from offset `-j`. Laying copies of `w` end to end and cutting rows of
+/// length `R = P - 1` shifts each row's start by `-1 (mod P)`, so `M` is the
+/// first `L` columns of that tiling: a broadcast, a reshape and two narrows,
+/// whose backward passes are sums and copies (a gather's backward on CUDA is a
+/// scatter-add that runs one thread per channel over all `L²` indices).
+fn toeplitz(k: &Tensor) -> Result<Tensor> {
+    let (g, l) = k.dims2()?;
+    let (period, row) = (2 * l - 1, 2 * l - 2);
+    let w = Tensor::cat(&[k, &Tensor::zeros((g, l - 1), k.dtype(), k.device())?], 1)?;
+    w.unsqueeze(1)?
+        .broadcast_as((g, l, period))?
+        .contiguous()?
+        .reshape((g, l * period))?
+        .narrow(1, 0, l * row)?
+        .reshape((g, l, row))?
+        .narrow(2, 0, l)
 }
 
 /// Whether [`causal_conv`] can run in `dtype` (every float dtype).
@@ -153,13 +173,47 @@ mod tests {
 
     #[test]
     fn causal_conv_matches_the_fft_op_with_short_and_full_kernels() {
-        for (b, l, h, taps) in [(1, 1, 1, 1), (2, 9, 3, 9), (3, 50, 4, 7), (2, 130, 5, 130)] {
+        for (b, l, h, taps) in SHAPES {
             let x = randn(&[b, l, h], 4, DType::F64);
             let k = randn(&[h, taps], 5, DType::F64);
             let want = crate::fft_conv::causal_conv(&x, &k).unwrap();
             let got = causal_conv(&x, &k).unwrap();
             let err = max_err(&vec1(&got), &vec1(&want));
             assert!(err < 1e-10, "({b},{l},{h},{taps}): {err:e}");
+        }
+    }
+
+    /// `(B, L, H, taps)`: L = 1 and 2, kernels shorter than, as long as and longer than L.
+    const SHAPES: [(usize, usize, usize, usize); 7] = [
+        (1, 1, 1, 1),
+        (2, 1, 2, 3),
+        (2, 2, 3, 1),
+        (2, 9, 3, 9),
+        (3, 50, 4, 7),
+        (2, 130, 5, 130),
+        (1, 33, 2, 100),
+    ];
+
+    #[test]
+    fn causal_conv_gradients_match_the_fft_op() {
+        use candle_core::Var;
+        for (b, l, h, taps) in SHAPES {
+            let x = Var::from_tensor(&randn(&[b, l, h], 6, DType::F64)).unwrap();
+            let k = Var::from_tensor(&randn(&[h, taps], 7, DType::F64)).unwrap();
+            let w = randn(&[b, l, h], 8, DType::F64);
+            let grads = |conv: fn(&Tensor, &Tensor) -> Result<Tensor>| {
+                let loss = (conv(x.as_tensor(), k.as_tensor()).unwrap() * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let g = loss.backward().unwrap();
+                [&x, &k].map(|v| vec1(g.get(v.as_tensor()).expect("a gradient")))
+            };
+            let (got, want) = (grads(causal_conv), grads(crate::fft_conv::causal_conv));
+            for (name, g, w) in [("x", &got[0], &want[0]), ("k", &got[1], &want[1])] {
+                let err = max_err(g, w);
+                assert!(err < 1e-10, "({b},{l},{h},{taps}) d{name}: {err:e}");
+            }
         }
     }
 
