@@ -11,14 +11,21 @@ nvidia-smi -L | tee "$OUT/gpu.txt"
 par=$(cd .device && ls device_parity-* | sed 's/\.xz$//' | head -1)
 step() { local name=$1 limit=$2; shift 2; echo "== $name: $*"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; echo "   exit $? in $((SECONDS - t0)) s"; tail -4 "$OUT/$name.txt"; }
-# PART=1: parity, conformance, bench; PART=2: training and generation; default both.
+# PART=1: parity, conformance, bench; PART=2: training and generation (the default job);
+# PART=3: training with --mixers Mamba,attn,RGLRU,mLSTM on GPU and CPU, f32 and bf16; default 1 and 2.
 PART=${PART:-all}
 if [ "$PART" != 2 ]; then
 step parity 240 $R "$par" --test-threads 1 --nocapture
 step conformance 120 $R lrnnx conformance --device cuda tests/data/lrnnx
-step bench 300 $R lrnnx bench --device cuda --dtype f32,bf16 --reps 10 --json "$OUT/bench.json"
+step bench 300 $R lrnnx bench --device cuda --dtype f32,bf16 --reps 5 --json "$OUT/bench.json"
 fi
 [ "$PART" = 1 ] && exit 0
+if [ "$PART" = 3 ]; then
+  for dev in cuda cpu; do for dt in f32 bf16; do
+    step "train-mabr-$dev-$dt" 130 $R lrnnx train --device $dev --dtype $dt --steps 60 --mixers Mamba,attn,RGLRU,mLSTM --out "/tmp/mabr-$dev-$dt" --quiet
+  done; done
+  exit 0
+fi
 mix=LRU,S4,S4D,S5,Centaurus,Mamba,RGLRU,S7,attn,mLSTM
 kw='{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 16}, "S5": {"discretization": "zoh"}, "Centaurus": {"sub_state_dim": 2}}' 
 for dev in cuda cpu; do for dt in f32 bf16; do
