@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use lrnnx::conformance::{run_dir_on, summary};
 
+/// The flags of `lrnnx conformance`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Directory of reference cases (`*.safetensors` files and checkpoint directories).
@@ -12,6 +13,7 @@ pub struct Args {
     device: super::device::DeviceArg,
 }
 
+/// Runs `lrnnx conformance`; exits with status 1 when a case fails.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let results = run_dir_on(&a.dir, &a.device.open()?)?;
     println!("{:<28} {:>10} {:>10}  RESULT", "CASE", "MAX ABS", "REL");

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use lrnnx::LRNNLMHeadModel;
 
+/// The flags of `lrnnx convert`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model directory to read (`config.json` + `pytorch_model.bin` or `model.safetensors`).
@@ -31,6 +32,7 @@ pub fn parse_mixer_kwargs(text: Option<&str>) -> anyhow::Result<Option<lrnnx::Mi
     }
 }
 
+/// Runs `lrnnx convert`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let kwargs = parse_mixer_kwargs(a.mixer_kwargs.as_deref())?;
     let model = LRNNLMHeadModel::from_pretrained(&a.input, kwargs.as_ref(), &Device::Cpu)?;

@@ -1,25 +1,27 @@
-//! The default job: a small hybrid LRU + attention LM, one forward pass and a
-//! greedy generation, with throughput.
+//! `lrnnx demo`: an untrained small hybrid LRU + attention LM, one forward
+//! pass and a greedy generation, with throughput. (Not the default job: that
+//! is `lrnnx` with no subcommand, in [`main_job`](super::main_job).)
 
 use std::time::Instant;
 
 use candle_core::Tensor;
 use lrnnx::{generate, GenerateOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts};
 
+/// The flags of `lrnnx demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model width.
     #[arg(long, default_value_t = 256)]
     d_model: usize,
-    /// Batch of the forward pass.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Sequence length of the forward pass.
-    #[arg(long, default_value_t = 1024)]
-    seqlen: usize,
+    /// Sequences in the forward pass's batch.
+    #[arg(long = "batch-size", visible_alias = "batch", default_value_t = 8)]
+    batch_size: usize,
+    /// Tokens per sequence of the forward pass.
+    #[arg(long = "seq-len", visible_alias = "seqlen", default_value_t = 1024)]
+    seq_len: usize,
     /// Tokens to generate.
-    #[arg(long, default_value_t = 64)]
-    tokens: usize,
+    #[arg(long = "max-tokens", visible_alias = "tokens", default_value_t = 64)]
+    max_tokens: usize,
     #[command(flatten)]
     device: super::device::DeviceArg,
     #[command(flatten)]
@@ -30,15 +32,16 @@ impl Default for Args {
     fn default() -> Self {
         Self {
             d_model: 256,
-            batch: 8,
-            seqlen: 1024,
-            tokens: 64,
+            batch_size: 8,
+            seq_len: 1024,
+            max_tokens: 64,
             device: Default::default(),
             dtype: Default::default(),
         }
     }
 }
 
+/// Runs `lrnnx demo`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dev = a.device.open()?;
     let mut cfg = LmConfig::new(a.d_model, 64, 256, &["LRU", "attn", "LRU", "attn"]);
@@ -57,25 +60,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         model.precision().compute,
         dev
     );
-    let ids: Vec<u32> = (0..a.batch * a.seqlen)
+    let ids: Vec<u32> = (0..a.batch_size * a.seq_len)
         .map(|i| ((i * 31 + 7) % 256) as u32)
         .collect();
-    let ids = Tensor::from_vec(ids, (a.batch, a.seqlen), &dev)?;
+    let ids = Tensor::from_vec(ids, (a.batch_size, a.seq_len), &dev)?;
     let t = Instant::now();
     let logits = model.forward(&ids, &LmForwardOpts::default())?;
     dev.synchronize()?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "forward  B={} L={}: logits {:?} in {:.3}s = {:.0} tokens/s",
-        a.batch,
-        a.seqlen,
+        a.batch_size,
+        a.seq_len,
         logits.dims(),
         secs,
-        (a.batch * a.seqlen) as f64 / secs
+        (a.batch_size * a.seq_len) as f64 / secs
     );
     let prompt: Vec<u32> = "The quick brown fox".bytes().map(u32::from).collect();
     let opts = GenerateOpts {
-        max_new_tokens: a.tokens,
+        max_new_tokens: a.max_tokens,
         ..Default::default()
     };
     let t = Instant::now();

@@ -2,21 +2,22 @@
 //! streaming text as it comes.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use lrnnx::{GenerateOpts, LRNNLMHeadModel, LoadOptions};
 
+use super::stream::TextStream;
+
+/// The flags of `lrnnx generate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Model directory (ours, or Python lrnnx's with --mixer-kwargs if it needs them).
-    #[arg(long)]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::model_arg::ModelArg,
     /// Text to continue.
     #[arg(long, default_value = "In the beginning")]
     pub prompt: String,
     /// Tokens to generate.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long = "max-tokens", visible_alias = "tokens", default_value_t = 200)]
     pub max_tokens: usize,
     /// Softmax temperature (0: greedy).
     #[arg(long, default_value_t = 0.8)]
@@ -42,15 +43,18 @@ pub struct Args {
     pub dtype: super::device::DtypeArg,
 }
 
-/// Generates and streams; returns the generated text.
+/// Generates and streams the text of each new token as it comes (see
+/// [`TextStream`](super::stream::TextStream)); returns the decode of every
+/// generated id, which is what was printed after the prompt.
 pub fn generate(a: &Args, out: &mut dyn Write) -> anyhow::Result<String> {
     let kwargs = super::convert::parse_mixer_kwargs(a.mixer_kwargs.as_deref())?;
     let load = LoadOptions {
         mixer_kwargs: kwargs,
         precision: Some(a.dtype.for_inference()?),
     };
-    let model = LRNNLMHeadModel::from_pretrained_with(&a.model, &load, &a.device.open()?)?;
-    let tok = super::tokenizer::for_model(&a.model)?;
+    let dir = a.model.path()?;
+    let model = LRNNLMHeadModel::from_pretrained_with(dir, &load, &a.device.open()?)?;
+    let tok = super::tokenizer::for_model(dir)?;
     let prompt = tok.encode(&a.prompt)?;
     if prompt.is_empty() {
         anyhow::bail!("the prompt encodes to no tokens; give a non-empty --prompt");
@@ -67,43 +71,56 @@ pub fn generate(a: &Args, out: &mut dyn Write) -> anyhow::Result<String> {
     write!(out, "{}", a.prompt)?;
     out.flush()?;
     let started = Instant::now();
-    let mut ids = Vec::new();
-    let mut shown = 0usize;
-    let mut write_err = None;
+    let mut stream = TextStream::new(tok.as_ref());
+    // The first failure (decoding or writing) stops the printing; it is
+    // returned once generation ends.
+    let mut failed: Option<anyhow::Error> = None;
     lrnnx::generate(&model, &prompt, &opts, |t| {
-        ids.push(t);
-        // Print whatever decodes cleanly so far (multi-byte characters wait for their last byte).
-        if let Ok(text) = tok.decode(&ids) {
-            let clean = text.trim_end_matches('\u{fffd}');
-            if clean.len() > shown {
-                if let Err(e) = write!(out, "{}", &clean[shown..]).and_then(|_| out.flush()) {
-                    write_err = Some(e);
+        if failed.is_some() {
+            return;
+        }
+        let printed = stream
+            .push(t)
+            .map_err(anyhow::Error::from)
+            .and_then(|piece| {
+                if !piece.is_empty() {
+                    write!(out, "{piece}")?;
+                    out.flush()?;
                 }
-                shown = clean.len();
-            }
+                Ok(())
+            });
+        if let Err(e) = printed {
+            failed = Some(e);
         }
     })?;
-    if let Some(e) = write_err {
-        return Err(e.into());
+    if let Some(e) = failed {
+        return Err(e);
     }
+    let n = stream.ids().len();
+    let end = stream.finish()?;
     // What the decoder still held back (an unfinished multi-byte character at
     // the end) is printed too, as the replacement character it decodes to.
-    let text = tok.decode(&ids)?;
-    if text.len() > shown {
-        write!(out, "{}", &text[shown..])?;
+    write!(out, "{}", end.rest)?;
+    writeln!(out)?;
+    if !end.consistent {
+        eprintln!(
+            "warning: this tokenizer decodes the generated ids as a whole differently from \
+             token by token; the whole decode is:\n{}",
+            end.whole
+        );
     }
     let secs = started.elapsed().as_secs_f64();
-    writeln!(out)?;
     eprintln!(
         "{} tokens in {:.2}s ({:.1} tokens/s, prompt of {} tokens prefilled in parallel)",
-        ids.len(),
+        n,
         secs,
-        ids.len() as f64 / secs,
+        n as f64 / secs,
         prompt.len()
     );
-    Ok(text)
+    Ok(end.whole)
 }
 
+/// Runs `lrnnx generate`, printing to stdout.
 pub fn run(a: Args) -> anyhow::Result<()> {
     generate(&a, &mut std::io::stdout())?;
     Ok(())

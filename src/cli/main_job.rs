@@ -2,6 +2,7 @@
 //! model on the bundled corpus, report validation loss against the corpus's
 //! unigram entropy, then generate a sample from the checkpoint.
 
+/// Runs the default job: trains, reports, samples.
 pub fn run() -> anyhow::Result<()> {
     let args = super::train::Args::default();
     println!(
@@ -22,7 +23,7 @@ pub fn run() -> anyhow::Result<()> {
         summary.tokens_per_s
     );
     let gen = super::generate::Args {
-        model: args.out.clone(),
+        model: super::model_arg::ModelArg::new(args.out.clone()),
         prompt: "And God said".into(),
         max_tokens: 300,
         temperature: 0.8,

@@ -26,6 +26,7 @@ pub(crate) const DEFAULT_MIXERS: &str = "LRU,attn,LRU,attn";
 const DEFAULT_MIXER_KWARGS: &str =
     r#"{"attn": {"num_heads": 4, "causal": true, "rotary_emb_dim": 16}}"#;
 
+/// The flags of `lrnnx train`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Comma-separated mixer names, one per layer [default: LRU,attn,LRU,attn].
@@ -56,10 +57,10 @@ pub struct Args {
     #[arg(long, default_value_t = 400)]
     pub steps: usize,
     /// Sequences per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long = "batch-size", visible_alias = "batch", default_value_t = 16)]
     pub batch_size: usize,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long = "seq-len", visible_alias = "seqlen", default_value_t = 64)]
     pub seq_len: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
@@ -376,6 +377,7 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
     })
 }
 
+/// Runs `lrnnx train` and prints its summary.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let s = train(&a)?;
     println!(

@@ -18,6 +18,7 @@ use candle_core::{DType, Tensor};
 
 use serde_json::json;
 
+/// The flags of `lrnnx bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -33,11 +34,21 @@ pub struct Args {
     /// the L2 (60 MB on an H200) so that it measures HBM. Default 4 GiB on CUDA, 256 MiB on the CPU.
     #[arg(long)]
     floor_bytes: Option<usize>,
-    /// Batch.
-    #[arg(long, default_value_t = 8)]
+    /// Sequences per batch.
+    #[arg(
+        long = "batch-size",
+        visible_alias = "batch",
+        value_name = "BATCH_SIZE",
+        default_value_t = 8
+    )]
     batch: usize,
-    /// Sequence length.
-    #[arg(long, default_value_t = 2048)]
+    /// Tokens per sequence.
+    #[arg(
+        long = "seq-len",
+        visible_alias = "seqlen",
+        value_name = "SEQ_LEN",
+        default_value_t = 2048
+    )]
     seqlen: usize,
     /// Model width.
     #[arg(long, default_value_t = 256)]
@@ -54,8 +65,14 @@ pub struct Args {
     /// Let cuBLAS use TF32 for f32 matmuls (faster, ~1e-3 relative error).
     #[arg(long)]
     tf32: bool,
-    /// Where to write the JSON results.
-    #[arg(long, default_value = "bench.json")]
+    /// Where to write the JSON results (a file; `info --json` and
+    /// `mixers --json` print JSON instead).
+    #[arg(
+        long = "json-out",
+        visible_alias = "json",
+        value_name = "PATH",
+        default_value = "bench.json"
+    )]
     json: PathBuf,
 }
 
@@ -75,6 +92,7 @@ fn copy_floor(u: &Tensor) -> anyhow::Result<Box<dyn FnMut() -> anyhow::Result<()
 /// Every built-in mixer.
 pub const DEFAULT_MIXERS: &str = "LRU,S4,S4D,S5,S5LTV,Centaurus,Mamba,RGLRU,S7,attn,mLSTM";
 
+/// Runs `lrnnx bench`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dev = a.device.open()?;
     if a.tf32 {
