@@ -140,7 +140,8 @@ fn toeplitz(k: &Tensor) -> Result<Tensor> {
         .reshape((g, l * period))?
         .narrow(1, 0, l * row)?
         .reshape((g, l, row))?
-        .narrow(2, 0, l)
+        .narrow(2, 0, l)?
+        .contiguous()
 }
 
 /// Whether [`causal_conv`] can run in `dtype` (every float dtype).

@@ -21,34 +21,7 @@
 // one thread per channel chains the carries; every chunk rescans from its
 // carry and writes y. Loads are issued UNROLL positions ahead. Kernels are
 // instantiated per dtype, state size NP and rule: selective_scan_f32_n16_r0.
-#include <cuda_runtime.h>
-
-template <typename T> struct Math;
-template <> struct Math<float> {
-    static __device__ __forceinline__ float exp(float x) { return __expf(x); }
-    static __device__ __forceinline__ float expm1(float x) { return ::expm1f(x); }
-};
-template <> struct Math<double> {
-    static __device__ __forceinline__ double exp(double x) { return ::exp(x); }
-    static __device__ __forceinline__ double expm1(double x) { return ::expm1(x); }
-};
-
-struct Shape {
-    int L, D, N, K, R;
-};
-
-// Abar and gain of one state entry under rule RULE.
-template <typename T, int RULE>
-__device__ __forceinline__ void discretize(T dta, T delta, T a, T& abar, T& gain) {
-    if (RULE == 2) {
-        const T half = T(0.5);
-        abar = (T(1) + dta * a * half) / (T(1) - dta * a * half);
-        gain = delta / (T(1) - delta * a * half);
-        return;
-    }
-    abar = Math<T>::exp(dta * a);
-    gain = RULE == 0 ? delta : RULE == 1 ? Math<T>::expm1(delta * a) / a : T(1);
-}
+#include "selective_scan_common.cuh"
 
 // Timesteps whose loads are issued before any is used (hides DRAM latency).
 #define UNROLL 8

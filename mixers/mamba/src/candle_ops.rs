@@ -1,10 +1,9 @@
 //! Mamba from candle ops, on any device: candle ops for the projections, the
 //! conv and softplus, and for the recurrence either the CUDA selective-scan
-//! kernel (`crate::cuda`, feature `cuda`; forward only, taken for decoding and
-//! for forwards no gradient flows through) or the differentiable candle-ops
-//! scan (`crate::portable_scan`, everywhere else: training on a GPU, and the
-//! CPU inside `with_portable`, which is how this path is tested without a
-//! GPU). On the CPU in f32/f64 the fused ops of `crate::cpu` run instead.
+//! kernels (`crate::cuda`, feature `cuda`: forward and backward) or the
+//! differentiable candle-ops scan (`crate::portable_scan`: the CPU inside
+//! `with_portable`, which is how this path is tested without a GPU, and the
+//! reference the CUDA backward is tested against). On the CPU in f32/f64 the fused ops of `crate::cpu` run instead.
 //! One function serves forward, prefill and step, since each is "run these
 //! positions from this state". Compute runs in the parameters' dtype (bf16
 //! inputs are widened to it, the outputs cast back).
@@ -122,10 +121,11 @@ fn tracks_grad(a: &ScanArgs) -> bool {
         .any(|t| t.track_op())
 }
 
-/// The scan on the tensors' device. The CUDA kernel (forward only) runs on a
-/// GPU for decoding, for forwards whose inputs track no gradient and inside
-/// [`lrnnx_kernels::portable::without_grad`]; everything
-/// else runs the differentiable candle-ops scan ([`selective_scan_portable`]).
+/// The scan on the tensors' device. On a GPU: the gradient-free CUDA op for
+/// decoding, for forwards whose inputs track no gradient and inside
+/// [`lrnnx_kernels::portable::without_grad`], else the CUDA op with a backward
+/// kernel. On the CPU (inside `with_portable`): the differentiable candle-ops
+/// scan ([`selective_scan_portable`]).
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 fn scan(args: &ScanArgs, decoding: bool) -> Result<(Tensor, Tensor)> {
     let dev = args.uz.device();
@@ -133,9 +133,11 @@ fn scan(args: &ScanArgs, decoding: bool) -> Result<(Tensor, Tensor)> {
         return Err(unsupported(args.uz));
     }
     #[cfg(feature = "cuda")]
-    if dev.is_cuda() && (decoding || lrnnx_kernels::portable::grad_disabled() || !tracks_grad(args))
-    {
-        return Ok(crate::cuda::selective_scan_gpu(args)?);
+    if dev.is_cuda() {
+        if decoding || lrnnx_kernels::portable::grad_disabled() || !tracks_grad(args) {
+            return Ok(crate::cuda::selective_scan_gpu(args)?);
+        }
+        return Ok(crate::cuda::selective_scan_gpu_train(args)?);
     }
     Ok(selective_scan_portable(args)?)
 }

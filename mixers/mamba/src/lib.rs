@@ -57,7 +57,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod mamba;
-mod portable_scan;
+pub mod portable_scan;
 pub mod reference;
 mod scan_args;
 

@@ -1,13 +1,12 @@
 //! The selective scan from candle ops, on any device and differentiable by
-//! candle's autograd: what training on a GPU runs (the CUDA kernel has no
-//! backward), and what the CPU runs inside
-//! [`with_portable`](lrnnx_kernels::portable::with_portable).
+//! candle's autograd: what the CPU runs inside
+//! [`with_portable`](lrnnx_kernels::portable::with_portable), and the
+//! reference the CUDA backward kernel is tested against.
 //!
 //! It forms the `(B, L, D, N)` transitions and inputs and runs the log-depth
 //! real scan of [`lrnnx_kernels::portable::scan::real_scan`] over them, in
 //! the accumulation dtype (f32 for bf16/f16 inputs), so it costs
-//! `O(B L D N log L)` memory for the backward: the price of a correct
-//! gradient until a fused CUDA backward exists.
+//! `O(B L D N log L)` memory for the backward.
 
 use candle_core::{Result, Tensor, D};
 use lrnnx_kernels::portable::{scan::real_scan, widen};

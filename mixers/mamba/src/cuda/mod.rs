@@ -1,15 +1,21 @@
-//! Launches the selective-scan kernel (`cuda/selective_scan.cu`, forward only).
+//! Mamba's selective scan on CUDA.
 //!
-//! The op runs on `uz (B, L, 2D)` and carries its other inputs; its one output
-//! buffer holds `y (B, L, D)` followed by the last state
-//! `(B, ceil(D / 16), N, 16)` (the CPU kernels' state layout), which
-//! [`selective_scan_gpu`] splits.
+//! - This module: the forward kernel (`cuda/selective_scan.cu`) as a
+//!   gradient-free op for decoding and inference. Its one output buffer holds
+//!   `y (B, L, D)` followed by the last state `(B, ceil(D / 16), N, 16)` (the
+//!   CPU kernels' state layout), which [`selective_scan_gpu`] splits.
+//! - [`train`]: the same forward with the backward kernel
+//!   (`cuda/selective_scan_bwd.cu`), for training on the GPU.
+
+mod train;
+
+pub use train::selective_scan_gpu_train;
 
 use candle_core::backend::BackendStorage;
 use std::sync::{Arc, Mutex};
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaModule, DeviceRepr, PushKernelArg,
+    CudaFunction, CudaModule, CudaView, DeviceRepr, PushKernelArg,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId, WrapErr};
@@ -20,22 +26,46 @@ use candle_core::{
 use crate::cpu::recurrence::{Rule, LANES};
 use crate::scan_args::{ScanArgs, ScanSizes};
 
-/// SASS for the build's GPU (sm_90 by default) and PTX for later ones.
-const FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/selective_scan.fatbin"));
+/// SASS for the build's GPU (sm_90 by default) and PTX for later ones, one
+/// fatbin per kernel file (no JIT: the PTX of the 40 instantiations of each
+/// takes minutes to JIT-compile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    Forward,
+    Backward,
+}
 
-/// The kernel `name`, its module loaded once per device (a fatbin, so no JIT:
-/// the PTX of the 40 instantiations takes minutes to JIT-compile).
-fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
-    static MODULES: Mutex<Vec<(DeviceId, Arc<CudaModule>)>> = Mutex::new(Vec::new());
+impl Kernels {
+    fn fatbin(self) -> &'static [u8] {
+        match self {
+            Kernels::Forward => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/selective_scan.fatbin"))
+            }
+            Kernels::Backward => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/selective_scan_bwd.fatbin"))
+            }
+        }
+    }
+}
+
+/// The kernel `name` of `kernels`, its module loaded once per device.
+fn function(dev: &CudaDevice, kernels: Kernels, name: &str) -> Result<CudaFunction> {
+    type Cache = Vec<(DeviceId, Kernels, Arc<CudaModule>)>;
+    static MODULES: Mutex<Cache> = Mutex::new(Vec::new());
     let mut modules = MODULES
         .lock()
         .map_err(|_| candle_core::Error::Msg("selective scan module cache poisoned".into()))?;
-    let module = match modules.iter().find(|(id, _)| *id == dev.id()) {
-        Some((_, m)) => m.clone(),
+    let module = match modules
+        .iter()
+        .find(|(id, k, _)| *id == dev.id() && *k == kernels)
+    {
+        Some((_, _, m)) => m.clone(),
         None => {
             let ctx = dev.cuda_stream().context().clone();
-            let m = ctx.load_module(Ptx::from_binary(FATBIN.to_vec())).w()?;
-            modules.push((dev.id(), m.clone()));
+            let m = ctx
+                .load_module(Ptx::from_binary(kernels.fatbin().to_vec()))
+                .w()?;
+            modules.push((dev.id(), kernels, m.clone()));
             m
         }
     };
@@ -124,6 +154,57 @@ fn launch_shape(n: usize, l: usize, rule: Rule, elem: usize) -> Result<(usize, u
     Ok((np, width, chunks))
 }
 
+/// The forward kernel's inputs, in its argument order: `uz`, `delta`, `dtA`,
+/// `xdbl`, `A`, the skip, `h0`.
+type ForwardInputs<'a, T> = [CudaView<'a, T>; 7];
+
+/// Launches the forward kernel writing `y (B L D)` and the last state into `y`
+/// and `hlast`.
+fn launch_forward<T: DeviceRepr>(
+    dev: &CudaDevice,
+    inputs: &ForwardInputs<T>,
+    y: &CudaView<T>,
+    hlast: &CudaView<T>,
+    s: ScanSizes,
+    rule: Rule,
+    prec: &str,
+) -> Result<()> {
+    let ScanSizes { b, l, d, n, r } = s;
+    if b * l * d == 0 {
+        return Ok(());
+    }
+    let (np, width, chunks) = launch_shape(n, l, rule, std::mem::size_of::<T>())?;
+    let func = function(
+        dev,
+        Kernels::Forward,
+        &format!("selective_scan_{prec}_n{np}_r{}", rule_code(rule)),
+    )?;
+    // The registers the compiled kernel uses bound the threads of a block.
+    let max_threads = func.max_threads_per_block().w()? as usize;
+    let chunks = chunks.min(max_threads / width).max(1);
+    let shared = chunks * shared_per_chunk(np, rule, std::mem::size_of::<T>(), width);
+    let cfg = lrnnx_kernels::cuda::config(
+        (d.div_ceil(width) as u32, b as u32, 1),
+        (width as u32, chunks as u32, 1),
+        shared as u32,
+    );
+    let ints = [l, d, n, r + 2 * n, r].map(|v| v as i32);
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    for v in inputs {
+        builder.arg(v);
+    }
+    builder.arg(y);
+    builder.arg(hlast);
+    for v in &ints {
+        builder.arg(v);
+    }
+    // SAFETY: argument types and order match the kernel's signature, every
+    // input holds its documented shape, and y and hlast hold B L D and the state.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(())
+}
+
 impl GpuScan {
     fn run<T: DeviceRepr + CudaDType + candle_core::WithDType>(
         &self,
@@ -133,8 +214,8 @@ impl GpuScan {
     ) -> Result<(CudaStorage, Shape)> {
         let (b, l, d2) = lu.shape().dims3()?;
         let (d, n, r) = (d2 / 2, self.n, self.r);
-        let k = r + 2 * n;
-        let state_len = b * d.div_ceil(LANES) * n * LANES;
+        let sizes = ScanSizes { b, l, d, n, r };
+        let state_len = sizes.state().iter().product::<usize>();
         let dev = uz.device().clone();
         let guards = [
             &self.delta,
@@ -145,7 +226,8 @@ impl GpuScan {
             &self.h0,
         ]
         .map(|t| t.storage_and_layout());
-        let mut slices = Vec::with_capacity(guards.len());
+        let mut slices = Vec::with_capacity(guards.len() + 1);
+        slices.push(uz.as_cuda_slice::<T>()?.slice(lu.start_offset()..));
         for (s, layout) in &guards {
             let Storage::Cuda(cs) = &**s else {
                 candle_core::bail!("Mamba selective scan: every input must be on the GPU")
@@ -155,41 +237,13 @@ impl GpuScan {
             };
             slices.push(cs.as_cuda_slice::<T>()?.slice(start..end));
         }
-        let uz = uz.as_cuda_slice::<T>()?.slice(lu.start_offset()..);
+        let inputs: ForwardInputs<T> = slices
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("selective scan: seven inputs".into()))?;
         // SAFETY: the kernel writes every y element and every state entry.
         let out = unsafe { dev.alloc::<T>(b * l * d + state_len)? };
-        if b * l * d > 0 {
-            let elem = std::mem::size_of::<T>();
-            let (np, width, chunks) = launch_shape(n, l, self.rule, elem)?;
-            let rule = rule_code(self.rule);
-            let name = format!("selective_scan_{prec}_n{np}_r{rule}");
-            let func = function(&dev, &name)?;
-            // The registers the compiled kernel uses bound the threads of a block.
-            let max_threads = func.max_threads_per_block().w()? as usize;
-            let chunks = chunks.min(max_threads / width).max(1);
-            let shared = chunks * shared_per_chunk(np, self.rule, elem, width);
-            let cfg = lrnnx_kernels::cuda::config(
-                (d.div_ceil(width) as u32, b as u32, 1),
-                (width as u32, chunks as u32, 1),
-                shared as u32,
-            );
-            let (y, hlast) = (out.slice(..b * l * d), out.slice(b * l * d..));
-            let ints = [l, d, n, k, r].map(|v| v as i32);
-            let stream = dev.cuda_stream();
-            let mut builder = stream.launch_builder(&func);
-            builder.arg(&uz);
-            for s in &slices {
-                builder.arg(s);
-            }
-            builder.arg(&y);
-            builder.arg(&hlast);
-            for v in &ints {
-                builder.arg(v);
-            }
-            // SAFETY: argument types and order match the kernel's signature;
-            // every input was checked contiguous, and `out` holds y and the state.
-            unsafe { builder.launch(cfg) }.w()?;
-        }
+        let (y, hlast) = (out.slice(..b * l * d), out.slice(b * l * d..));
+        launch_forward(&dev, &inputs, &y, &hlast, sizes, self.rule, prec)?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
             Shape::from(b * l * d + state_len),
@@ -210,7 +264,7 @@ impl CustomOp1 for GpuScan {
 
     fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
         candle_core::bail!(
-            "Mamba's selective scan has no CUDA backward yet: train Mamba on the CPU (its fused ops have backward passes), or use the GPU for inference"
+            "internal: Mamba's gradient-free CUDA scan was differentiated; training runs `selective_scan_gpu_train`"
         )
     }
 
@@ -229,7 +283,7 @@ impl CustomOp1 for GpuScan {
 }
 
 /// The scan on the GPU: `(y (B, L, D), last state (B, ceil(D/16), N, 16))`
-/// (lanes past `D` zero). No backward: training Mamba runs on the CPU.
+/// (lanes past `D` zero). No backward: training runs [`selective_scan_gpu_train`].
 pub fn selective_scan_gpu(args: &ScanArgs) -> Result<(Tensor, Tensor)> {
     let sizes = args.sizes()?;
     let (state, ScanSizes { b, l, d, n, r }) = (sizes.state(), sizes);
