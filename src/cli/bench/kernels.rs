@@ -1,49 +1,75 @@
 //! Kernel rows of `lrnnx bench` (CUDA).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use serde_json::json;
 
 use super::{time, Args};
 
-/// Mamba's selective-scan kernel alone at `(B, L, D = 2 d_model, N)`, against
-/// the copy floor: bytes = one read of `uz`, `delta`, `xdbl` and one write of `y`.
-pub fn mamba_scan_kernel(
+/// Mamba's selective-scan kernels alone at `(B, L, D, N)`, against the copy
+/// floor: the forward (bytes = one read of `uz`, `delta`, `xdbl` and one write
+/// of `y`) and, as mamba_ssm's `selective_scan_fn` is timed, forward+backward
+/// of `y.sum()` through the training op (bytes not counted: it reads the
+/// inputs twice and writes a gradient of each). Rows at the bench's layer
+/// shape (`D = 2 d_model`) and at `--mamba-scan-shape` (mamba_ssm's protocol).
+pub fn mamba_scan_kernels(
     dev: &Device,
     a: &Args,
+    peer: (usize, usize, usize, usize),
+    copy_gbs: f64,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let layer = (a.batch, a.seqlen, 2 * a.d_model, a.mamba_d_state);
+    let mut rows = vec![mamba_scan_kernel(dev, a.reps, layer, copy_gbs)?];
+    if peer != layer {
+        rows.push(mamba_scan_kernel(dev, a.reps, peer, copy_gbs)?);
+    }
+    Ok(rows)
+}
+
+fn mamba_scan_kernel(
+    dev: &Device,
+    reps: usize,
+    (b, l, d, n): (usize, usize, usize, usize),
     copy_gbs: f64,
 ) -> anyhow::Result<serde_json::Value> {
-    let (b, l, d, n) = (a.batch, a.seqlen, 2 * a.d_model, a.mamba_d_state);
-    let k = a.d_model.div_ceil(16) + 2 * n;
-    let uz = Tensor::randn(0f32, 1.0, (b, l, 2 * d), dev)?;
-    let delta = Tensor::rand(0.001f32, 0.1, (b, l, d), dev)?;
-    let xdbl = Tensor::randn(0f32, 1.0, (b, l, k), dev)?;
-    let a_mat = Tensor::rand(-16f32, -1.0, (d, n), dev)?;
-    let skip = Tensor::ones(d, DType::F32, dev)?;
+    let k = (d / 2).div_ceil(16) + 2 * n;
+    let uz = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, l, 2 * d), dev)?)?;
+    let delta = Var::from_tensor(&Tensor::rand(0.001f32, 0.1, (b, l, d), dev)?)?;
+    let xdbl = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, l, k), dev)?)?;
+    let a_mat = Var::from_tensor(&Tensor::rand(-16f32, -1.0, (d, n), dev)?)?;
+    let skip = Var::from_tensor(&Tensor::ones(d, DType::F32, dev)?)?;
     let h0 = Tensor::zeros((b, d.div_ceil(16), n, 16), DType::F32, dev)?;
-    let t = time(dev, a.reps, || {
-        let _ = lrnnx_mamba::cuda::selective_scan_gpu(&lrnnx_mamba::ScanArgs {
-            uz: &uz,
-            delta: &delta,
-            dta: &delta,
-            xdbl: &xdbl,
-            a: &a_mat,
-            skip: &skip,
-            h0: &h0,
-            rule: lrnnx_mamba::Rule::Mamba,
-        })?;
+    let args = lrnnx_mamba::ScanArgs {
+        uz: uz.as_tensor(),
+        delta: delta.as_tensor(),
+        dta: delta.as_tensor(),
+        xdbl: xdbl.as_tensor(),
+        a: a_mat.as_tensor(),
+        skip: skip.as_tensor(),
+        h0: &h0,
+        rule: lrnnx_mamba::Rule::Mamba,
+    };
+    let t = time(dev, reps, || {
+        let _ = lrnnx_mamba::cuda::selective_scan_gpu(&args)?;
+        Ok(())
+    })?;
+    let t_train = time(dev, reps, || {
+        let (y, _) = lrnnx_mamba::cuda::selective_scan_gpu_train(&args)?;
+        let _ = y.sum_all()?.backward()?;
         Ok(())
     })?;
     let bytes = 4.0 * (uz.elem_count() + 2 * delta.elem_count() + xdbl.elem_count()) as f64;
     let gbs = bytes / t / 1e9;
     println!(
-        "{:<28} {:>10.3} ms {:>10.1} GB/s  {:>5.1}% of copy",
-        format!("Mamba scan kernel (N={n})"),
+        "{:<28} {:>10.3} ms {:>10.1} GB/s  {:>5.1}% of copy   fwd+bwd {:>8.3} ms",
+        format!("Mamba scan B{b} L{l} D{d} N{n}"),
         t * 1e3,
         gbs,
-        100.0 * gbs / copy_gbs
+        100.0 * gbs / copy_gbs,
+        t_train * 1e3
     );
     Ok(
-        json!({"name": "mamba_selective_scan", "d_state": n, "ms": t * 1e3, "gb_s": gbs,
+        json!({"name": "mamba_selective_scan", "batch": b, "seqlen": l, "d_inner": d, "d_state": n,
+              "ms": t * 1e3, "fwd_bwd_ms": t_train * 1e3, "gb_s": gbs,
               "copy_gb_s": copy_gbs, "fraction_of_copy": gbs / copy_gbs}),
     )
 }

@@ -59,6 +59,10 @@ pub struct Args {
     /// State size of the Mamba rows (Mamba's usual 16).
     #[arg(long, default_value_t = 16)]
     mamba_d_state: usize,
+    /// `B,L,D,N` of the second Mamba scan kernel row (the first is at the layer
+    /// rows' shape): mamba_ssm's benchmark shape by default.
+    #[arg(long, default_value = "8,4096,1536,16")]
+    mamba_scan_shape: String,
     /// Timed repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 20)]
     reps: usize,
@@ -89,6 +93,28 @@ fn copy_floor(u: &Tensor) -> anyhow::Result<Box<dyn FnMut() -> anyhow::Result<()
     }))
 }
 
+/// `B,L,D,N`.
+pub fn parse_shape(s: &str) -> anyhow::Result<(usize, usize, usize, usize)> {
+    let v = s
+        .split(',')
+        .map(|x| x.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--mamba-scan-shape: expected B,L,D,N, found {s:?} ({e})"))?;
+    match v[..] {
+        [b, l, d, n]
+            if n > 0
+                && b.checked_mul(l)
+                    .and_then(|x| x.checked_mul(d))
+                    .is_some_and(|bld| bld > 0 && bld <= 1 << 30) =>
+        {
+            Ok((b, l, d, n))
+        }
+        _ => anyhow::bail!(
+            "--mamba-scan-shape: expected four positive sizes B,L,D,N with B*L*D at most 2^30, found {s:?}"
+        ),
+    }
+}
+
 /// Every built-in mixer.
 pub const DEFAULT_MIXERS: &str = "LRU,S4,S4D,S5,S5LTV,Centaurus,Mamba,RGLRU,S7,attn,mLSTM";
 
@@ -99,6 +125,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         candle_core::cuda::set_gemm_reduced_precision_f32(true);
     }
     let (b, l, h, n) = (a.batch, a.seqlen, a.d_model, a.d_state);
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    let mamba_scan_shape = parse_shape(&a.mamba_scan_shape)?;
 
     let mut rows = Vec::new();
     println!(
@@ -153,7 +181,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     #[cfg(feature = "cuda")]
     if dev.is_cuda() {
-        rows.push(kernels::mamba_scan_kernel(&dev, &a, copy_gbs)?);
+        rows.extend(kernels::mamba_scan_kernels(
+            &dev,
+            &a,
+            mamba_scan_shape,
+            copy_gbs,
+        )?);
     }
 
     let dtypes = a
@@ -179,4 +212,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     lrnnx::io::write_json(&a.json, &out)?;
     println!("wrote {}", a.json.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::parse_shape;
+
+    #[test]
+    fn the_mamba_scan_shape_is_four_positive_bounded_sizes() {
+        assert_eq!(
+            parse_shape("8,4096,1536,16").expect("default"),
+            (8, 4096, 1536, 16)
+        );
+        for bad in [
+            "8,4096,1536",
+            "8,0,1536,16",
+            "8,x,1,1",
+            "65536,65536,65536,16",
+        ] {
+            let e = parse_shape(bad).expect_err(bad).to_string();
+            assert!(e.contains("B,L,D,N") && e.contains(bad), "{bad}: {e}");
+        }
+    }
 }
