@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU session on a CUDA machine, from binaries packed by
-#   ../shared/tools/pack-for-device.sh --release --features cuda --bin lrnnx --test device_parity
+#   ../shared/tools/pack-for-device.sh --release --features cuda --bin lrnnx --test device_parity --test mamba_scan_gpu
 # (device tool: carry [".device"], command `bash scripts/gpu-check.sh`). Writes its
 # reports under $OUT (default ./gpu-out): parity, conformance, bench, training
 # CPU vs GPU (f32, bf16), greedy generation CPU vs GPU from the GPU-trained model.
@@ -14,15 +14,17 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name: $*"; local t0=$SECONDS
 # PART=1: parity, conformance, bench; PART=2: training and generation (the default job);
 # PART=3: training with --mixers Mamba,attn,RGLRU,mLSTM on GPU and CPU, f32 and bf16; default 1 and 2.
 PART=${PART:-all}
-if [ "$PART" != 2 ]; then
+if [ "$PART" = 1 ] || [ "$PART" = all ]; then
 step parity 240 $R "$par" --test-threads 1 --nocapture
+scan=$(cd .device && ls mamba_scan_gpu-* | sed 's/\.xz$//' | head -1)
+step mamba-scan 120 $R "$scan" --nocapture
 step conformance 120 $R lrnnx conformance --device cuda tests/data/lrnnx
 step bench 300 $R lrnnx bench --device cuda --dtype f32,bf16 --reps 5 --json "$OUT/bench.json"
 fi
 [ "$PART" = 1 ] && exit 0
 if [ "$PART" = 3 ]; then
   for dev in cuda cpu; do for dt in f32 bf16; do
-    step "train-mabr-$dev-$dt" 130 $R lrnnx train --device $dev --dtype $dt --steps 60 --mixers Mamba,attn,RGLRU,mLSTM --out "/tmp/mabr-$dev-$dt" --quiet
+    step "train-mabr-$dev-$dt" 200 $R lrnnx train --device $dev --dtype $dt --steps 60 --mixers Mamba,attn,RGLRU,mLSTM --out "/tmp/mabr-$dev-$dt" --quiet
   done; done
   exit 0
 fi
