@@ -24,8 +24,10 @@ use crate::scan_args::{ScanArgs, ScanSizes};
 
 /// Positions per chunk of the backward kernel (its `THREADS * ITEMS`).
 const BWD_CHUNK: usize = 128 * 4;
-/// Threads per block of the backward kernel.
+/// Threads per channel of the backward kernel.
 const BWD_THREADS: u32 = 128;
+/// Channels per block of the backward kernel (its `GROUP`).
+const BWD_GROUP: usize = 4;
 
 /// Where each input sits in the flat tensor: `uz`, `delta`, `dtA` (absent
 /// when it is `delta`), `xdbl`, `A`, the skip, `h0`.
@@ -211,7 +213,11 @@ impl TrainScanGrad {
                 Kernels::Backward,
                 &format!("selective_scan_bwd_{prec}_n{np}_r{}", rule_code(self.rule)),
             )?;
-            let cfg = lrnnx_kernels::cuda::config((d as u32, b as u32, 1), (BWD_THREADS, 1, 1), 0);
+            let cfg = lrnnx_kernels::cuda::config(
+                (d.div_ceil(BWD_GROUP) as u32, b as u32, 1),
+                (BWD_THREADS, BWD_GROUP as u32, 1),
+                0,
+            );
             let ints = [i32::from(pack.same_dta)]
                 .into_iter()
                 .chain([l, d, n, r + 2 * n, r].map(|v| v as i32))
