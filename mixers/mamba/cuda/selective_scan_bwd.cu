@@ -26,7 +26,11 @@
 //    n. Channels visit the state entries in rotated order, so that blocks
 //    running at once spread their dB/dC atomics over N addresses per position.
 //
-// Gradients of dxdbl (B and C columns), dA and dD are accumulated with
+// B and C come transposed, bct (B, 2N, L) ([B | C] per batch row, positions
+// contiguous), so that a warp's loads of one state entry over its positions
+// are coalesced; their gradient dbct has the same layout.
+//
+// Gradients of B and C, dA and dD are accumulated with
 // atomicAdd into zeroed buffers (dB and dC first summed over the block's
 // channels in shared memory: the global atomics on them bound the kernel);
 // every other output is written once.
@@ -111,12 +115,12 @@ template <typename T> __device__ T block_sum(T v, T* sh) {
 }
 
 template <typename T> struct Grads {
-    T *duz, *ddelta, *ddta, *dxdbl, *da, *dskip, *dh0;
+    T *duz, *ddelta, *ddta, *dbct, *da, *dskip, *dh0;
 };
 
 template <typename T, int NP, int RULE>
 __device__ void scan_bwd(const T* __restrict__ uz, const T* __restrict__ delta, const T* __restrict__ dta,
-                         const T* __restrict__ xdbl, const T* __restrict__ amat, const T* __restrict__ skip,
+                         const T* __restrict__ bct, const T* __restrict__ amat, const T* __restrict__ skip,
                          const T* __restrict__ h0, const T* __restrict__ gy, const T* __restrict__ ghlast,
                          Grads<T> g, T* __restrict__ entering, int same_dta, Shape s) {
     __shared__ T sh_all[GROUP * 4 * WARPS];
@@ -169,7 +173,7 @@ __device__ void scan_bwd(const T* __restrict__ uz, const T* __restrict__ delta, 
                 const int t = c * CH + tid * ITEMS + j;
                 T abar, gain;
                 discretize<T, RULE>(dt[j], dl[j], a[n], abar, gain);
-                m = compose(m, Affine<T>{abar, gain * xdbl[(row + t) * s.K + s.R + n] * u[j]});
+                m = compose(m, Affine<T>{abar, gain * bct[((size_t)b * 2 * s.N + n) * s.L + t] * u[j]});
             }
             // In-order warp reduction: lane i ends with lanes [i, i + 2 off).
 #pragma unroll
@@ -225,6 +229,7 @@ __device__ void scan_bwd(const T* __restrict__ uz, const T* __restrict__ delta, 
 #pragma unroll 1
         for (int k = 0; k < s.N; ++k) {
             const int n = (k + blockIdx.x) % s.N;
+            const size_t b_row = ((size_t)b * 2 * s.N + n) * s.L, c_row = b_row + (size_t)s.N * s.L;
             T abar[ITEMS], gain[ITEMS], bn[ITEMS], cn[ITEMS];
             Affine<T> fwd{T(1), T(0)}, rev{T(1), T(0)};
 #pragma unroll
@@ -232,8 +237,8 @@ __device__ void scan_bwd(const T* __restrict__ uz, const T* __restrict__ delta, 
                 const int t = c * CH + tid * ITEMS + j;
                 const bool ok = t < s.L;
                 const size_t i = row + (ok ? t : 0);
-                bn[j] = ok ? xdbl[i * s.K + s.R + n] : T(0);
-                cn[j] = ok ? xdbl[i * s.K + s.R + s.N + n] : T(0);
+                bn[j] = ok ? bct[b_row + t] : T(0);
+                cn[j] = ok ? bct[c_row + t] : T(0);
                 discretize<T, RULE>(dt[j], dl[j], a[n], abar[j], gain[j]);
                 if (!ok) abar[j] = T(1);
                 fwd = compose(fwd, Affine<T>{abar[j], gain[j] * bn[j] * u[j]});
@@ -277,8 +282,8 @@ __device__ void scan_bwd(const T* __restrict__ uz, const T* __restrict__ delta, 
                     const int t = c * CH + tid * ITEMS + j;
                     const int i = tid * ITEMS + j;
                     if (t < s.L) {
-                        atomicAdd(g.dxdbl + (row + t) * s.K + s.R + n, sum_db[i]);
-                        atomicAdd(g.dxdbl + (row + t) * s.K + s.R + s.N + n, sum_dc[i]);
+                        atomicAdd(g.dbct + b_row + t, sum_db[i]);
+                        atomicAdd(g.dbct + c_row + t, sum_dc[i]);
                     }
                     sum_db[i] = sum_dc[i] = T(0);
                 }
@@ -316,11 +321,11 @@ __device__ void scan_bwd(const T* __restrict__ uz, const T* __restrict__ delta, 
 
 #define BWD_ENTRY(T, TN, NP, RULE)                                                                          \
     extern "C" __global__ void __launch_bounds__(THREADS * GROUP) selective_scan_bwd_##TN##_n##NP##_r##RULE( \
-        const T* uz, const T* delta, const T* dta, const T* xdbl, const T* amat, const T* skip, const T* h0, \
-        const T* gy, const T* ghlast, T* duz, T* ddelta, T* ddta, T* dxdbl, T* da, T* dskip, T* dh0,        \
+        const T* uz, const T* delta, const T* dta, const T* bct, const T* amat, const T* skip, const T* h0, \
+        const T* gy, const T* ghlast, T* duz, T* ddelta, T* ddta, T* dbct, T* da, T* dskip, T* dh0,        \
         T* entering, int same_dta, int L, int D, int N, int K, int R) {                                     \
-        scan_bwd<T, NP, RULE>(uz, delta, dta, xdbl, amat, skip, h0, gy, ghlast,                             \
-                              Grads<T>{duz, ddelta, ddta, dxdbl, da, dskip, dh0}, entering, same_dta,       \
+        scan_bwd<T, NP, RULE>(uz, delta, dta, bct, amat, skip, h0, gy, ghlast,                             \
+                              Grads<T>{duz, ddelta, ddta, dbct, da, dskip, dh0}, entering, same_dta,       \
                               Shape{L, D, N, K, R});                                                        \
     }
 #define BWD_RULES(T, TN, NP) \
