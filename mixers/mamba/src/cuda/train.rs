@@ -24,11 +24,17 @@ use crate::scan_args::{ScanArgs, ScanSizes};
 
 /// Positions per chunk of the backward kernel (its `THREADS * ITEMS`).
 const BWD_CHUNK: usize = 128 * 4;
-/// Threads per block of the backward kernel.
+/// Threads per channel of the backward kernel.
 const BWD_THREADS: u32 = 128;
+/// Channels per block of the backward kernel (its `GROUP`).
+const BWD_GROUP: usize = 4;
 
 /// Where each input sits in the flat tensor: `uz`, `delta`, `dtA` (absent
-/// when it is `delta`), `xdbl`, `A`, the skip, `h0`.
+/// when it is `delta`), `xdbl`, `A`, the skip, `h0`, and xdbl's `[B | C]`
+/// columns again, transposed to `(B, 2N, L)`: the forward kernel reads
+/// `xdbl`, the backward kernel the transposed copy (coalesced loads and
+/// gradient atomics), so `xdbl`'s own piece gets a zero gradient and the
+/// copy's flows back through the transpose.
 #[derive(Debug, Clone, Copy)]
 struct Packing {
     sizes: ScanSizes,
@@ -36,7 +42,7 @@ struct Packing {
 }
 
 impl Packing {
-    fn lens(&self) -> [usize; 7] {
+    fn lens(&self) -> [usize; 8] {
         let ScanSizes { b, l, d, n, r } = self.sizes;
         let bld = b * l * d;
         [
@@ -47,6 +53,7 @@ impl Packing {
             d * n,
             d,
             self.sizes.state().iter().product(),
+            b * 2 * n * l,
         ]
     }
 
@@ -54,13 +61,13 @@ impl Packing {
         self.lens().iter().sum()
     }
 
-    /// The seven pieces of `buf` (a flat buffer of this packing from `start`);
+    /// The eight pieces of `buf` (a flat buffer of this packing from `start`);
     /// `dtA` is `delta`'s piece when they are one.
     fn views<'a, T>(
         &self,
         buf: &'a candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
         start: usize,
-    ) -> [CudaView<'a, T>; 7] {
+    ) -> [CudaView<'a, T>; 8] {
         let lens = self.lens();
         let mut at = start;
         let mut piece = |k: usize| {
@@ -75,7 +82,16 @@ impl Packing {
         } else {
             dta
         };
-        [uz, delta, dta, piece(3), piece(4), piece(5), piece(6)]
+        [
+            uz,
+            delta,
+            dta,
+            piece(3),
+            piece(4),
+            piece(5),
+            piece(6),
+            piece(7),
+        ]
     }
 
     /// The output's length: `y (B L D)` then the last state.
@@ -118,7 +134,9 @@ impl TrainScan {
     ) -> Result<(CudaStorage, Shape)> {
         check(&self.pack, lp, "forward")?;
         let dev = p.device().clone();
-        let inputs: ForwardInputs<T> = self.pack.views(p.as_cuda_slice::<T>()?, lp.start_offset());
+        let [uz, delta, dta, xdbl, a, skip, h0, _] =
+            self.pack.views(p.as_cuda_slice::<T>()?, lp.start_offset());
+        let inputs: ForwardInputs<T> = [uz, delta, dta, xdbl, a, skip, h0];
         let bld = self.pack.out_len() - self.pack.lens()[6];
         // SAFETY: the kernel writes every y element and every state entry.
         let out = unsafe { dev.alloc::<T>(self.pack.out_len())? };
@@ -196,8 +214,12 @@ impl TrainScanGrad {
                     STATE_SIZES[STATE_SIZES.len() - 1]
                 )
             };
-            let inputs = pack.views(p.as_cuda_slice::<T>()?, lp.start_offset());
-            let grads = pack.views(&dp, 0);
+            // The kernel's order: xdbl's place taken by the transposed [B | C].
+            let [uz, delta, dta, _, a, skip, h0, bct] =
+                pack.views(p.as_cuda_slice::<T>()?, lp.start_offset());
+            let inputs = [uz, delta, dta, bct, a, skip, h0];
+            let [duz, ddelta, ddta, _, da, dskip, dh0, dbct] = pack.views(&dp, 0);
+            let grads = [duz, ddelta, ddta, dbct, da, dskip, dh0];
             let gbuf = g.as_cuda_slice::<T>()?;
             let (gy, ghlast) = (
                 gbuf.slice(lg.start_offset()..lg.start_offset() + b * l * d),
@@ -211,7 +233,11 @@ impl TrainScanGrad {
                 Kernels::Backward,
                 &format!("selective_scan_bwd_{prec}_n{np}_r{}", rule_code(self.rule)),
             )?;
-            let cfg = lrnnx_kernels::cuda::config((d as u32, b as u32, 1), (BWD_THREADS, 1, 1), 0);
+            let cfg = lrnnx_kernels::cuda::config(
+                (d.div_ceil(BWD_GROUP) as u32, b as u32, 1),
+                (BWD_THREADS, BWD_GROUP as u32, 1),
+                0,
+            );
             let ints = [i32::from(pack.same_dta)]
                 .into_iter()
                 .chain([l, d, n, r + 2 * n, r].map(|v| v as i32))
@@ -289,7 +315,13 @@ pub fn selective_scan_gpu_train(args: &ScanArgs) -> Result<(Tensor, Tensor)> {
     if !pack.same_dta {
         pieces.push(args.dta);
     }
-    pieces.extend([args.xdbl, args.a, args.skip, args.h0]);
+    let ScanSizes { n, r, .. } = sizes;
+    let bct = args
+        .xdbl
+        .narrow(2, r, 2 * n)?
+        .transpose(1, 2)?
+        .contiguous()?;
+    pieces.extend([args.xdbl, args.a, args.skip, args.h0, &bct]);
     let flat = pieces
         .iter()
         .map(|t| t.to_dtype(dtype)?.flatten_all())
