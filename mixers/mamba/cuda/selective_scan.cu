@@ -177,17 +177,4 @@ __device__ void scan_block(const T* __restrict__ uz, const T* __restrict__ delta
         T* y, T* hlast, int L, int D, int N, int K, int R) {                                                 \
         scan_block<T, NP, RULE>(uz, delta, dta, xdbl, amat, skip, h0, y, hlast, Shape{L, D, N, K, R});       \
     }
-#define SCAN_RULES(T, TN, NP) \
-    SCAN_ENTRY(T, TN, NP, 0)  \
-    SCAN_ENTRY(T, TN, NP, 1)  \
-    SCAN_ENTRY(T, TN, NP, 2)  \
-    SCAN_ENTRY(T, TN, NP, 3)
-#define SCAN_SIZES(T, TN)   \
-    SCAN_RULES(T, TN, 4)    \
-    SCAN_RULES(T, TN, 8)    \
-    SCAN_RULES(T, TN, 16)   \
-    SCAN_RULES(T, TN, 32)   \
-    SCAN_RULES(T, TN, 64)
-
-SCAN_SIZES(float, f32)
-SCAN_SIZES(double, f64)
+INSTANTIATE_ALL(SCAN_ENTRY)

@@ -236,7 +236,6 @@ __device__ void scan_bwd(const T* __restrict__ uz, const T* __restrict__ delta, 
             for (int j = 0; j < ITEMS; ++j) {
                 const int t = c * CH + tid * ITEMS + j;
                 const bool ok = t < s.L;
-                const size_t i = row + (ok ? t : 0);
                 bn[j] = ok ? bct[b_row + t] : T(0);
                 cn[j] = ok ? bct[c_row + t] : T(0);
                 discretize<T, RULE>(dt[j], dl[j], a[n], abar[j], gain[j]);
@@ -328,17 +327,4 @@ __device__ void scan_bwd(const T* __restrict__ uz, const T* __restrict__ delta, 
                               Grads<T>{duz, ddelta, ddta, dbct, da, dskip, dh0}, entering, same_dta,       \
                               Shape{L, D, N, K, R});                                                        \
     }
-#define BWD_RULES(T, TN, NP) \
-    BWD_ENTRY(T, TN, NP, 0)  \
-    BWD_ENTRY(T, TN, NP, 1)  \
-    BWD_ENTRY(T, TN, NP, 2)  \
-    BWD_ENTRY(T, TN, NP, 3)
-#define BWD_SIZES(T, TN)   \
-    BWD_RULES(T, TN, 4)    \
-    BWD_RULES(T, TN, 8)    \
-    BWD_RULES(T, TN, 16)   \
-    BWD_RULES(T, TN, 32)   \
-    BWD_RULES(T, TN, 64)
-
-BWD_SIZES(float, f32)
-BWD_SIZES(double, f64)
+INSTANTIATE_ALL(BWD_ENTRY)

@@ -58,3 +58,11 @@ __device__ __forceinline__ void discretize_grad(T dta, T delta, T a, T abar, T& 
         dgain_da = T(0);
     }
 }
+
+// Every kernel is instantiated per dtype (f32, f64), compiled state size NP
+// (the Rust side's STATE_SIZES) and rule: ENTRY(T, TN, NP, RULE) defines one.
+#define INSTANTIATE_RULES(ENTRY, T, TN, NP) ENTRY(T, TN, NP, 0) ENTRY(T, TN, NP, 1) ENTRY(T, TN, NP, 2) ENTRY(T, TN, NP, 3)
+#define INSTANTIATE_SIZES(ENTRY, T, TN)                                                           \
+    INSTANTIATE_RULES(ENTRY, T, TN, 4) INSTANTIATE_RULES(ENTRY, T, TN, 8) INSTANTIATE_RULES(ENTRY, T, TN, 16) \
+    INSTANTIATE_RULES(ENTRY, T, TN, 32) INSTANTIATE_RULES(ENTRY, T, TN, 64)
+#define INSTANTIATE_ALL(ENTRY) INSTANTIATE_SIZES(ENTRY, float, f32) INSTANTIATE_SIZES(ENTRY, double, f64)
