@@ -107,6 +107,31 @@ fn weighted_sum(y: &Tensor, r: &Tensor) -> Tensor {
     (y * r).and_then(|p| p.sum_all()).expect("loss")
 }
 
+/// The `(B, L)` of every f32 sweep: `L = 1` (decoding is a single step), odd
+/// lengths, one past a power of 2.
+pub const SHAPES: [(usize, usize); 4] = [(1, 1), (2, 7), (3, 13), (1, 33)];
+
+/// The `(B, L)` of every bf16 sweep (shorter: bf16 errors grow with `L`).
+pub const BF16_SHAPES: [(usize, usize); 3] = [(1, 1), (2, 9), (1, 21)];
+
+/// [`assert_parity`] of `build` at width `h` and each `(B, L)` of `shapes`,
+/// printing each report as `label (b B, l L, h H): report`.
+pub fn sweep(
+    build: Build,
+    h: usize,
+    shapes: &[(usize, usize)],
+    cand: &Candidate,
+    tol: Tolerance,
+    decode_steps: usize,
+    label: &str,
+) {
+    for &(b, l) in shapes {
+        let what = format!("{label} (b {b}, l {l}, h {h})");
+        let r = assert_parity(build, (b, l, h), cand, tol, decode_steps, &what);
+        println!("{what}: {r:?}");
+    }
+}
+
 /// Runs the parity check of `build` on inputs `(b, l, h)` and asserts every
 /// error is within `tol`; `decode_steps` positions at the end are stepped
 /// after a prefill of the rest (0 skips decoding, for mixers without it).

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device};
 use lrnnx_attn::{Mha, MhaConfig};
 use lrnnx_framework::{ForwardOpts, Mixer, ParamBuilder, ParamStore, StepOpts};
-use lrnnx_testing::parity::{assert_parity, Candidate, Tolerance};
+use lrnnx_testing::parity::{assert_parity, sweep, Candidate, Tolerance, BF16_SHAPES, SHAPES};
 use lrnnx_testing::{max_rel, randn, vec1};
 
 /// `(config, d_model)`: plain, GQA with NeoX rotary, MQA with interleaved
@@ -49,20 +49,17 @@ fn builder(
 fn portable_path_matches_the_fused_path() {
     // L = 1 (forward only a step), odd L, one longer L; a batch of 1 and of 3.
     for &(json, e) in CONFIGS {
-        for (b, l) in [(1, 1), (2, 7), (3, 13), (1, 33)] {
-            // Non-causal attention has no position-by-position decoding.
-            let steps = if causal(json) { 3 } else { 0 };
-            let what = format!("{json} (b {b}, l {l})");
-            let r = assert_parity(
-                &builder(json, e),
-                (b, l, e),
-                &Candidate::portable(),
-                Tolerance::F32,
-                steps,
-                &what,
-            );
-            println!("{what}: {r:?}");
-        }
+        // Non-causal attention has no position-by-position decoding.
+        let steps = if causal(json) { 3 } else { 0 };
+        sweep(
+            &builder(json, e),
+            e,
+            &SHAPES,
+            &Candidate::portable(),
+            Tolerance::F32,
+            steps,
+            json,
+        );
     }
 }
 
@@ -111,12 +108,16 @@ const BF16: Tolerance = Tolerance {
 fn bf16_activations_on_f32_weights_match_the_f64_reference() {
     let cand = Candidate::portable_bf16();
     for &(json, e) in CONFIGS {
-        for (b, l) in [(1, 1), (2, 9), (1, 21)] {
-            let steps = if causal(json) { 3 } else { 0 };
-            let what = format!("bf16 {json} (b {b}, l {l})");
-            let r = assert_parity(&builder(json, e), (b, l, e), &cand, BF16, steps, &what);
-            println!("{what}: {r:?}");
-        }
+        let steps = if causal(json) { 3 } else { 0 };
+        sweep(
+            &builder(json, e),
+            e,
+            &BF16_SHAPES,
+            &cand,
+            BF16,
+            steps,
+            &format!("bf16 {json}"),
+        );
     }
 }
 

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device};
 use lrnnx_framework::{ForwardOpts, Mixer, ParamBuilder, ParamStore, StepOpts};
 use lrnnx_rglru::{RgLru, RgLruConfig};
-use lrnnx_testing::parity::{assert_parity, Candidate, Tolerance};
+use lrnnx_testing::parity::{sweep, Candidate, Tolerance, BF16_SHAPES, SHAPES};
 use lrnnx_testing::{max_rel, randn};
 
 /// `(d_model, config)`: the default block, a one-tap convolution with biases
@@ -46,19 +46,15 @@ fn builder(
 #[test]
 fn portable_path_matches_the_fused_path() {
     for (h, cfg) in configs() {
-        // L = 1 (decoding is a single step), odd lengths, one past a power of 2.
-        for (b, l) in [(1, 1), (2, 7), (3, 13), (1, 33)] {
-            let what = format!("RG-LRU {cfg:?} (b {b}, l {l}, h {h})");
-            let r = assert_parity(
-                &builder(h, cfg.clone()),
-                (b, l, h),
-                &Candidate::portable(),
-                Tolerance::F32,
-                3,
-                &what,
-            );
-            println!("{what}: {r:?}");
-        }
+        sweep(
+            &builder(h, cfg.clone()),
+            h,
+            &SHAPES,
+            &Candidate::portable(),
+            Tolerance::F32,
+            3,
+            &format!("RG-LRU {cfg:?}"),
+        );
     }
 }
 
@@ -84,18 +80,15 @@ fn bf16_candidate() -> Candidate {
 #[test]
 fn bf16_activations_on_f32_weights_match_the_f64_reference() {
     for (h, cfg) in configs() {
-        for (b, l) in [(1, 1), (2, 9), (1, 21)] {
-            let what = format!("bf16 RG-LRU {cfg:?} (b {b}, l {l}, h {h})");
-            let r = assert_parity(
-                &builder(h, cfg.clone()),
-                (b, l, h),
-                &bf16_candidate(),
-                BF16,
-                3,
-                &what,
-            );
-            println!("{what}: {r:?}");
-        }
+        sweep(
+            &builder(h, cfg.clone()),
+            h,
+            &BF16_SHAPES,
+            &bf16_candidate(),
+            BF16,
+            3,
+            &format!("bf16 RG-LRU {cfg:?}"),
+        );
     }
 }
 

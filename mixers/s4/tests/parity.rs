@@ -6,7 +6,7 @@ use candle_core::{DType, Device};
 use lrnnx_framework::{Lti, Mixer, ParamBuilder, ParamStore};
 use lrnnx_s4::s4d::{S4d, S4dConfig, S4dDisc};
 use lrnnx_s4::{S4Config, S4};
-use lrnnx_testing::parity::{assert_parity, Candidate, Tolerance};
+use lrnnx_testing::parity::{sweep, Candidate, Tolerance, BF16_SHAPES, SHAPES};
 use lrnnx_testing::{max_rel, vec1};
 
 type Build = Box<dyn Fn(&ParamBuilder) -> lrnnx_framework::Result<Box<dyn Mixer>>>;
@@ -61,19 +61,15 @@ fn layers() -> Vec<(String, usize, Build)> {
 #[test]
 fn portable_path_matches_the_fused_path() {
     for (name, h, build) in layers() {
-        // L = 1 (decoding is a single step), odd lengths, one past a power of 2.
-        for (b, l) in [(1, 1), (2, 7), (3, 13), (1, 33)] {
-            let what = format!("{name} (b {b}, l {l}, h {h})");
-            let r = assert_parity(
-                &build,
-                (b, l, h),
-                &Candidate::portable(),
-                Tolerance::F32,
-                3,
-                &what,
-            );
-            println!("{what}: {r:?}");
-        }
+        sweep(
+            &build,
+            h,
+            &SHAPES,
+            &Candidate::portable(),
+            Tolerance::F32,
+            3,
+            &name,
+        );
     }
 }
 
@@ -98,11 +94,15 @@ const BF16: Tolerance = Tolerance {
 fn bf16_activations_on_f32_weights_match_the_f64_reference() {
     let cand = Candidate::on(&Device::Cpu, DType::F32, DType::BF16);
     for (name, h, build) in layers() {
-        for (b, l) in [(1, 1), (2, 9), (1, 21)] {
-            let what = format!("bf16 {name} (b {b}, l {l}, h {h})");
-            let r = assert_parity(&build, (b, l, h), &cand, BF16, 3, &what);
-            println!("{what}: {r:?}");
-        }
+        sweep(
+            &build,
+            h,
+            &BF16_SHAPES,
+            &cand,
+            BF16,
+            3,
+            &format!("bf16 {name}"),
+        );
     }
 }
 

@@ -7,7 +7,7 @@ use lrnnx_framework::{Mixer, ParamBuilder};
 use lrnnx_s5::{
     ForwardMode, LtiDiscretization, LtvDiscretization, S5Lti, S5LtiConfig, S5Ltv, S5LtvConfig,
 };
-use lrnnx_testing::parity::{assert_parity, Candidate, Tolerance};
+use lrnnx_testing::parity::{sweep, Candidate, Tolerance, BF16_SHAPES, SHAPES};
 
 type Builder = Box<dyn Fn(&ParamBuilder) -> lrnnx_framework::Result<Box<dyn Mixer>>>;
 
@@ -64,19 +64,15 @@ fn variants() -> Vec<(String, usize, Builder)> {
 #[test]
 fn portable_path_matches_the_fused_path() {
     for (name, h, build) in variants() {
-        // L = 1 (decoding is a single step), odd lengths, one past a power of 2.
-        for (b, l) in [(1, 1), (2, 7), (3, 13), (1, 33)] {
-            let what = format!("{name} (b {b}, l {l})");
-            let r = assert_parity(
-                &build,
-                (b, l, h),
-                &Candidate::portable(),
-                Tolerance::F32,
-                3,
-                &what,
-            );
-            println!("{what}: {r:?}");
-        }
+        sweep(
+            &build,
+            h,
+            &SHAPES,
+            &Candidate::portable(),
+            Tolerance::F32,
+            3,
+            &name,
+        );
     }
 }
 
@@ -97,10 +93,14 @@ pub const BF16: Tolerance = Tolerance {
 fn bf16_activations_on_f32_weights_match_the_f64_reference() {
     let cand = Candidate::portable_bf16();
     for (name, h, build) in variants() {
-        for (b, l) in [(1, 1), (2, 9), (1, 21)] {
-            let what = format!("bf16 {name} (b {b}, l {l})");
-            let r = assert_parity(&build, (b, l, h), &cand, BF16, 3, &what);
-            println!("{what}: {r:?}");
-        }
+        sweep(
+            &build,
+            h,
+            &BF16_SHAPES,
+            &cand,
+            BF16,
+            3,
+            &format!("bf16 {name}"),
+        );
     }
 }
