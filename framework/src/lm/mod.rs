@@ -1,6 +1,7 @@
 //! The language model: config, model, recurrent state, save and load, generation.
 
 mod config;
+pub mod foreign;
 mod generate;
 mod model;
 mod precision;

@@ -60,15 +60,32 @@ impl LRNNLMHeadModel {
         let mixer_kwargs = opts.mixer_kwargs.as_ref();
         let dir = dir.as_ref();
         let config_path = dir.join(CONFIG_FILE);
-        let mut config: LmConfig = serde_json::from_value(io::read_json(&config_path)?)
-            .map_err(|e| Error::file(&config_path, format!("malformed model config: {e}")))?;
+        let value = io::read_json(&config_path)?;
+        // A Hugging Face or mamba_ssm Mamba directory maps onto ours first.
+        let (mut config, foreign_weights) = match super::foreign::detect(&value) {
+            Some(kind) => {
+                let (path, tensors) = read_weights(dir, device)?;
+                let (config, tensors) = super::foreign::to_lm(kind, &value, tensors)
+                    .map_err(|e| Error::file(&config_path, e))?;
+                (config, Some((path, tensors)))
+            }
+            None => (
+                serde_json::from_value(value).map_err(|e| {
+                    Error::file(&config_path, format!("malformed model config: {e}"))
+                })?,
+                None,
+            ),
+        };
         if let Some(kw) = mixer_kwargs {
             apply_overrides(&mut config, kw)?;
         }
         config
             .validate()
             .map_err(|e| Error::file(&config_path, e))?;
-        let (weights_path, tensors) = read_weights(dir, device)?;
+        let (weights_path, tensors) = match foreign_weights {
+            Some(w) => w,
+            None => read_weights(dir, device)?,
+        };
         check_finite(&tensors).map_err(|e| Error::file(&weights_path, e))?;
         let precision = opts.precision.unwrap_or_else(|| {
             Precision::pure(stored_float_dtype(tensors.values().map(|t| t.dtype())))
