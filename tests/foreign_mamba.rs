@@ -220,6 +220,15 @@ fn unrepresentable_options_are_refused_by_name() {
         c.insert("attn_layer_idx".into(), json!([1]));
     });
     assert_mentions(&e, &["attn_layer_idx", "[1]"]);
+    // A hostile layer count is refused with the bound, before any allocation.
+    let e = mapping_err("ssm_rms", |c| {
+        c.insert("n_layer".into(), json!(1u64 << 50));
+    });
+    assert_mentions(&e, &["n_layer", "4096"]);
+    let e = mapping_err("hf_tied", |c| {
+        c.insert("num_hidden_layers".into(), json!(1u64 << 50));
+    });
+    assert_mentions(&e, &["num_hidden_layers", "4096"]);
     let e = mapping_err("ssm_rms", |c| {
         c.insert("d_model".into(), json!("wide"));
     });

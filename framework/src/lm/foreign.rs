@@ -165,12 +165,27 @@ impl Keys<'_> {
     }
 }
 
-/// An lrnnx LM config of `n_layer` Mamba layers with `kwargs`.
-fn mamba_lm(d_model: usize, n_layer: usize, vocab: usize, kwargs: Map<String, Value>) -> LmConfig {
+/// An lrnnx LM config of `n_layer` Mamba layers with `kwargs`; `layers_key`
+/// names the layer count in the foreign config, for the error past
+/// [`MAX_LAYERS`](super::config::MAX_LAYERS) (checked before the layer list is allocated).
+fn mamba_lm(
+    k: &Keys,
+    d_model: usize,
+    layers_key: &str,
+    n_layer: usize,
+    vocab: usize,
+    kwargs: Map<String, Value>,
+) -> Result<LmConfig> {
+    if n_layer > super::config::MAX_LAYERS {
+        return Err(k.refuse(
+            layers_key,
+            &format!("at most {} layers are accepted", super::config::MAX_LAYERS),
+        ));
+    }
     let d_state = kwargs.get("d_state").and_then(Value::as_u64).unwrap_or(16) as usize;
     let mut c = LmConfig::new(d_model, d_state, vocab, &vec!["Mamba"; n_layer]);
     c.mixer_kwargs.insert("Mamba".into(), Value::Object(kwargs));
-    c
+    Ok(c)
 }
 
 /// `transformers`' `MambaConfig` (defaults as in transformers 5.24).
@@ -230,11 +245,13 @@ fn hf_config(k: &Keys) -> Result<LmConfig> {
     .map(|(key, v)| (key.to_string(), v))
     .collect();
     let mut c = mamba_lm(
+        k,
         d_model,
+        "num_hidden_layers",
         k.usize("num_hidden_layers", 32)?,
         k.usize("vocab_size", 50280)?,
         kwargs,
-    );
+    )?;
     c.norm_epsilon = k.f64("layer_norm_epsilon", 1e-5)?;
     c.residual_in_fp32 = k.bool("residual_in_fp32", true)?;
     c.tie_embeddings = k.bool("tie_word_embeddings", true)?;
@@ -300,11 +317,13 @@ fn ssm_config(k: &Keys) -> Result<LmConfig> {
         }
     }
     let mut c = mamba_lm(
+        k,
         k.usize("d_model", 2560)?,
+        "n_layer",
         k.usize("n_layer", 64)?,
         k.usize("vocab_size", 50277)?,
         kwargs,
-    );
+    )?;
     c.d_intermediate = k.usize("d_intermediate", 0)?;
     c.norm_epsilon = k.f64("norm_epsilon", 1e-5)?;
     c.rms_norm = k.bool("rms_norm", true)?;
