@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use common::assert_mentions;
-use common::lm::stepped_logits;
+use common::lm::{abs_max, forward, stepped_logits};
 use lrnnx::lm::foreign::{detect, read_dir, to_lm, ForeignKind};
-use lrnnx::{LRNNLMHeadModel, LmForwardOpts};
+use lrnnx::LRNNLMHeadModel;
 use serde_json::{json, Value};
 
 /// Each fixture: the library that wrote it, and what it exercises.
@@ -47,21 +47,13 @@ fn config_of(case: &str) -> Value {
     lrnnx::io::read_json(&model_dir(case).join("config.json")).unwrap()
 }
 
-/// `max |a - b| / max |b|`, in f64.
+/// `max |a - b| / max |b|`, in f64 (stricter than `rel_err`: no floor of 1).
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let max = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    max(&(&a - &b).unwrap()) / max(&b)
+    let (a, b) = (
+        a.to_dtype(DType::F64).unwrap(),
+        b.to_dtype(DType::F64).unwrap(),
+    );
+    abs_max::<f64>(&(&a - &b).unwrap()) / abs_max::<f64>(&b)
 }
 
 fn load(case: &str) -> LRNNLMHeadModel {
@@ -70,10 +62,6 @@ fn load(case: &str) -> LRNNLMHeadModel {
         .unwrap()
         .expect("a foreign config");
     LRNNLMHeadModel::from_tensors(config, tensors, &Device::Cpu).unwrap()
-}
-
-fn forward(m: &LRNNLMHeadModel, ids: &Tensor) -> Tensor {
-    m.forward(ids, &LmForwardOpts::default()).unwrap()
 }
 
 #[test]

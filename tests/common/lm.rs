@@ -17,7 +17,7 @@ pub fn token_ids(b: usize, l: usize, stride: usize, offset: usize, vocab: usize)
 }
 
 /// `max |t|` over every element, as a `T` (`t`'s dtype).
-fn abs_max<T: WithDType>(t: &Tensor) -> T {
+pub fn abs_max<T: WithDType>(t: &Tensor) -> T {
     t.abs()
         .unwrap()
         .flatten_all()
