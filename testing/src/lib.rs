@@ -10,6 +10,7 @@
 //! criterion scaffolding of the benches ([`bench`]). Test code: it panics on
 //! failure instead of returning errors.
 
+pub mod attention;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod conformance;

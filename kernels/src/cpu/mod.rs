@@ -12,6 +12,7 @@ pub mod exec;
 pub mod float;
 pub mod shared_mut;
 pub mod simd;
+pub mod simd_kernel;
 pub mod slices;
 pub mod small_matmul;
 

@@ -36,3 +36,36 @@ pub fn memcpy_repeater(src: &candle_core::Tensor) -> Result<impl FnMut() -> Resu
     let mut to = unsafe { dev.alloc::<f32>(n)? };
     Ok(move || dev.memcpy_dtod(&from, &mut to))
 }
+
+/// The kernel `name` of the fatbin `fatbin` (named `module` in errors and in
+/// the cache), its module loaded once per device and kept.
+pub fn fatbin_function(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    module: &'static str,
+    fatbin: &'static [u8],
+    name: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaFunction> {
+    use candle_core::cuda_backend::cudarc::driver::CudaModule;
+    use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+    use candle_core::cuda_backend::{DeviceId, WrapErr};
+    use std::sync::{Arc, Mutex};
+    type Cache = Vec<(DeviceId, &'static str, Arc<CudaModule>)>;
+    static MODULES: Mutex<Cache> = Mutex::new(Vec::new());
+    let mut modules = MODULES
+        .lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{module}: module cache poisoned")))?;
+    let found = modules
+        .iter()
+        .find(|(id, m, _)| *id == dev.id() && *m == module)
+        .map(|(_, _, m)| m.clone());
+    let m = match found {
+        Some(m) => m,
+        None => {
+            let ctx = dev.cuda_stream().context().clone();
+            let m = ctx.load_module(Ptx::from_binary(fatbin.to_vec())).w()?;
+            modules.push((dev.id(), module, m.clone()));
+            m
+        }
+    };
+    m.load_function(name).w()
+}

@@ -1,4 +1,5 @@
-//! Softmax attention through candle's ops, on any device and dtype: query
+//! Softmax attention: the flash kernels ([`crate::flash`]) where they run,
+//! else candle's ops, on any device and dtype: query
 //! blocks within [`SCORE_BUDGET`], a bottom-right aligned causal mask built
 //! on the device, grouped-query heads.
 //!
@@ -34,6 +35,21 @@ impl Heads {
     /// 100k-token prompt would otherwise ask for a score matrix of tens of
     /// GB); with a causal mask, each block sees only the keys it may attend to.
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        if crate::flash::takes(q) {
+            return Ok(crate::flash::attend_heads(
+                q,
+                k,
+                v,
+                self.scale,
+                self.causal,
+            )?);
+        }
+        self.attend_portable(q, k, v)
+    }
+
+    /// [`Self::attend`] through candle's ops (what a device without a flash
+    /// kernel runs, and the reference the kernels are tested against).
+    pub fn attend_portable(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let dtype = q.dtype();
         let acc = accumulation_dtype(dtype);
         // No-ops in f32/f64; bf16/f16 (and a cache of another dtype) widen here.

@@ -14,11 +14,13 @@ mod attend;
 mod cache;
 mod config;
 mod decode;
+mod flash;
 mod mha;
 mod rotary;
 
 pub use attend::SCORE_BUDGET;
 pub use config::MhaConfig;
+pub use flash::{flash_attention, MAX_HEAD_DIM};
 pub use mha::{Mha, INITIAL_CACHE_POSITIONS};
 pub use rotary::Rotary;
 

@@ -15,7 +15,7 @@ use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
 use lrnnx_kernels::cpu::SharedMut;
 
-use crate::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
+use lrnnx_kernels::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {

@@ -8,7 +8,6 @@
 pub(crate) mod conv;
 pub(crate) mod recurrence;
 pub(crate) mod selective_scan;
-mod simd_kernel;
 pub(crate) mod step;
 mod xproj;
 

@@ -6,10 +6,10 @@
 use candle_core::{DType, Tensor};
 
 use crate::cpu::recurrence::{self, Consts, Dims, Params, Rule, ScanInputs, Strided};
-use crate::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
 use lrnnx_kernels::cpu::cpu_slice;
 use lrnnx_kernels::cpu::float::Float;
 use lrnnx_kernels::cpu::simd::{Dispatch, Simd, LANES};
+use lrnnx_kernels::cpu::simd_kernel::{run_kernel, Schedule, SimdKernel};
 use lrnnx_kernels::cpu::SharedMut;
 use lrnnx_kernels::depthwise_conv::conv_step;
 

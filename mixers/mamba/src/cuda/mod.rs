@@ -12,13 +12,10 @@ mod train;
 pub use train::selective_scan_gpu_train;
 
 use candle_core::backend::BackendStorage;
-use std::sync::{Arc, Mutex};
-
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaModule, CudaView, DeviceRepr, PushKernelArg,
+    CudaFunction, CudaView, DeviceRepr, PushKernelArg,
 };
-use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
-use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId, WrapErr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor,
 };
@@ -50,26 +47,11 @@ impl Kernels {
 
 /// The kernel `name` of `kernels`, its module loaded once per device.
 fn function(dev: &CudaDevice, kernels: Kernels, name: &str) -> Result<CudaFunction> {
-    type Cache = Vec<(DeviceId, Kernels, Arc<CudaModule>)>;
-    static MODULES: Mutex<Cache> = Mutex::new(Vec::new());
-    let mut modules = MODULES
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("selective scan module cache poisoned".into()))?;
-    let module = match modules
-        .iter()
-        .find(|(id, k, _)| *id == dev.id() && *k == kernels)
-    {
-        Some((_, _, m)) => m.clone(),
-        None => {
-            let ctx = dev.cuda_stream().context().clone();
-            let m = ctx
-                .load_module(Ptx::from_binary(kernels.fatbin().to_vec()))
-                .w()?;
-            modules.push((dev.id(), kernels, m.clone()));
-            m
-        }
+    let module = match kernels {
+        Kernels::Forward => "selective_scan",
+        Kernels::Backward => "selective_scan_bwd",
     };
-    module.load_function(name).w()
+    lrnnx_kernels::cuda::fatbin_function(dev, module, kernels.fatbin(), name)
 }
 /// Channels per block (a multiple of the state layout's 16 lanes; a warp shares its B and C loads).
 const WIDTH: usize = 2 * LANES;

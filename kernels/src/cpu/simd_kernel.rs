@@ -4,13 +4,13 @@
 
 use std::marker::PhantomData;
 
-use lrnnx_kernels::cpu::exec::{run_tasks_on, Kernel};
-use lrnnx_kernels::cpu::float::Float;
-use lrnnx_kernels::cpu::simd::{dispatch, Dispatch, Simd, SimdFn};
+use crate::cpu::exec::{run_tasks_on, Kernel};
+use crate::cpu::float::Float;
+use crate::cpu::simd::{dispatch, Dispatch, Simd, SimdFn};
 
 /// How a run is split.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Schedule {
+pub struct Schedule {
     /// How many tasks the run has.
     pub tasks: usize,
     /// Whether the run is large enough to spread over rayon's threads.
@@ -18,7 +18,7 @@ pub(crate) struct Schedule {
 }
 
 /// A task-parallel kernel over elements `T`, generic in the backend.
-pub(crate) trait SimdKernel<T: Float>: Sync {
+pub trait SimdKernel<T: Float>: Sync {
     /// How the run is split.
     fn schedule(&self) -> Schedule;
     /// Runs task `task` with backend `S`.
@@ -47,6 +47,6 @@ impl<T: Float, K: SimdKernel<T>> SimdFn<T> for Run<K> {
 }
 
 /// Runs every task of `k` with the best vector backend for `T`.
-pub(crate) fn run_kernel<T: Dispatch, K: SimdKernel<T>>(k: K) {
+pub fn run_kernel<T: Dispatch, K: SimdKernel<T>>(k: K) {
     dispatch(Run(k))
 }
