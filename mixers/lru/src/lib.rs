@@ -14,6 +14,7 @@
 
 mod config;
 mod lru;
+mod step;
 
 pub use config::LruConfig;
 pub use lru::Lru;

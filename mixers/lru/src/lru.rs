@@ -193,6 +193,9 @@ impl Mixer for Lru {
         let x2 = check_step_input(x, self.d_model, "LRU step input")?;
         let ops = SplitSystem::from_state(state)?;
         let h0 = state.get("h")?.clone();
+        if let Some((y, h)) = crate::step::fused_step(&x2, &h0, &ops, &self.d)? {
+            return finish_step(state, &y.unsqueeze(1)?, &h.unsqueeze(1)?, x);
+        }
         let (y, h) = self.run(&x2.unsqueeze(1)?, Some(&h0), &ops)?;
         finish_step(state, &y, &h, x)
     }

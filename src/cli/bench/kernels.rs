@@ -73,3 +73,48 @@ fn mamba_scan_kernel(
               "copy_gb_s": copy_gbs, "fraction_of_copy": gbs / copy_gbs}),
     )
 }
+
+/// The flash-attention kernels alone, causal, `q`, `k`, `v (B, L, h, d)` at
+/// the bench's `B`, `L` and 4 heads of `d_model / 4` (lrnnx's MHA peer
+/// shape), in f32 and bf16: forward and forward+backward of `sum(o * w)`.
+/// TFLOP/s count the causal half of the two products of the forward
+/// (`2 B h L^2 d`).
+pub fn flash_attention_kernels(dev: &Device, a: &Args) -> anyhow::Result<Vec<serde_json::Value>> {
+    let (b, l, h) = (a.batch, a.seqlen, 4);
+    let d = (a.d_model / h).max(1);
+    let scale = 1.0 / (d as f64).sqrt();
+    let flops = 2.0 * (b * h * l * l * d) as f64;
+    let mut rows = Vec::new();
+    for dtype in [DType::F32, DType::BF16] {
+        let leaf = || -> anyhow::Result<Var> {
+            Ok(Var::from_tensor(
+                &Tensor::randn(0f32, 1.0, (b, l, h, d), dev)?.to_dtype(dtype)?,
+            )?)
+        };
+        let (q, k, v) = (leaf()?, leaf()?, leaf()?);
+        let w = Tensor::randn(0f32, 1.0, (b, l, h, d), dev)?.to_dtype(dtype)?;
+        let t = time(dev, a.reps, || {
+            let _ = lrnnx_attn::flash_attention(&q, &k, &v, scale, true)?;
+            Ok(())
+        })?;
+        let t_train = time(dev, a.reps, || {
+            let o = lrnnx_attn::flash_attention(&q, &k, &v, scale, true)?;
+            let _ = (o * &w)?.to_dtype(DType::F32)?.sum_all()?.backward()?;
+            Ok(())
+        })?;
+        let name = format!("flash attn {dtype:?} B{b} L{l} {h}x{d}");
+        println!(
+            "{:<28} {:>10.3} ms {:>8.1} TFLOP/s   fwd+bwd {:>8.3} ms",
+            name,
+            t * 1e3,
+            flops / t / 1e12,
+            t_train * 1e3
+        );
+        rows.push(
+            json!({"name": "flash_attention", "dtype": format!("{dtype:?}"), "batch": b,
+            "seqlen": l, "heads": h, "head_dim": d, "ms": t * 1e3, "fwd_bwd_ms": t_train * 1e3,
+            "tflop_s": flops / t / 1e12}),
+        );
+    }
+    Ok(rows)
+}

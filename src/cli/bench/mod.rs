@@ -3,7 +3,8 @@
 //!
 //! - [`timing`]: the timer (queued calls, one synchronisation, median of five);
 //! - [`layers`]: one row per mixer and precision: forward, forward+backward, step;
-//! - [`kernels`]: the scan kernels alone against the copy floor.
+//! - [`kernels`]: the scan kernels alone against the copy floor, and the
+//!   flash-attention kernels (CUDA).
 
 #[cfg(feature = "cuda")]
 mod kernels;
@@ -187,6 +188,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             mamba_scan_shape,
             copy_gbs,
         )?);
+    }
+
+    #[cfg(feature = "cuda")]
+    if dev.is_cuda() && a.mixers.split(',').any(|m| m.trim() == "attn") {
+        rows.extend(kernels::flash_attention_kernels(&dev, &a)?);
     }
 
     let dtypes = a

@@ -1,5 +1,5 @@
 //! The two pieces of a CPU flash-attention tile: small matrix products on
-//! strided blocks (through the `gemm` crate, single-threaded inside a task)
+//! blocks (register tiles of broadcast-times-vector FMAs on packed operands)
 //! and the softmax passes over one row of scores.
 
 use lrnnx_kernels::cpu::float::Float;
@@ -50,59 +50,135 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
-/// `dst (m x n, row stride ldd) = [dst +] a (m x k) . b (k x n)`.
-pub(crate) fn matmul<T: Float>(
+/// `x` rounded up to whole vectors.
+#[inline(always)]
+pub(crate) fn lanes_up(x: usize) -> usize {
+    x.div_ceil(LANES) * LANES
+}
+
+/// Copies the `rows x cols` matrix `src` into `dst` row-major with row
+/// stride `ld >= cols`, zeroing columns `cols..ld` (so that whole vectors
+/// can be loaded from every row).
+pub(crate) fn pack<T: Float>(src: Mat<'_, T>, rows: usize, cols: usize, dst: &mut [T], ld: usize) {
+    src.check(rows, cols);
+    for r in 0..rows {
+        let out = &mut dst[r * ld..(r + 1) * ld];
+        let at = src.off + r * src.rs;
+        if src.cs == 1 {
+            out[..cols].copy_from_slice(&src.data[at..at + cols]);
+        } else {
+            for (c, o) in out[..cols].iter_mut().enumerate() {
+                *o = src.data[at + c * src.cs];
+            }
+        }
+        out[cols..].fill(T::ZERO);
+    }
+}
+
+/// `dst (m x n, row stride ldd) = [dst +] a (m x k) . b (k x n)`, with `b`
+/// row-major (row stride `ldb`) and `n` a multiple of [`LANES`]: register
+/// tiles of 4 rows by up to 4 vectors, `a`'s elements broadcast.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn matmul<S: Simd>(
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [T],
+    dst: &mut [S::E],
     ldd: usize,
     accumulate: bool,
-    a: Mat<'_, T>,
-    b: Mat<'_, T>,
+    a: Mat<'_, S::E>,
+    (b, ldb): (&[S::E], usize),
 ) {
+    assert!(n % LANES == 0, "flash attention: a product {n} wide");
     if m == 0 || n == 0 {
         return;
     }
+    a.check(m, k);
+    assert!(
+        k == 0 || (k - 1) * ldb + n <= b.len(),
+        "flash attention right operand"
+    );
     assert!(
         (m - 1) * ldd + n <= dst.len(),
         "flash attention output block"
     );
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                dst[r * ldd..r * ldd + n].fill(T::ZERO);
+    let mut t = Tile {
+        k,
+        dst,
+        ldd,
+        accumulate,
+        a,
+        b,
+        ldb,
+    };
+    let mut c0 = 0;
+    while c0 < n {
+        let nv = ((n - c0) / LANES).min(4);
+        match nv {
+            4 => t.panel::<S, 4>(m, c0),
+            3 => t.panel::<S, 3>(m, c0),
+            2 => t.panel::<S, 2>(m, c0),
+            _ => t.panel::<S, 1>(m, c0),
+        }
+        c0 += nv * LANES;
+    }
+}
+
+/// One product of [`matmul`], its operands checked.
+struct Tile<'a, 'd, T> {
+    k: usize,
+    dst: &'d mut [T],
+    ldd: usize,
+    accumulate: bool,
+    a: Mat<'a, T>,
+    b: &'a [T],
+    ldb: usize,
+}
+
+impl<T: Float> Tile<'_, '_, T> {
+    /// Columns `c0 .. c0 + NV * LANES` of every row.
+    #[inline(always)]
+    fn panel<S: Simd<E = T>, const NV: usize>(&mut self, m: usize, c0: usize) {
+        let mut r0 = 0;
+        while r0 + 4 <= m {
+            self.rows::<S, NV, 4>(r0, c0);
+            r0 += 4;
+        }
+        while r0 < m {
+            self.rows::<S, NV, 1>(r0, c0);
+            r0 += 1;
+        }
+    }
+
+    /// Rows `r0 .. r0 + R`, columns `c0 .. c0 + NV * LANES`.
+    #[inline(always)]
+    fn rows<S: Simd<E = T>, const NV: usize, const R: usize>(&mut self, r0: usize, c0: usize) {
+        let mut acc = [[S::zero(); NV]; R];
+        let a = &self.a;
+        for kk in 0..self.k {
+            let brow = &self.b[kk * self.ldb + c0..kk * self.ldb + c0 + NV * LANES];
+            let bv: [S::V; NV] = std::array::from_fn(|v| S::load(&brow[v * LANES..]));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = S::splat(a.data[a.off + (r0 + r) * a.rs + kk * a.cs]);
+                for (x, &bv) in acc.iter_mut().zip(&bv) {
+                    *x = S::fma(av, bv, *x);
+                }
             }
         }
-        return;
-    }
-    a.check(m, k);
-    b.check(k, n);
-    // SAFETY: every element read or written lies inside its slice (checked
-    // above), `dst` is borrowed mutably and the inputs immutably, so they do
-    // not overlap; strides fit in isize as slice offsets do.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            ldd as isize,
-            accumulate,
-            a.data.as_ptr().add(a.off),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr().add(b.off),
-            b.cs as isize,
-            b.rs as isize,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
+        for (r, acc) in acc.iter().enumerate() {
+            let at = (r0 + r) * self.ldd + c0;
+            let row = &mut self.dst[at..at + NV * LANES];
+            for (v, &x) in acc.iter().enumerate() {
+                let out = &mut row[v * LANES..];
+                let x = if self.accumulate {
+                    S::add(S::load(out), x)
+                } else {
+                    x
+                };
+                S::store(x, out);
+            }
+        }
     }
 }
 

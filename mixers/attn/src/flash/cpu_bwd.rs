@@ -13,7 +13,7 @@ use lrnnx_kernels::cpu::simd::Simd;
 use lrnnx_kernels::cpu::simd_kernel::{Schedule, SimdKernel};
 use lrnnx_kernels::cpu::SharedMut;
 
-use super::blocks::{dot_row, matmul, probabilities_row, score_grad_row, Mat};
+use super::blocks::{dot_row, lanes_up, matmul, pack, probabilities_row, score_grad_row, Mat};
 use super::dims::{Dims, HeadsView, KEY_BLOCK, QUERY_BLOCK};
 
 /// What every backward kernel reads: the inputs, the forward's
@@ -47,8 +47,9 @@ impl<T: Float> Saved<'_, T> {
     }
 
     /// The probabilities and score gradients of one tile: query rows
-    /// `q0..q0+rows` of head `h`, keys `k0..k0+cols` of KV head `h / g`,
-    /// into `p` and `ds` (`QUERY_BLOCK x KEY_BLOCK`, row stride `KEY_BLOCK`).
+    /// `q0..q0+rows` of head `h`, keys `k0..k0+cols` given transposed and
+    /// padded to `cw` columns (`kt`, `vt`: `d x cw`), into `p` and `ds`
+    /// (`QUERY_BLOCK x KEY_BLOCK`, row stride `KEY_BLOCK`).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn tile<S: Simd<E = T>>(
@@ -57,28 +58,17 @@ impl<T: Float> Saved<'_, T> {
         h: usize,
         (q0, rows): (usize, usize),
         (k0, cols): (usize, usize),
+        (kt, vt, cw): (&[T], &[T], usize),
         p: &mut [T],
         ds: &mut [T],
     ) {
         let dm = self.dims;
-        let (kh, d, scale) = (h / dm.group(), dm.d, T::c(dm.scale));
+        let (d, scale) = (dm.d, T::c(dm.scale));
         let (qs, qv) = self.q;
-        let (ks, kv) = self.k;
-        let (vs, vv) = self.v;
         let qm = Mat::rows(qs, qv.at(b, h, q0), qv.pos);
-        let kt = Mat::rows(ks, kv.at(b, kh, k0), kv.pos).t();
-        matmul(rows, cols, d, p, KEY_BLOCK, false, qm, kt);
-        let vt = Mat::rows(vs, vv.at(b, kh, k0), vv.pos).t();
-        matmul(
-            rows,
-            cols,
-            d,
-            ds,
-            KEY_BLOCK,
-            false,
-            self.dout_rows(b, h, q0),
-            vt,
-        );
+        matmul::<S>(rows, cw, d, p, KEY_BLOCK, false, qm, (kt, cw));
+        let dom = self.dout_rows(b, h, q0);
+        matmul::<S>(rows, cw, d, ds, KEY_BLOCK, false, dom, (vt, cw));
         for i in 0..rows {
             let qi = q0 + i;
             let (pr, dr) = (
@@ -95,6 +85,36 @@ impl<T: Float> Saved<'_, T> {
             let delta = self.delta[(b * dm.h + h) * dm.lq + qi];
             score_grad_row::<S>(dr, pr, delta, scale);
         }
+    }
+
+    /// Key block `k0..k0+cols` of KV head `kh` transposed into `kt`, `vt`
+    /// (`d x cw`, `cw` = `cols` rounded up to whole vectors); returns `cw`.
+    fn transposed_keys(
+        &self,
+        b: usize,
+        kh: usize,
+        (k0, cols): (usize, usize),
+        kt: &mut [T],
+        vt: &mut [T],
+    ) -> usize {
+        let cw = lanes_up(cols);
+        let (ks, kv) = self.k;
+        let (vs, vv) = self.v;
+        pack(
+            Mat::rows(ks, kv.at(b, kh, k0), kv.pos).t(),
+            self.dims.d,
+            cols,
+            kt,
+            cw,
+        );
+        pack(
+            Mat::rows(vs, vv.at(b, kh, k0), vv.pos).t(),
+            self.dims.d,
+            cols,
+            vt,
+            cw,
+        );
+        cw
     }
 }
 
@@ -145,21 +165,37 @@ impl<T: Float + Send + Sync> SimdKernel<T> for KeyGrads<'_, T> {
         let k0 = kb * KEY_BLOCK;
         let cols = KEY_BLOCK.min(dm.lk - k0);
         let d = dm.d;
-        let mut dk = vec![T::ZERO; cols * d];
-        let mut dv = vec![T::ZERO; cols * d];
+        let dp = lanes_up(d);
+        let mut dk = vec![T::ZERO; cols * dp];
+        let mut dv = vec![T::ZERO; cols * dp];
         let mut p = vec![T::ZERO; QUERY_BLOCK * KEY_BLOCK];
         let mut ds = vec![T::ZERO; QUERY_BLOCK * KEY_BLOCK];
+        let (mut kt, mut vt) = (vec![T::ZERO; d * KEY_BLOCK], vec![T::ZERO; d * KEY_BLOCK]);
+        let (mut qb, mut dob) = (
+            vec![T::ZERO; QUERY_BLOCK * dp],
+            vec![T::ZERO; QUERY_BLOCK * dp],
+        );
+        let cw = s.transposed_keys(b, kh, (k0, cols), &mut kt, &mut vt);
         let (qs, qv) = s.q;
         let first = dm.first_query_for(k0) / QUERY_BLOCK * QUERY_BLOCK;
         for h in kh * dm.group()..(kh + 1) * dm.group() {
             for q0 in (first..dm.lq).step_by(QUERY_BLOCK) {
                 let rows = QUERY_BLOCK.min(dm.lq - q0);
-                s.tile::<S>(b, h, (q0, rows), (k0, cols), &mut p, &mut ds);
+                s.tile::<S>(
+                    b,
+                    h,
+                    (q0, rows),
+                    (k0, cols),
+                    (&kt, &vt, cw),
+                    &mut p,
+                    &mut ds,
+                );
+                pack(s.dout_rows(b, h, q0), rows, d, &mut dob, dp);
+                pack(Mat::rows(qs, qv.at(b, h, q0), qv.pos), rows, d, &mut qb, dp);
                 let pt = Mat::rows(&p, 0, KEY_BLOCK).t();
-                matmul(cols, d, rows, &mut dv, d, true, pt, s.dout_rows(b, h, q0));
+                matmul::<S>(cols, dp, rows, &mut dv, dp, true, pt, (&dob, dp));
                 let dst = Mat::rows(&ds, 0, KEY_BLOCK).t();
-                let qm = Mat::rows(qs, qv.at(b, h, q0), qv.pos);
-                matmul(cols, d, rows, &mut dk, d, true, dst, qm);
+                matmul::<S>(cols, dp, rows, &mut dk, dp, true, dst, (&qb, dp));
             }
         }
         let dv_start = dm.b * dm.lk * dm.hkv * d;
@@ -167,8 +203,8 @@ impl<T: Float + Send + Sync> SimdKernel<T> for KeyGrads<'_, T> {
             let row = ((b * dm.lk + k0 + j) * dm.hkv + kh) * d;
             // SAFETY: rows (b, k0 + j, kh) of dK and dV belong to this task alone.
             let (ok, ov) = unsafe { (self.out.slice(row, d), self.out.slice(dv_start + row, d)) };
-            ok.copy_from_slice(&dk[j * d..(j + 1) * d]);
-            ov.copy_from_slice(&dv[j * d..(j + 1) * d]);
+            ok.copy_from_slice(&dk[j * dp..j * dp + d]);
+            ov.copy_from_slice(&dv[j * dp..j * dp + d]);
         }
     }
 }
@@ -196,29 +232,39 @@ impl<T: Float + Send + Sync> SimdKernel<T> for QueryGrads<'_, T> {
         let rows = QUERY_BLOCK.min(dm.lq - q0);
         let kend = dm.keys_for(q0 + rows - 1);
         let d = dm.d;
-        let mut dq = vec![T::ZERO; rows * d];
+        let dp = lanes_up(d);
+        let mut dq = vec![T::ZERO; rows * dp];
         let mut p = vec![T::ZERO; QUERY_BLOCK * KEY_BLOCK];
         let mut ds = vec![T::ZERO; QUERY_BLOCK * KEY_BLOCK];
+        let (mut kt, mut vt) = (vec![T::ZERO; d * KEY_BLOCK], vec![T::ZERO; d * KEY_BLOCK]);
+        let mut kb = vec![T::ZERO; KEY_BLOCK * dp];
         let (ks, kv) = s.k;
         for k0 in (0..kend).step_by(KEY_BLOCK) {
             let cols = KEY_BLOCK.min(kend - k0);
-            s.tile::<S>(b, h, (q0, rows), (k0, cols), &mut p, &mut ds);
-            let km = Mat::rows(ks, kv.at(b, kh, k0), kv.pos);
-            matmul(
-                rows,
-                d,
-                cols,
-                &mut dq,
-                d,
-                true,
-                Mat::rows(&ds, 0, KEY_BLOCK),
-                km,
+            let cw = s.transposed_keys(b, kh, (k0, cols), &mut kt, &mut vt);
+            s.tile::<S>(
+                b,
+                h,
+                (q0, rows),
+                (k0, cols),
+                (&kt, &vt, cw),
+                &mut p,
+                &mut ds,
             );
+            pack(
+                Mat::rows(ks, kv.at(b, kh, k0), kv.pos),
+                cols,
+                d,
+                &mut kb,
+                dp,
+            );
+            let dsm = Mat::rows(&ds, 0, KEY_BLOCK);
+            matmul::<S>(rows, dp, cols, &mut dq, dp, true, dsm, (&kb, dp));
         }
         for i in 0..rows {
             // SAFETY: row (b, q0 + i, h) of dQ belongs to this task alone.
             let o = unsafe { self.out.slice(dm.o_row(b, q0 + i, h), d) };
-            o.copy_from_slice(&dq[i * d..(i + 1) * d]);
+            o.copy_from_slice(&dq[i * dp..i * dp + d]);
         }
     }
 }

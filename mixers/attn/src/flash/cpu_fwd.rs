@@ -8,7 +8,7 @@ use lrnnx_kernels::cpu::simd::Simd;
 use lrnnx_kernels::cpu::simd_kernel::{Schedule, SimdKernel};
 use lrnnx_kernels::cpu::SharedMut;
 
-use super::blocks::{matmul, neg_inf, online_softmax_row, Mat};
+use super::blocks::{lanes_up, matmul, neg_inf, online_softmax_row, pack, Mat};
 use super::dims::{Dims, HeadsView, KEY_BLOCK, QUERY_BLOCK};
 
 /// The forward kernel's inputs and its output `[o (B, Lq, h, d) | lse (B, h, Lq)]`.
@@ -44,15 +44,20 @@ impl<T: Float + Send + Sync> SimdKernel<T> for Forward<'_, T> {
         let (qs, qv) = self.q;
         let (ks, kv) = self.k;
         let (vs, vv) = self.v;
+        let dp = lanes_up(d);
         let qm = Mat::rows(qs, qv.at(b, h, q0), qv.pos);
         let mut s = vec![T::ZERO; QUERY_BLOCK * KEY_BLOCK];
-        let mut acc = vec![T::ZERO; rows * d];
+        let mut kt = vec![T::ZERO; d * KEY_BLOCK];
+        let mut vb = vec![T::ZERO; KEY_BLOCK * dp];
+        let mut acc = vec![T::ZERO; rows * dp];
         let mut m = vec![neg_inf::<T>(); rows];
         let mut l = vec![T::ZERO; rows];
         for k0 in (0..kend).step_by(KEY_BLOCK) {
             let cols = KEY_BLOCK.min(kend - k0);
-            let kt = Mat::rows(ks, kv.at(b, kh, k0), kv.pos).t();
-            matmul(rows, cols, d, &mut s, KEY_BLOCK, false, qm, kt);
+            let cw = lanes_up(cols);
+            let kb = Mat::rows(ks, kv.at(b, kh, k0), kv.pos);
+            pack(kb.t(), d, cols, &mut kt, cw);
+            matmul::<S>(rows, cw, d, &mut s, KEY_BLOCK, false, qm, (&kt, cw));
             for i in 0..rows {
                 let row = &mut s[i * KEY_BLOCK..(i + 1) * KEY_BLOCK];
                 let vis = dm.keys_for(q0 + i).saturating_sub(k0).min(cols);
@@ -62,22 +67,20 @@ impl<T: Float + Send + Sync> SimdKernel<T> for Forward<'_, T> {
                 }
                 let corr = online_softmax_row::<S>(row, vis, scale, &mut m[i], &mut l[i]);
                 if corr != T::ONE {
-                    acc[i * d..(i + 1) * d]
+                    acc[i * dp..(i + 1) * dp]
                         .iter_mut()
                         .for_each(|a| *a = *a * corr);
                 }
             }
-            let vm = Mat::rows(vs, vv.at(b, kh, k0), vv.pos);
-            matmul(
-                rows,
-                d,
+            pack(
+                Mat::rows(vs, vv.at(b, kh, k0), vv.pos),
                 cols,
-                &mut acc,
                 d,
-                true,
-                Mat::rows(&s, 0, KEY_BLOCK),
-                vm,
+                &mut vb,
+                dp,
             );
+            let pm = Mat::rows(&s, 0, KEY_BLOCK);
+            matmul::<S>(rows, dp, cols, &mut acc, dp, true, pm, (&vb, dp));
         }
         for i in 0..rows {
             let qi = q0 + i;
@@ -90,7 +93,7 @@ impl<T: Float + Send + Sync> SimdKernel<T> for Forward<'_, T> {
             };
             if l[i] > T::ZERO {
                 let inv = T::ONE / l[i];
-                for (o, a) in o.iter_mut().zip(&acc[i * d..(i + 1) * d]) {
+                for (o, a) in o.iter_mut().zip(&acc[i * dp..i * dp + d]) {
                     *o = *a * inv;
                 }
                 // l >= 1: the maximum itself contributes e^0.

@@ -77,12 +77,15 @@ pub fn flash_attention(
 
 /// Whether the flash kernels take `q`: on the CPU outside
 /// [`lrnnx_kernels::portable::with_portable`], and on CUDA in builds with
-/// the `cuda` feature for heads of at most 64.
+/// the `cuda` feature for f32/bf16/f16 heads of at most 64.
 pub(crate) fn takes(q: &Tensor) -> bool {
     match q.device() {
         candle_core::Device::Cpu => !lrnnx_kernels::portable::portable_forced(),
         #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(_) => q.dim(3).is_ok_and(|d| d <= cuda::MAX_CUDA_HEAD_DIM),
+        candle_core::Device::Cuda(_) => {
+            q.dim(3).is_ok_and(|d| d <= cuda::MAX_CUDA_HEAD_DIM)
+                && matches!(q.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        }
         _ => false,
     }
 }
