@@ -258,7 +258,9 @@ __device__ __forceinline__ void load_rows(float* lse2, float* dl, const float* o
   }
 }
 
-// dK, dV of key tile k0.. of KV head kh: over every query of the group's heads that sees them.
+// dK, dV of key tile k0.. of KV head kh, over every query of the group's
+// heads that sees them, and the tile's share of dQ (atomically added: each
+// query row gets one share per key tile it sees; `grads` starts zeroed).
 template <typename T, int DP>
 __device__ void key_grads(const T* q, const T* k, const T* v, const float* out, const float* dout,
                           const float* delta, float* grads, Sizes sz, View qv, View kv, View vv) {
@@ -273,13 +275,16 @@ __device__ void key_grads(const T* q, const T* k, const T* v, const float* out, 
   float* dOs = Qs + TILE * DP;
   float* Ps = dOs + TILE * DP;
   float* dSs = Ps + TILE * PAD;
-  float* lse2 = dSs + TILE * PAD;
+  float* dSt = dSs + TILE * PAD;
+  float* Ks = dSt + TILE * PAD;
+  float* lse2 = Ks + TILE * DP;
   float* dl = lse2 + TILE;
   const int k0 = blockIdx.x * TILE, kh = blockIdx.y, b = blockIdx.z;
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
   const int cols = min(TILE, sz.LK - k0);
   load_tile<T, DP, true>(Kt, k, kv.at(b, kh, k0), kv.pos, cols, sz.D);
   load_tile<T, DP, true>(Vt, v, vv.at(b, kh, k0), vv.pos, cols, sz.D);
+  load_tile<T, DP, false>(Ks, k, kv.at(b, kh, k0), kv.pos, cols, sz.D);
   float dk[4][CO], dv[4][CO];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -301,9 +306,28 @@ __device__ void key_grads(const T* q, const T* k, const T* v, const float* out, 
       probs_and_grads<DP>(p, ds, Qt, Kt, dOt, Vt, lse2, dl, q0, k0, sz);
       store_tile<false>(Ps, p);
       store_tile<false>(dSs, ds);
+      store_tile<true>(dSt, ds);
       __syncthreads();
       tile_acc<DP>(dv, Ps, dOs);
       tile_acc<DP>(dk, dSs, Qs);
+      // This key tile's share of dQ, added to the other key tiles' shares.
+      float dq[4][CO];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int c = 0; c < CO; ++c) dq[i][c] = 0.f;
+      tile_acc<DP>(dq, dSt, Ks);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int qi = q0 + tr * 4 + i;
+        if (qi >= sz.LQ) continue;
+        const long long row = sz.o_row(b, qi, h);
+#pragma unroll
+        for (int c = 0; c < CO; ++c) {
+          const int col = tc * CO + c;
+          if (col < sz.D) atomicAdd(&grads[row + col], dq[i][c]);
+        }
+      }
     }
   }
   const long long dv_start = (long long)sz.B * sz.LK * sz.HKV * sz.D;
@@ -324,61 +348,6 @@ __device__ void key_grads(const T* q, const T* k, const T* v, const float* out, 
   }
 }
 
-// dQ of query tile q0.. of head h: over the key tiles it sees.
-template <typename T, int DP>
-__device__ void query_grads(const T* q, const T* k, const T* v, const float* out,
-                            const float* dout, const float* delta, float* grads, Sizes sz,
-                            View qv, View kv, View vv) {
-  constexpr int CO = DP / 16;
-  extern __shared__ float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
-  float* Qt = smem;
-  float* dOt = Qt + DP * PAD;
-  float* Kt = dOt + DP * PAD;
-  float* Vt = Kt + DP * PAD;
-  float* Ks = Vt + DP * PAD;
-  float* dSt = Ks + TILE * DP;
-  float* lse2 = dSt + TILE * PAD;
-  float* dl = lse2 + TILE;
-  const int q0 = blockIdx.x * TILE, h = blockIdx.y, b = blockIdx.z;
-  const int kh = h / sz.group();
-  const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
-  const int rows = min(TILE, sz.LQ - q0);
-  const int kend = sz.keys_for(q0 + rows - 1);
-  load_tile<T, DP, true>(Qt, q, qv.at(b, h, q0), qv.pos, rows, sz.D);
-  load_tile<float, DP, true>(dOt, dout, sz.o_row(b, q0, h), (long long)sz.H * sz.D, rows, sz.D);
-  load_rows(lse2, dl, out, delta, b, h, q0, sz);
-  float dq[4][CO];
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int c = 0; c < CO; ++c) dq[i][c] = 0.f;
-  for (int k0 = 0; k0 < kend; k0 += TILE) {
-    const int cols = min(TILE, kend - k0);
-    __syncthreads();
-    load_tile<T, DP, true>(Kt, k, kv.at(b, kh, k0), kv.pos, cols, sz.D);
-    load_tile<T, DP, true>(Vt, v, vv.at(b, kh, k0), vv.pos, cols, sz.D);
-    load_tile<T, DP, false>(Ks, k, kv.at(b, kh, k0), kv.pos, cols, sz.D);
-    __syncthreads();
-    float p[4][4], ds[4][4];
-    probs_and_grads<DP>(p, ds, Qt, Kt, dOt, Vt, lse2, dl, q0, k0, sz);
-    store_tile<true>(dSt, ds);
-    __syncthreads();
-    tile_acc<DP>(dq, dSt, Ks);
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int qi = q0 + tr * 4 + i;
-    if (qi >= sz.LQ) continue;
-    const long long row = sz.o_row(b, qi, h);
-#pragma unroll
-    for (int c = 0; c < CO; ++c) {
-      const int col = tc * CO + c;
-      if (col < sz.D) grads[row + col] = dq[i][c];
-    }
-  }
-}
-
 #define VIEW_ARGS(x) long long x##_start, long long x##_batch, long long x##_head, long long x##_pos
 #define VIEW(x) View{x##_start, x##_batch, x##_head, x##_pos}
 #define SIZE_ARGS int B, int H, int HKV, int LQ, int LK, int D, int causal, float scale
@@ -394,11 +363,6 @@ __device__ void query_grads(const T* q, const T* k, const T* v, const float* out
       const T* q, const T* k, const T* v, const float* out, const float* dout,                   \
       const float* delta, float* grads, SIZE_ARGS, VIEW_ARGS(qv), VIEW_ARGS(kv), VIEW_ARGS(vv)) { \
     key_grads<T, DP>(q, k, v, out, dout, delta, grads, SIZES, VIEW(qv), VIEW(kv), VIEW(vv));     \
-  }                                                                                               \
-  extern "C" __global__ void __launch_bounds__(THREADS) flash_bwd_q_##NAME##_d##DP(               \
-      const T* q, const T* k, const T* v, const float* out, const float* dout,                   \
-      const float* delta, float* grads, SIZE_ARGS, VIEW_ARGS(qv), VIEW_ARGS(kv), VIEW_ARGS(vv)) { \
-    query_grads<T, DP>(q, k, v, out, dout, delta, grads, SIZES, VIEW(qv), VIEW(kv), VIEW(vv));   \
   }
 
 INSTANTIATE(float, f32, 32)

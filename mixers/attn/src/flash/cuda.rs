@@ -138,7 +138,7 @@ struct Launch<'a> {
 }
 
 impl Launch<'_> {
-    /// Runs `kernel` (`flash_fwd`, `flash_bwd_kv`, `flash_bwd_q`) into `out`,
+    /// Runs `kernel` (`flash_fwd`, `flash_bwd_kv`) into `out`,
     /// with `delta` for the backward ones.
     fn run<T: CudaDType + DeviceRepr>(
         &self,
@@ -277,16 +277,14 @@ pub(crate) fn backward(
             inputs: [q, k, v],
             saved: Some((resv, doutv)),
         };
-        let kv_shared = (4 * dp * PAD + 2 * TILE * dp + 2 * TILE * PAD + 2 * TILE) * 4;
+        // Kt, Vt, Qt, dOt; Qs, dOs, Ks; Ps, dSs, dSt; lse and delta rows.
+        let kv_shared = (4 * dp * PAD + 3 * TILE * dp + 3 * TILE * PAD + 2 * TILE) * 4;
         let kv_grid = (
             dims.lk.div_ceil(TILE) as u32,
             dims.hkv as u32,
             dims.b as u32,
         );
         launch.run_in_dtype("flash_bwd_kv", kv_grid, kv_shared, Some(&delta), &grads)?;
-        let q_shared = (4 * dp * PAD + TILE * dp + TILE * PAD + 2 * TILE) * 4;
-        let q_grid = (dims.lq.div_ceil(TILE) as u32, dims.h as u32, dims.b as u32);
-        launch.run_in_dtype("flash_bwd_q", q_grid, q_shared, Some(&delta), &grads)?;
     }
     Ok((CudaStorage::wrap_cuda_slice(grads, dev), Shape::from(n)))
 }
