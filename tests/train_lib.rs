@@ -1,5 +1,6 @@
 //! Training as a library: `Trainer::fit` and its callbacks, gradient
-//! accumulation equal to one step over the concatenated batch.
+//! accumulation equal to one step over the concatenated batch, the
+//! `train_tiny` example.
 
 mod common;
 
@@ -11,6 +12,10 @@ use lrnnx::train::{
     MAX_GRAD_ACCUM_STEPS,
 };
 use lrnnx::{LRNNLMHeadModel, LmConfig, Precision};
+
+#[allow(dead_code)]
+#[path = "../examples/train_tiny.rs"]
+mod train_tiny;
 
 /// A small model of two mixers (an LTI and an LTV one) in f64 or f32.
 fn model(dtype: DType) -> LRNNLMHeadModel {
@@ -223,4 +228,10 @@ fn fit_steps_evaluates_saves_and_reports_to_callbacks() {
     let s3 = r.fit(&mut []).unwrap();
     assert_eq!((s3.steps_run, s3.last_loss), (0, None));
     assert_eq!(s3.val_loss, rec2.evals.last().unwrap().1);
+}
+
+#[test]
+fn the_train_tiny_example_lowers_the_loss() {
+    let (first, last) = train_tiny::train(30).unwrap();
+    assert!(last < first - 0.5, "training loss {first} -> {last}");
 }
