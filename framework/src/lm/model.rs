@@ -21,13 +21,19 @@ pub struct LmForwardOpts {
     pub lengths: Option<Tensor>,
 }
 
-/// Decoding state of a whole model: one [`MixerState`] per layer.
+/// Decoding state of a whole model: one [`MixerState`] per layer. It can be
+/// saved to a file and read back ([`LmState::save`], [`LmState::load`],
+/// [`LRNNLMHeadModel::load_state`]) to continue decoding later.
 #[derive(Debug, Clone)]
 pub struct LmState {
     /// Per-layer states.
     pub layers: Vec<MixerState>,
     /// Tokens consumed so far.
     pub seqlen_offset: usize,
+    /// The registered name of each layer's mixer.
+    pub mixers: Vec<String>,
+    /// The dtype of the model that made it (its compute dtype).
+    pub dtype: DType,
 }
 
 /// A language model built from a list of registered mixer names, as lrnnx's
@@ -310,6 +316,12 @@ impl LRNNLMHeadModel {
         Ok(LmState {
             layers,
             seqlen_offset: 0,
+            mixers: self
+                .layers
+                .iter()
+                .map(|l| l.mixer.name().to_string())
+                .collect(),
+            dtype,
         })
     }
 
