@@ -24,6 +24,11 @@
 
 pub use lrnnx_framework::*;
 
+#[cfg(feature = "tokenizers")]
+pub mod tokenizer;
+#[cfg(feature = "tokenizers")]
+pub use tokenizer::HfTokenizer;
+
 // `mixers` (the built-in crates, re-exported) and `builtin_mixers()`, from
 // the mixer crates under `mixers/` this package depends on (see build.rs).
 include!(concat!(env!("OUT_DIR"), "/builtin.rs"));

@@ -28,6 +28,8 @@ fn implausible_values_are_refused_naming_them() {
         (&["--weight-decay", "inf"][..], "weight_decay"),
         (&["--val-fraction", "0"][..], "val_fraction"),
         (&["--steps", "100000000000"][..], "steps"),
+        (&["--grad-accum", "0"][..], "grad_accum_steps"),
+        (&["--grad-accum", "5000"][..], "grad_accum_steps"),
         (&["--corpus", "/dev/zero"][..], "regular file"),
         (&["--config", "/dev/zero"][..], "regular file"),
     ] {
@@ -68,4 +70,16 @@ fn resume_refuses_flags_that_disagree_with_the_checkpoint() {
         std::fs::read_to_string(foreign.join("thesis.tex")).unwrap(),
         "precious"
     );
+}
+
+#[test]
+fn grad_accum_trains_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, err) = run(&["--steps", "2", "--grad-accum", "3"], &out);
+    assert!(ok, "{err}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trainer.json")).unwrap()).unwrap();
+    assert_eq!(record["step"], 2);
+    assert_eq!(record["config"]["grad_accum_steps"], 3);
 }

@@ -153,7 +153,18 @@ pub struct SafetensorsFile {
 /// naming it, and so is one that is not a regular file or is larger than
 /// [`MAX_SAFETENSORS_BYTES`].
 pub fn read_safetensors_file(path: &Path, device: &Device) -> Result<SafetensorsFile> {
-    let data = read_regular_file(path, MAX_SAFETENSORS_BYTES, "a safetensors file")?;
+    read_safetensors_file_bounded(path, device, MAX_SAFETENSORS_BYTES, "a safetensors file")
+}
+
+/// [`read_safetensors_file`] for a file of at most `max` bytes; `what`
+/// names it in the error ("a saved decoding state").
+pub fn read_safetensors_file_bounded(
+    path: &Path,
+    device: &Device,
+    max: u64,
+    what: &str,
+) -> Result<SafetensorsFile> {
+    let data = read_regular_file(path, max, what)?;
     let st = safetensors::SafeTensors::deserialize(&data)
         .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&data)

@@ -31,7 +31,7 @@ pub use discretization::{Discrete, Discretization};
 pub use error::{Error, Result};
 pub use lm::{
     generate, GenerateOpts, LRNNLMHeadModel, LmConfig, LmForwardOpts, LmState, LoadOptions,
-    MixerKwargs, Precision, Sampler,
+    MixerKwargs, Precision, Sampler, LM_STATE_FORMAT, MAX_STATE_FILE_BYTES,
 };
 pub use mixer::{
     check_sequence, check_step_input, match_step_rank, Family, ForwardOpts, Lti, Ltv, Mixer,

@@ -10,6 +10,7 @@ mod info;
 mod main_job;
 mod mixers;
 mod model_arg;
+mod progress;
 mod stream;
 mod tokenizer;
 mod train;

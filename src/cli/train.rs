@@ -5,10 +5,8 @@
 //! sets in the Hugging Face layout, `--resume`.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
-use lrnnx::train::{TokenBatches, TrainConfig, Trainer};
+use lrnnx::train::{SaveTo, TokenBatches, TrainConfig, Trainer};
 use lrnnx::{LRNNLMHeadModel, LmConfig};
 use serde_json::{json, Map};
 
@@ -56,9 +54,13 @@ pub struct Args {
     /// Optimizer steps.
     #[arg(long, default_value_t = 400)]
     pub steps: usize,
-    /// Sequences per step.
+    /// Sequences per micro-batch (a step trains on --grad-accum of them).
     #[arg(long = "batch-size", visible_alias = "batch", default_value_t = 16)]
     pub batch_size: usize,
+    /// Micro-batches whose gradients each optimizer step sums (one step over
+    /// batch-size * grad-accum sequences, in the memory of one micro-batch).
+    #[arg(long = "grad-accum", default_value_t = 1)]
+    pub grad_accum: usize,
     /// Tokens per sequence.
     #[arg(long = "seq-len", visible_alias = "seqlen", default_value_t = 64)]
     pub seq_len: usize,
@@ -148,6 +150,7 @@ impl Args {
             save_every: self.save_every,
             val_fraction: self.val_fraction,
             seed: self.seed,
+            grad_accum_steps: self.grad_accum,
         }
     }
 
@@ -289,7 +292,7 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
     cfg.validate(tokenizer.vocab_size())?;
     let ids = tokenizer.encode(&text)?;
     let data = TokenBatches::new(ids, cfg.seq_len, cfg.val_fraction, cfg.seed)?;
-    let mut trainer = match &a.resume {
+    let trainer = match &a.resume {
         Some(dir) => {
             lrnnx::train::recover_checkpoint(dir)?;
             let t = Trainer::resume(dir, data, cfg, &dev)?.with_compute_dtype(precision.compute)?;
@@ -312,68 +315,25 @@ pub fn train(a: &Args) -> anyhow::Result<Summary> {
         precision = ?trainer.model().precision(),
         "training"
     );
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(a.steps as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
-    bar.set_position(start_step as u64);
-    let started = Instant::now();
-    let mut ema: Option<f64> = None;
     let mut info = Map::new();
     info.insert(
         "corpus".into(),
         json!(a.corpus.as_ref().map(|p| p.display().to_string())),
     );
-    let extra: Vec<(&str, &[u8])> = tok_file
-        .as_ref()
-        .map(|(_, b)| vec![("tokenizer.json", b.as_slice())])
-        .unwrap_or_default();
-    while !trainer.done() {
-        let lr = trainer.lr();
-        let l = trainer.step()?;
-        ema = Some(ema.map_or(l, |e| 0.95 * e + 0.05 * l));
-        let done = trainer.step_count();
-        let tps = ((done - start_step) * trainer.tokens_per_step()) as f64
-            / started.elapsed().as_secs_f64();
-        if trainer.due_for_eval() {
-            let val = trainer.evaluate()?;
-            tracing::info!(
-                step = done,
-                train_loss = ema.unwrap_or(l),
-                val_loss = val,
-                "validation"
-            );
-        }
-        bar.set_message(format!(
-            "loss {:.3} val {:.3} lr {:.1e} {:.0} tok/s",
-            ema.unwrap_or(l),
-            trainer.last_val_loss().unwrap_or(f64::NAN),
-            lr,
-            tps
-        ));
-        bar.inc(1);
-        if trainer.due_for_save() {
-            trainer.save(&a.out, &extra, info.clone())?;
-        }
+    let mut to = SaveTo::new(&a.out);
+    to.info = info;
+    if let Some((_, b)) = &tok_file {
+        to.extra_files.push(("tokenizer.json".into(), b.clone()));
     }
-    bar.finish();
-    let val = match trainer.last_val_loss() {
-        Some(v) => v,
-        None => trainer.evaluate()?,
-    };
-    let steps_run = a.steps.saturating_sub(start_step).max(1);
+    let mut trainer = trainer.with_checkpoints(to);
+    let mut progress =
+        super::progress::Progress::new(a.steps, start_step, trainer.last_val_loss(), a.quiet)?;
+    let fit = trainer.fit(&mut [&mut progress])?;
+    progress.finish();
     Ok(Summary {
-        val_loss: val,
+        val_loss: fit.val_loss,
         unigram_entropy: trainer.unigram_entropy(),
-        tokens_per_s: (steps_run * trainer.tokens_per_step()) as f64
-            / started.elapsed().as_secs_f64(),
+        tokens_per_s: fit.tokens_per_s,
     })
 }
 

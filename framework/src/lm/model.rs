@@ -21,13 +21,19 @@ pub struct LmForwardOpts {
     pub lengths: Option<Tensor>,
 }
 
-/// Decoding state of a whole model: one [`MixerState`] per layer.
+/// Decoding state of a whole model: one [`MixerState`] per layer. It can be
+/// saved to a file and read back ([`LmState::save`], [`LmState::load`],
+/// [`LRNNLMHeadModel::load_state`]) to continue decoding later.
 #[derive(Debug, Clone)]
 pub struct LmState {
     /// Per-layer states.
     pub layers: Vec<MixerState>,
     /// Tokens consumed so far.
     pub seqlen_offset: usize,
+    /// The registered name of each layer's mixer.
+    pub mixers: Vec<String>,
+    /// The dtype of the model that made it (its compute dtype).
+    pub dtype: DType,
 }
 
 /// A language model built from a list of registered mixer names, as lrnnx's
@@ -310,19 +316,32 @@ impl LRNNLMHeadModel {
         Ok(LmState {
             layers,
             seqlen_offset: 0,
+            mixers: self
+                .layers
+                .iter()
+                .map(|l| l.mixer.name().to_string())
+                .collect(),
+            dtype,
         })
     }
 
     /// Runs the parallel forward over a prompt `(B, L)` and returns the logits
     /// of its last position `(B, padded_vocab)` with the state after it, ready
     /// for [`LRNNLMHeadModel::step`].
+    ///
+    /// With `opts.lengths` (`(B,)`, each in `1..=L`), sequence `b` is the
+    /// first `lengths[b]` tokens of its row (the rest is padding): its logits
+    /// are those of position `lengths[b] - 1` and its state is the one a
+    /// prefill of it alone would leave. Unequal lengths are refused for a
+    /// model with attention (its KV cache keeps one position for the whole
+    /// batch); the offsets then count the longest sequence.
     pub fn prefill(
         &self,
         input_ids: &Tensor,
         state: &mut LmState,
         opts: &LmForwardOpts,
     ) -> Result<Tensor> {
-        let (_, l) = Self::check_ids(input_ids)?;
+        let (b, l) = Self::check_ids(input_ids)?;
         if l == 0 {
             return Err(Error::shape(
                 "prompt",
@@ -330,8 +349,37 @@ impl LRNNLMHeadModel {
                 input_ids.dims(),
             ));
         }
+        if state.layers.len() != self.layers.len() {
+            return Err(Error::shape(
+                "decoding state",
+                format!("{} layer states", self.layers.len()),
+                state.layers.len(),
+            ));
+        }
+        if let Some(lengths) = &opts.lengths {
+            let lens = super::ragged::lengths_of(lengths, b, l)?;
+            if lens.iter().any(|&n| n != l) {
+                return self.prefill_ragged(
+                    input_ids,
+                    state,
+                    opts.integration_timesteps.as_ref(),
+                    &lens,
+                );
+            }
+        }
+        self.prefill_full(input_ids, state, opts.integration_timesteps.clone())
+    }
+
+    /// Prefill of every sequence at the prompt's full length.
+    pub(super) fn prefill_full(
+        &self,
+        input_ids: &Tensor,
+        state: &mut LmState,
+        integration_timesteps: Option<Tensor>,
+    ) -> Result<Tensor> {
+        let (_, l) = Self::check_ids(input_ids)?;
         let fwd = ForwardOpts {
-            integration_timesteps: opts.integration_timesteps.clone(),
+            integration_timesteps,
             lengths: None,
         };
         let mut hidden = self.embed(input_ids)?;

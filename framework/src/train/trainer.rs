@@ -1,6 +1,7 @@
 //! The training loop as a library: [`Trainer`] steps AdamW over a model on
-//! token batches with warm-up + cosine, gradient clipping and validation,
-//! and saves and resumes crash-consistent checkpoint sets.
+//! token batches with warm-up + cosine, gradient accumulation, gradient
+//! clipping and validation, and saves and resumes crash-consistent
+//! checkpoint sets. [`Trainer::fit`] runs it all, reporting to callbacks.
 //!
 //! ```
 //! # fn main() -> lrnnx_framework::Result<()> {
@@ -10,19 +11,21 @@
 //! let cfg = TrainConfig { steps: 3, batch_size: 2, seq_len: 8, ..TrainConfig::default() };
 //! let data = TokenBatches::new(ids, cfg.seq_len, cfg.val_fraction, cfg.seed)?;
 //! # let _ = data;
-//! // With a model: let mut t = Trainer::new(model, data, cfg)?; while !t.done() { t.step()?; }
+//! // With a model: let mut t = Trainer::new(model, data, cfg)?; t.fit(&mut [])?;
+//! // (or step by step: while !t.done() { t.step()?; })
 //! # Ok(()) }
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    clip_grad_norm, cross_entropy, verify_checkpoint, AdamW, AdamWConfig, CheckpointWriter,
+    clip_grad_norm, cross_entropy, verify_checkpoint, AdamW, AdamWConfig, CheckpointWriter, SaveTo,
     TokenBatches, WarmupCosine,
 };
 use crate::{Error, LRNNLMHeadModel, LmForwardOpts, Result};
@@ -38,13 +41,19 @@ pub const MAX_STEPS: usize = 1_000_000_000;
 pub const MAX_TOKENS_PER_STEP: usize = 1 << 22;
 /// Most logits one step may hold (`batch_size * seq_len * vocab`): 16 GiB of f32.
 pub const MAX_LOGITS_PER_STEP: usize = 1 << 32;
+/// Most micro-batches one optimizer step may accumulate.
+pub const MAX_GRAD_ACCUM_STEPS: usize = 1 << 12;
+
+fn one() -> usize {
+    1
+}
 
 /// Hyper-parameters of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Optimizer steps in all.
     pub steps: usize,
-    /// Sequences per step.
+    /// Sequences per micro-batch (a step trains on `grad_accum_steps` of them).
     pub batch_size: usize,
     /// Tokens per sequence.
     pub seq_len: usize,
@@ -68,6 +77,11 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Seed of initialisation and batch sampling.
     pub seed: u64,
+    /// Micro-batches whose gradients one optimizer step sums (each loss
+    /// weighted by its share of the step's tokens, `1 / grad_accum_steps`):
+    /// the step equals one over their concatenation, in the memory of one.
+    #[serde(default = "one")]
+    pub grad_accum_steps: usize,
 }
 
 impl Default for TrainConfig {
@@ -86,6 +100,7 @@ impl Default for TrainConfig {
             save_every: 200,
             val_fraction: 0.05,
             seed: 0,
+            grad_accum_steps: 1,
         }
     }
 }
@@ -105,6 +120,11 @@ impl TrainConfig {
             ("eval_every", self.eval_every, usize::MAX),
             ("eval_batches", self.eval_batches, 1 << 20),
             ("save_every", self.save_every, usize::MAX),
+            (
+                "grad_accum_steps",
+                self.grad_accum_steps,
+                MAX_GRAD_ACCUM_STEPS,
+            ),
         ] {
             if v == 0 || v > max {
                 return Err(bad(format!(
@@ -186,6 +206,8 @@ pub struct Trainer {
     config: TrainConfig,
     schedule: WarmupCosine,
     last_val: Option<f64>,
+    /// Where [`Trainer::fit`] saves, if anywhere.
+    pub(super) save_to: Option<SaveTo>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -222,7 +244,7 @@ impl Trainer {
         )?;
         if let Some((step, state)) = resumed {
             opt.load_state(&state, step)?;
-            data.skip_to(step as u64);
+            data.skip_to(step as u64 * config.grad_accum_steps as u64);
         }
         let val_batches = data.val_batches(config.batch_size, config.eval_batches, &dev)?;
         let schedule = WarmupCosine {
@@ -240,6 +262,7 @@ impl Trainer {
             config,
             schedule,
             last_val: None,
+            save_to: None,
         })
     }
 
@@ -293,6 +316,13 @@ impl Trainer {
         Ok(self)
     }
 
+    /// The trainer with [`fit`](Self::fit) saving checkpoint sets to `to`
+    /// (every `save_every` steps and after the last).
+    pub fn with_checkpoints(mut self, to: SaveTo) -> Self {
+        self.save_to = Some(to);
+        self
+    }
+
     /// The model.
     pub fn model(&self) -> &LRNNLMHeadModel {
         &self.model
@@ -318,9 +348,9 @@ impl Trainer {
         self.schedule.lr(self.opt.step)
     }
 
-    /// Tokens one step trains on.
+    /// Tokens one step trains on (all its micro-batches).
     pub fn tokens_per_step(&self) -> usize {
-        self.config.batch_size * self.config.seq_len
+        self.config.batch_size * self.config.seq_len * self.config.grad_accum_steps
     }
 
     /// The last validation loss, if any.
@@ -333,26 +363,90 @@ impl Trainer {
         self.data.unigram_entropy()
     }
 
-    /// One optimizer step; returns its training loss. A non-finite loss is
-    /// an error (the weights are left as they were before the step).
+    /// One optimizer step over the next `grad_accum_steps` training
+    /// batches (see [`step_on`](Self::step_on)); returns its training loss.
+    /// A non-finite loss is an error (the weights are left as they were
+    /// before the step).
     pub fn step(&mut self) -> Result<f64> {
         let dev = self.model.device().clone();
-        self.opt.config.lr = self.schedule.lr(self.opt.step);
-        let (x, y) = self.data.train_batch(self.config.batch_size, &dev)?;
-        let loss = cross_entropy(&self.model.forward(&x, &LmForwardOpts::default())?, &y)?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            return Err(bad(format!(
-                "training diverged at step {}: loss {l}; lower the learning rate",
-                self.opt.step
-            )));
-        }
-        let mut grads = loss.backward()?;
+        let batches = (0..self.config.grad_accum_steps)
+            .map(|_| self.data.train_batch(self.config.batch_size, &dev))
+            .collect::<Result<Vec<_>>>()?;
+        self.step_on(&batches)
+    }
+
+    /// One optimizer step on the given micro-batches of `(inputs, targets)`
+    /// `(B, L)` token ids: their gradients summed (see
+    /// [`gradients`](Self::gradients)), clipped, one AdamW update at the
+    /// schedule's learning rate. Returns the step's loss.
+    pub fn step_on(&mut self, micro_batches: &[(Tensor, Tensor)]) -> Result<f64> {
+        let (loss, mut grads) = self.gradients(micro_batches)?;
         if self.config.grad_clip > 0.0 {
             clip_grad_norm(&mut grads, &self.vars, self.config.grad_clip)?;
         }
+        self.opt.config.lr = self.schedule.lr(self.opt.step);
         self.opt.step(&grads)?;
-        Ok(l)
+        Ok(loss)
+    }
+
+    /// The mean training loss over `micro_batches` (every target token
+    /// weighted alike) and its gradient with respect to each parameter: the
+    /// micro-batches' gradients, each of its loss weighted by its share of
+    /// the tokens (`1/n` for `n` equal micro-batches), summed one
+    /// micro-batch at a time, so that only one micro-batch's activations are
+    /// alive at once. Equals the gradient of one batch concatenating them.
+    pub fn gradients(&self, micro_batches: &[(Tensor, Tensor)]) -> Result<(f64, GradStore)> {
+        if micro_batches.is_empty() {
+            return Err(bad(
+                "a training step needs at least one micro-batch, found none".into(),
+            ));
+        }
+        let mut tokens = Vec::with_capacity(micro_batches.len());
+        for (i, (x, y)) in micro_batches.iter().enumerate() {
+            if x.dims().len() != 2 || x.dims() != y.dims() {
+                return Err(Error::shape(
+                    format!("micro-batch {i}"),
+                    "inputs and targets of one shape (batch, seqlen)",
+                    (x.dims(), y.dims()),
+                ));
+            }
+            tokens.push(x.elem_count());
+        }
+        let total: usize = tokens.iter().sum();
+        if total == 0 {
+            return Err(bad("the micro-batches hold no tokens".into()));
+        }
+        let mut acc = GradStore::default();
+        let mut mean = 0.0;
+        for ((x, y), n) in micro_batches.iter().zip(tokens) {
+            let loss = cross_entropy(&self.model.forward(x, &LmForwardOpts::default())?, y)?;
+            let l = scalar(&loss)?;
+            if !l.is_finite() {
+                return Err(bad(format!(
+                    "training diverged at step {}: loss {l}; lower the learning rate",
+                    self.opt.step
+                )));
+            }
+            let share = n as f64 / total as f64;
+            mean += l * share;
+            let loss = if micro_batches.len() == 1 {
+                loss
+            } else {
+                (loss * share)?
+            };
+            let mut grads = loss.backward()?;
+            for var in self.vars.values() {
+                let Some(g) = grads.remove(var.as_tensor()) else {
+                    continue;
+                };
+                let g = match acc.remove(var.as_tensor()) {
+                    Some(a) => (a + g)?.detach(),
+                    None => g,
+                };
+                acc.insert(var.as_tensor(), g);
+            }
+        }
+        Ok((mean, acc))
     }
 
     /// Mean validation loss (nats per token).
@@ -360,7 +454,7 @@ impl Trainer {
         let mut total = 0.0;
         for (x, y) in &self.val_batches {
             let logits = self.model.forward(x, &LmForwardOpts::default())?;
-            total += cross_entropy(&logits, y)?.to_scalar::<f32>()? as f64;
+            total += scalar(&cross_entropy(&logits, y)?)?;
         }
         let v = total / self.val_batches.len().max(1) as f64;
         self.last_val = Some(v);
@@ -408,4 +502,9 @@ impl Trainer {
         w.commit(self.opt.step as u64)?;
         Ok(())
     }
+}
+
+/// A scalar loss (f32, or f64 for f64 models) as f64.
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
