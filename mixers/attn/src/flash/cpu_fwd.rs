@@ -69,7 +69,7 @@ impl<T: Float + Send + Sync> SimdKernel<T> for Forward<'_, T> {
                 if corr != T::ONE {
                     acc[i * dp..(i + 1) * dp]
                         .iter_mut()
-                        .for_each(|a| *a = *a * corr);
+                        .for_each(|a| *a *= corr);
                 }
             }
             pack(
