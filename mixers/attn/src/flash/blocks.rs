@@ -90,7 +90,10 @@ pub(crate) fn matmul<S: Simd>(
     a: Mat<'_, S::E>,
     (b, ldb): (&[S::E], usize),
 ) {
-    assert!(n.is_multiple_of(LANES), "flash attention: a product {n} wide");
+    assert!(
+        n.is_multiple_of(LANES),
+        "flash attention: a product {n} wide"
+    );
     if m == 0 || n == 0 {
         return;
     }
