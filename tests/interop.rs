@@ -75,6 +75,28 @@ fn python_checkpoints_load_unchanged_and_convert_losslessly() {
                     .collect()
             };
         assert_eq!(shapes(&mine), shapes(&theirs), "{case}");
+        // Complex parameters are complex64 there, as lrnnx's state dict has them.
+        let header = safetensors_header(&out.path().join("model.safetensors"));
+        for (key, t) in &theirs {
+            let entry = &header[key.as_str()];
+            let dims: Vec<usize> = t.dims().to_vec();
+            if key.ends_with("mixer.A") && model.complex_keys().contains(key) {
+                assert_eq!(entry["dtype"], "C64", "{case}: {key}");
+                assert_eq!(
+                    entry["shape"],
+                    serde_json::json!(dims[..dims.len() - 1]),
+                    "{case}: {key}"
+                );
+            } else {
+                assert_eq!(entry["dtype"], "F32", "{case}: {key}");
+            }
+        }
+        if case.contains("kwargs") {
+            assert!(
+                model.complex_keys().iter().any(|k| k.ends_with("mixer.A")),
+                "{case}: Centaurus' A is complex"
+            );
+        }
         // And our pytorch_model.bin writer hands the same back.
         let bin = out.path().join("pytorch_model.bin");
         lrnnx::pytorch::write_state_dict(&bin, &model.state_dict()).unwrap();
@@ -84,6 +106,13 @@ fn python_checkpoints_load_unchanged_and_convert_losslessly() {
             shapes(&theirs).keys().collect::<BTreeSet<_>>()
         );
     }
+}
+
+/// The JSON header of a safetensors file: name -> {dtype, shape, data_offsets}.
+fn safetensors_header(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + n]).unwrap()
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Reading and writing files: safetensors and JSON, written atomically.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, FileType, Metadata};
 use std::io::Read;
 use std::path::Path;
@@ -130,14 +130,95 @@ pub fn write_safetensors(
     tensors: &BTreeMap<String, Tensor>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    write_safetensors_with_complex(path, tensors, &BTreeSet::new(), metadata)
+}
+
+/// [`write_safetensors`], writing the `(..., 2)` tensors named in `complex`
+/// (real and imaginary parts) as complex64 tensors of shape `(...)`, as
+/// PyTorch's `save_file` writes a `torch.complex64` tensor.
+pub fn write_safetensors_with_complex(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    complex: &BTreeSet<String>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (k, t) in tensors {
-        // safetensors wants contiguous CPU data; `View` handles the copy.
-        owned.push((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?));
+        // safetensors wants contiguous CPU data.
+        let t = t.to_device(&Device::Cpu)?.contiguous()?;
+        let entry = if complex.contains(k) {
+            RawTensor::complex64(k, &t)?
+        } else {
+            RawTensor {
+                dtype: safetensors::View::dtype(&t),
+                shape: t.dims().to_vec(),
+                data: safetensors::View::data(&t).into_owned(),
+            }
+        };
+        owned.push((k.clone(), entry));
     }
     let bytes =
         safetensors::tensor::serialize(owned, metadata).map_err(|e| Error::file(path, e))?;
     write_atomic(path, &bytes)
+}
+
+/// A tensor's bytes as safetensors stores them.
+struct RawTensor {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl RawTensor {
+    /// `t (..., 2)` as one complex64 tensor `(...)` of interleaved f32 parts.
+    fn complex64(key: &str, t: &Tensor) -> Result<Self> {
+        let dims = t.dims();
+        if dims.last() != Some(&2) {
+            return Err(Error::Config(format!(
+                "complex parameter `{key}`: expected real and imaginary parts in a last dim of 2, found shape {dims:?}"
+            )));
+        }
+        let parts = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Self {
+            dtype: safetensors::Dtype::C64,
+            shape: dims[..dims.len() - 1].to_vec(),
+            data: parts.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        })
+    }
+}
+
+impl safetensors::View for RawTensor {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// A complex64 tensor `(...)` read as f32 real/imaginary pairs `(..., 2)`,
+/// the layout complex parameters have here.
+fn complex64_as_pairs(
+    view: &safetensors::tensor::TensorView<'_>,
+    device: &Device,
+) -> Result<Tensor> {
+    let parts: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let mut shape = view.shape().to_vec();
+    shape.push(2);
+    Ok(Tensor::from_vec(parts, shape, device)?)
 }
 
 /// A safetensors file read into memory: its tensors and metadata.
@@ -171,8 +252,12 @@ pub fn read_safetensors_file_bounded(
         .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
-        let t = candle_core::safetensors::Load::load(&view, device)
-            .map_err(|e| Error::file(path, format!("tensor `{name}`: {e}")))?;
+        let t = if view.dtype() == safetensors::Dtype::C64 {
+            complex64_as_pairs(&view, device)
+        } else {
+            candle_core::safetensors::Load::load(&view, device).map_err(Into::into)
+        }
+        .map_err(|e| Error::file(path, format!("tensor `{name}`: {e}")))?;
         tensors.insert(name, t);
     }
     Ok(SafetensorsFile {

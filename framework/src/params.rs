@@ -6,7 +6,7 @@
 //! shape. Either way it records every parameter under its full dotted name
 //! (the PyTorch `state_dict` key), so the model can list, save or train them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -85,6 +85,9 @@ struct Inner {
     aliases: BTreeMap<String, String>,
     /// Roles marked with [`ParamBuilder::mark`]; absent means [`Role::Other`].
     roles: HashMap<String, Role>,
+    /// Parameters that are complex in PyTorch (stored here as `(..., 2)`
+    /// real/imaginary pairs), marked with [`ParamBuilder::mark_complex`].
+    complex: BTreeSet<String>,
     /// Elements of every parameter handed out so far.
     elements: u64,
     rng: StdRng,
@@ -121,6 +124,7 @@ impl ParamStore {
                 buffers: BTreeMap::new(),
                 aliases: BTreeMap::new(),
                 roles: HashMap::new(),
+                complex: BTreeSet::new(),
                 elements: 0,
                 rng: StdRng::seed_from_u64(seed),
             }),
@@ -179,6 +183,12 @@ impl ParamStore {
     /// The role of parameter `key` (full dotted name).
     pub fn role(&self, key: &str) -> Role {
         self.lock().roles.get(key).copied().unwrap_or_default()
+    }
+
+    /// The keys of parameters that are complex in PyTorch (see
+    /// [`ParamBuilder::mark_complex`]); saving writes them as complex64.
+    pub fn complex_keys(&self) -> BTreeSet<String> {
+        self.lock().complex.clone()
     }
 
     /// Marks a loaded key as consumed without turning it into a parameter
@@ -295,6 +305,15 @@ impl ParamBuilder {
     pub fn mark(&self, name: &str, role: Role) {
         let key = self.key(name);
         self.store.lock().roles.insert(key, role);
+    }
+
+    /// Marks `name` (relative to this prefix, shape `(..., 2)`: real and
+    /// imaginary parts) as a complex parameter in PyTorch, such as
+    /// Centaurus' `A`: `save_pretrained` writes it as one complex64 tensor
+    /// without the trailing 2, which lrnnx's `load_state_dict` takes as it is.
+    pub fn mark_complex(&self, name: &str) {
+        let key = self.key(name);
+        self.store.lock().complex.insert(key);
     }
 
     /// Records `alias` as a second name of the parameter `target` (both

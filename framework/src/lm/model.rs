@@ -436,6 +436,12 @@ impl LRNNLMHeadModel {
         Self::build(config, ParamStore::load(tensors, DType::F32, device))
     }
 
+    /// The state-dict names of the parameters that are complex in PyTorch
+    /// (written as complex64 by `save_pretrained`).
+    pub fn complex_keys(&self) -> std::collections::BTreeSet<String> {
+        self.store.complex_keys()
+    }
+
     /// Every parameter by state-dict name, with `lm_head.weight` present also when tied
     /// (as in lrnnx's `state_dict`).
     pub fn state_dict(&self) -> std::collections::BTreeMap<String, Tensor> {

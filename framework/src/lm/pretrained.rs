@@ -27,7 +27,12 @@ impl LRNNLMHeadModel {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        io::write_safetensors(&dir.join(SAFETENSORS_FILE), &self.state_dict(), Some(meta))?;
+        io::write_safetensors_with_complex(
+            &dir.join(SAFETENSORS_FILE),
+            &self.state_dict(),
+            &self.complex_keys(),
+            Some(meta),
+        )?;
         let config = serde_json::to_value(self.config())
             .map_err(|e| Error::Config(format!("cannot serialize model config: {e}")))?;
         io::write_json(&dir.join(CONFIG_FILE), &config)

@@ -70,7 +70,8 @@ impl Centaurus {
         cfg.validate(d_model).map_err(Error::Config)?;
         let (n, m, h) = (cfg.d_state, cfg.sub_state_dim, d_model);
         let cpu = Device::Cpu;
-        // A = -0.5 + i·m·π/M for every state.
+        // A = -0.5 + i·m·π/M for every state; complex64 in lrnnx's state dict.
+        pb.mark_complex("A");
         let a = pb.get_with((n, m, 2), "A", |_| {
             let v: Vec<f32> = (0..n * m)
                 .flat_map(|s| {
