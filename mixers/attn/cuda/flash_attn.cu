@@ -54,70 +54,54 @@ struct Sizes {
   }
 };
 
-// Rows r0 .. r0+NR (64 by default) of a (rows, D) matrix with row stride `ld` (offset `at`),
+// Rows r0 .. r0+64 of a (rows, D) matrix with row stride `ld` (offset `at`),
 // zero past `rows` and past D: into `dst` transposed ([DP][PAD]) or
 // row-major ([64][DP]).
-template <typename T, int DP, bool TRANSPOSED, int NR = TILE, int TP = PAD>
+template <typename T, int DP, bool TRANSPOSED>
 __device__ __forceinline__ void load_tile(float* dst, const T* src, long long at, long long ld,
                                           int rows, int D) {
-  for (int idx = threadIdx.x; idx < NR * DP; idx += THREADS) {
+  for (int idx = threadIdx.x; idx < TILE * DP; idx += THREADS) {
     int r = idx / DP, c = idx % DP;
     float x = (r < rows && c < D) ? to_f(src[at + r * ld + c]) : 0.f;
-    if (TRANSPOSED) dst[c * TP + r] = x;
+    if (TRANSPOSED) dst[c * PAD + r] = x;
     else dst[r * DP + c] = x;
   }
 }
 
-// acc[i][j] = sum_k At[k][tr*RT+i] * Bt[k][tc*4+j] over k < DP; At's rows
-// have stride AP, Bt's PAD.
-template <int DP, int RT = 4, int AP = PAD>
-__device__ __forceinline__ void tile_abt(float acc[RT][4], const float* At, const float* Bt) {
+// acc[i][j] = sum_k At[k][tr*4+i] * Bt[k][tc*4+j] over k < DP.
+template <int DP>
+__device__ __forceinline__ void tile_abt(float acc[4][4], const float* At, const float* Bt) {
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
 #pragma unroll
-  for (int i = 0; i < RT; ++i)
+  for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 #pragma unroll 8
   for (int k = 0; k < DP; ++k) {
-    float av[RT];
-#pragma unroll
-    for (int u = 0; u < RT / 4; ++u) {
-      float4 a = *reinterpret_cast<const float4*>(&At[k * AP + tr * RT + 4 * u]);
-      av[4 * u] = a.x;
-      av[4 * u + 1] = a.y;
-      av[4 * u + 2] = a.z;
-      av[4 * u + 3] = a.w;
-    }
+    float4 a = *reinterpret_cast<const float4*>(&At[k * PAD + tr * 4]);
     float4 b = *reinterpret_cast<const float4*>(&Bt[k * PAD + tc * 4]);
-    float bv[4] = {b.x, b.y, b.z, b.w};
+    float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-    for (int i = 0; i < RT; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
   }
 }
 
-// acc[i][c] += sum_j W[j][tr*RT+i] * M[j][tc*CO+c] over j < 64, W [64][WP], M [64][DP].
-template <int DP, int RT = 4, int WP = PAD>
-__device__ __forceinline__ void tile_acc(float acc[RT][DP / 16], const float* W, const float* M) {
+// acc[i][c] += sum_j W[j][tr*4+i] * M[j][tc*CO+c] over j < 64, W [64][PAD], M [64][DP].
+template <int DP>
+__device__ __forceinline__ void tile_acc(float acc[4][DP / 16], const float* W, const float* M) {
   constexpr int CO = DP / 16;
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
 #pragma unroll 4
   for (int j = 0; j < TILE; ++j) {
-    float wv[RT];
-#pragma unroll
-    for (int u = 0; u < RT / 4; ++u) {
-      float4 w = *reinterpret_cast<const float4*>(&W[j * WP + tr * RT + 4 * u]);
-      wv[4 * u] = w.x;
-      wv[4 * u + 1] = w.y;
-      wv[4 * u + 2] = w.z;
-      wv[4 * u + 3] = w.w;
-    }
+    float4 w = *reinterpret_cast<const float4*>(&W[j * PAD + tr * 4]);
+    float wv[4] = {w.x, w.y, w.z, w.w};
     float mv[CO];
 #pragma unroll
     for (int c = 0; c < CO; ++c) mv[c] = M[j * DP + tc * CO + c];
 #pragma unroll
-    for (int i = 0; i < RT; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
       for (int c = 0; c < CO; ++c) acc[i][c] = fmaf(wv[i], mv[c], acc[i][c]);
   }
@@ -137,18 +121,6 @@ __device__ __forceinline__ void store_tile(float* dst, const float t[4][4]) {
   }
 }
 
-// Stores a thread's RT x 4 tile transposed into `dst` [64][DP_]: dst[col][row].
-template <int RT, int SP>
-__device__ __forceinline__ void store_tile_t(float* dst, const float t[RT][4]) {
-  const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
-#pragma unroll
-  for (int x = 0; x < 4; ++x)
-#pragma unroll
-    for (int u = 0; u < RT / 4; ++u)
-      *reinterpret_cast<float4*>(&dst[(tc * 4 + x) * SP + tr * RT + 4 * u]) =
-          make_float4(t[4 * u][x], t[4 * u + 1][x], t[4 * u + 2][x], t[4 * u + 3][x]);
-}
-
 // Max and sum over the 16 threads of a half-warp (one tile row).
 __device__ __forceinline__ float row_max(float x) {
 #pragma unroll
@@ -161,31 +133,26 @@ __device__ __forceinline__ float row_sum(float x) {
   return x;
 }
 
-// Query rows per block of the forward (8 per thread), and the row stride of
-// its transposed query and probability tiles.
-#define FWD_ROWS 128
-#define FWD_PAD (FWD_ROWS + 4)
-
 template <typename T, int DP>
 __device__ void forward(const T* q, const T* k, const T* v, float* out, Sizes sz, View qv,
                         View kv, View vv) {
-  constexpr int CO = DP / 16, RT = FWD_ROWS / 16;
+  constexpr int CO = DP / 16;
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
-  float* Qt = smem;                  // [DP][FWD_PAD]
-  float* Kt = Qt + DP * FWD_PAD;     // [DP][PAD]
-  float* Vs = Kt + DP * PAD;         // [64][DP]
-  float* Pt = Vs + TILE * DP;        // [64][FWD_PAD]
-  const int q0 = blockIdx.x * FWD_ROWS, h = blockIdx.y, b = blockIdx.z;
+  float* Qt = smem;
+  float* Kt = Qt + DP * PAD;
+  float* Vs = Kt + DP * PAD;
+  float* Pt = Vs + TILE * DP;
+  const int q0 = blockIdx.x * TILE, h = blockIdx.y, b = blockIdx.z;
   const int kh = h / sz.group();
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
-  const int rows = min(FWD_ROWS, sz.LQ - q0);
+  const int rows = min(TILE, sz.LQ - q0);
   const int kend = sz.keys_for(q0 + rows - 1);
   const float sl2 = sz.scale * LOG2E;
-  load_tile<T, DP, true, FWD_ROWS, FWD_PAD>(Qt, q, qv.at(b, h, q0), qv.pos, rows, sz.D);
-  float o[RT][CO], m[RT], l[RT];
+  load_tile<T, DP, true>(Qt, q, qv.at(b, h, q0), qv.pos, rows, sz.D);
+  float o[4][CO], m[4], l[4];
 #pragma unroll
-  for (int i = 0; i < RT; ++i) {
+  for (int i = 0; i < 4; ++i) {
     m[i] = -CUDART_INF_F;
     l[i] = 0.f;
 #pragma unroll
@@ -197,11 +164,11 @@ __device__ void forward(const T* q, const T* k, const T* v, float* out, Sizes sz
     load_tile<T, DP, true>(Kt, k, kv.at(b, kh, k0), kv.pos, cols, sz.D);
     load_tile<T, DP, false>(Vs, v, vv.at(b, kh, k0), vv.pos, cols, sz.D);
     __syncthreads();
-    float s[RT][4];
-    tile_abt<DP, RT, FWD_PAD>(s, Qt, Kt);
+    float s[4][4];
+    tile_abt<DP>(s, Qt, Kt);
 #pragma unroll
-    for (int i = 0; i < RT; ++i) {
-      const int qi = q0 + tr * RT + i;
+    for (int i = 0; i < 4; ++i) {
+      const int qi = q0 + tr * 4 + i;
       float mx = m[i];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -223,13 +190,13 @@ __device__ void forward(const T* q, const T* k, const T* v, float* out, Sizes sz
 #pragma unroll
       for (int c = 0; c < CO; ++c) o[i][c] *= corr;
     }
-    store_tile_t<RT, FWD_PAD>(Pt, s);
+    store_tile<true>(Pt, s);
     __syncthreads();
-    tile_acc<DP, RT, FWD_PAD>(o, Pt, Vs);
+    tile_acc<DP>(o, Pt, Vs);
   }
 #pragma unroll
-  for (int i = 0; i < RT; ++i) {
-    const int qi = q0 + tr * RT + i;
+  for (int i = 0; i < 4; ++i) {
+    const int qi = q0 + tr * 4 + i;
     if (qi >= sz.LQ) continue;
     const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
     const long long row = sz.o_row(b, qi, h);

@@ -16,9 +16,6 @@ pub(crate) const MAX_CUDA_HEAD_DIM: usize = 64;
 const THREADS: u32 = 256;
 const TILE: usize = 64;
 const PAD: usize = 68;
-/// Query rows per block of the forward kernel, and its tiles' row stride.
-const FWD_ROWS: usize = 128;
-const FWD_PAD: usize = FWD_ROWS + 4;
 
 fn fatbin() -> &'static [u8] {
     include_bytes!(concat!(env!("OUT_DIR"), "/flash_attn.fatbin"))
@@ -214,13 +211,8 @@ pub(crate) fn forward(dims: Dims, q: Input, k: Input, v: Input) -> Result<(CudaS
     let out = dev.alloc_zeros::<f32>(n)?;
     if !empty(&dims) {
         let dp = padded(dims.d)?;
-        // Qt [dp][FWD_PAD], Kt [dp][PAD], Vs [64][dp], Pt [64][FWD_PAD].
-        let shared = (dp * FWD_PAD + dp * PAD + TILE * dp + TILE * FWD_PAD) * 4;
-        let grid = (
-            dims.lq.div_ceil(FWD_ROWS) as u32,
-            dims.h as u32,
-            dims.b as u32,
-        );
+        let shared = (2 * dp * PAD + TILE * dp + TILE * PAD) * 4;
+        let grid = (dims.lq.div_ceil(TILE) as u32, dims.h as u32, dims.b as u32);
         let launch = Launch {
             dims,
             inputs: [q, k, v],
