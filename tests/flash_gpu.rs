@@ -19,20 +19,8 @@ fn cuda_flash_attention_and_its_gradients_equal_candle_ops_in_f64() {
 mod gpu {
     use candle_core::{DType, Device, Var};
     use lrnnx_attn::flash_attention;
-    use lrnnx_testing::attention::attention_reference;
+    use lrnnx_testing::attention::{attention_reference, FLASH_SHAPES};
     use lrnnx_testing::{max_rel, randn};
-
-    /// `(B, Lq, Lk, h, hkv, d, causal)`.
-    const SHAPES: &[(usize, usize, usize, usize, usize, usize, bool)] = &[
-        (1, 1, 1, 1, 1, 1, true),
-        (2, 5, 5, 4, 2, 8, true),
-        (2, 67, 67, 3, 1, 13, true),
-        (1, 130, 130, 2, 2, 64, false),
-        (2, 37, 100, 4, 4, 16, true),
-        (1, 65, 129, 2, 1, 40, false),
-        (1, 300, 300, 2, 1, 48, true),
-        (1, 200, 200, 1, 1, 32, true),
-    ];
 
     pub fn run() {
         let dev = match Device::new_cuda(0) {
@@ -46,7 +34,7 @@ mod gpu {
         // arithmetic throughout, then the result rounded to the input dtype.
         for (dtype, tol) in [(DType::F32, 2e-5), (DType::BF16, 1e-2), (DType::F16, 2e-3)] {
             let mut worst = 0f64;
-            for (n, &(b, lq, lk, h, hkv, d, causal)) in SHAPES.iter().enumerate() {
+            for (n, &(b, lq, lk, h, hkv, d, causal)) in FLASH_SHAPES.iter().enumerate() {
                 let seed = 7 + 10 * n as u64;
                 let leaf = |shape: &[usize], s: u64| {
                     randn(shape, s, DType::F64)
@@ -112,7 +100,7 @@ mod gpu {
             }
             println!(
                 "{dtype:?}: worst relative error {worst:e} over {} shapes (tolerance {tol:e})",
-                SHAPES.len()
+                FLASH_SHAPES.len()
             );
         }
     }

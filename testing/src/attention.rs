@@ -4,6 +4,22 @@
 
 use candle_core::{Result, Tensor, D};
 
+/// Shapes `(B, Lq, Lk, h, hkv, d, causal)` the flash kernels are tested at:
+/// one position, tiles cut short, several query and key tiles, grouped and
+/// multi-query heads, head sizes off the vector width, more keys than
+/// queries (a prefill after a cached prefix), and no mask. All heads are at
+/// most 64 (what the CUDA kernels take).
+pub const FLASH_SHAPES: &[(usize, usize, usize, usize, usize, usize, bool)] = &[
+    (1, 1, 1, 1, 1, 1, true),
+    (2, 5, 5, 4, 2, 8, true),
+    (2, 67, 67, 3, 1, 13, true),
+    (1, 130, 130, 2, 2, 64, false),
+    (2, 37, 100, 4, 4, 16, true),
+    (1, 65, 129, 2, 1, 40, false),
+    (1, 300, 300, 2, 1, 48, true),
+    (1, 200, 200, 1, 1, 32, true),
+];
+
 /// Attention of `q (B, Lq, h, d)` over `k`, `v (B, Lk, hkv, d)` (query
 /// head `i` reads KV head `i / (h / hkv)`), scores scaled by `scale`, with a
 /// bottom-right aligned causal mask (query `i` sees keys `j <= i + Lk - Lq`)

@@ -14,7 +14,7 @@ use lrnnx_kernels::cpu::simd_kernel::{Schedule, SimdKernel};
 use lrnnx_kernels::cpu::SharedMut;
 
 use super::blocks::{dot_row, lanes_up, matmul, pack, probabilities_row, score_grad_row, Mat};
-use super::dims::{Dims, HeadsView, KEY_BLOCK, QUERY_BLOCK};
+use super::dims::{Dims, HeadsView, QueryBlock, KEY_BLOCK, QUERY_BLOCK};
 
 /// What every backward kernel reads: the inputs, the forward's
 /// `[o | lse]`, the context's gradient `dO (B, Lq, h, d)` and, once
@@ -225,12 +225,14 @@ impl<T: Float + Send + Sync> SimdKernel<T> for QueryGrads<'_, T> {
     fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let s = self.saved;
         let dm = s.dims;
-        let (bh, qb) = (task / dm.query_blocks(), task % dm.query_blocks());
-        let (b, h) = (bh / dm.h, bh % dm.h);
-        let kh = h / dm.group();
-        let q0 = qb * QUERY_BLOCK;
-        let rows = QUERY_BLOCK.min(dm.lq - q0);
-        let kend = dm.keys_for(q0 + rows - 1);
+        let QueryBlock {
+            b,
+            h,
+            kh,
+            q0,
+            rows,
+            kend,
+        } = dm.query_block(task);
         let d = dm.d;
         let dp = lanes_up(d);
         let mut dq = vec![T::ZERO; rows * dp];

@@ -9,7 +9,7 @@ use lrnnx_kernels::cpu::simd_kernel::{Schedule, SimdKernel};
 use lrnnx_kernels::cpu::SharedMut;
 
 use super::blocks::{lanes_up, matmul, neg_inf, online_softmax_row, pack, Mat};
-use super::dims::{Dims, HeadsView, KEY_BLOCK, QUERY_BLOCK};
+use super::dims::{Dims, HeadsView, QueryBlock, KEY_BLOCK, QUERY_BLOCK};
 
 /// The forward kernel's inputs and its output `[o (B, Lq, h, d) | lse (B, h, Lq)]`.
 pub(crate) struct Forward<'a, T> {
@@ -33,12 +33,14 @@ impl<T: Float + Send + Sync> SimdKernel<T> for Forward<'_, T> {
     #[inline(always)]
     fn run_on<S: Simd<E = T>>(&self, task: usize) {
         let dm = self.dims;
-        let (bh, qb) = (task / dm.query_blocks(), task % dm.query_blocks());
-        let (b, h) = (bh / dm.h, bh % dm.h);
-        let kh = h / dm.group();
-        let q0 = qb * QUERY_BLOCK;
-        let rows = QUERY_BLOCK.min(dm.lq - q0);
-        let kend = dm.keys_for(q0 + rows - 1);
+        let QueryBlock {
+            b,
+            h,
+            kh,
+            q0,
+            rows,
+            kend,
+        } = dm.query_block(task);
         let d = dm.d;
         let scale = T::c(dm.scale);
         let (qs, qv) = self.q;

@@ -53,6 +53,23 @@ impl Dims {
         self.lq.div_ceil(QUERY_BLOCK)
     }
 
+    /// What task `task` of a `(batch, head, query block)` split covers.
+    #[inline(always)]
+    pub fn query_block(&self, task: usize) -> QueryBlock {
+        let (bh, qb) = (task / self.query_blocks(), task % self.query_blocks());
+        let (b, h) = (bh / self.h, bh % self.h);
+        let q0 = qb * QUERY_BLOCK;
+        let rows = QUERY_BLOCK.min(self.lq - q0);
+        QueryBlock {
+            b,
+            h,
+            kh: h / self.group(),
+            q0,
+            rows,
+            kend: self.keys_for(q0 + rows - 1),
+        }
+    }
+
     /// Key blocks per `(batch, KV head)`.
     pub fn key_blocks(&self) -> usize {
         self.lk.div_ceil(KEY_BLOCK)
@@ -79,6 +96,18 @@ impl Dims {
     pub fn lse_at(&self, b: usize, h: usize, i: usize) -> usize {
         self.o_len() + (b * self.h + h) * self.lq + i
     }
+}
+
+/// One `(batch, head, query block)` task: queries `q0..q0 + rows` of head
+/// `h` (reading KV head `kh`) of batch row `b`, which see keys `0..kend`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueryBlock {
+    pub b: usize,
+    pub h: usize,
+    pub kh: usize,
+    pub q0: usize,
+    pub rows: usize,
+    pub kend: usize,
 }
 
 /// Element offsets of a `(B, H, L, d)` tensor whose last dim has unit stride.
